@@ -61,7 +61,7 @@ class Segmenter2D(ABC):
     @property
     @abstractmethod
     def embedding_dims(self) -> dict[str, int]:
-        """Width of each embedding space this segmenter fills, e.g. {"diffusion": 256, "clip": 768}."""
+        """Width of each embedding space it fills, e.g. {"diffusion": 256, "clip": 768}."""
 
     @abstractmethod
     def segment(self, frame: Frame, vocabulary: Vocabulary | None = None) -> MaskSet:
