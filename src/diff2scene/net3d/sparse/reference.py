@@ -1,0 +1,160 @@
+"""Pure-PyTorch sparse convolution: sort-based kernel maps and gather–matmul–scatter.
+
+It runs anywhere PyTorch does and has a hand-written backward, which is why training on CPU
+uses it (spconv's CPU backward calls into CUDA). A *kernel map* lists, for each kernel offset
+``k``, the pairs (input row, output row) it connects; a convolution is then
+``out[o] += in[i] @ W[k]`` over all pairs. Weights are (K, C_in, C_out) with K = k³ offsets in
+``itertools.product(range(-r, r + 1), repeat=3)`` order for submanifold kernels (the order of
+``conv3d``'s (kx, ky, kz) weight axes) and ``(dx, dy, dz) ∈ {0, 1}³`` in the same order for the
+stride-2 kernels, ``dx`` being the child's position inside its parent voxel.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from diff2scene.net3d.sparse.tensor import key_frame, linear_keys
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """Pairs (``in_idx[p]`` → ``out_idx[p]``) grouped by kernel offset.
+
+    ``bounds`` (K + 1 ints) delimits the pairs of offset ``k``: ``bounds[k]:bounds[k + 1]``.
+    """
+
+    in_idx: torch.Tensor  # (P,) int64
+    out_idx: torch.Tensor  # (P,) int64
+    bounds: tuple[int, ...]
+    num_out: int
+
+    def transposed(self, num_out: int) -> KernelMap:
+        """The same pairs read the other way (used by the transposed convolution)."""
+        return KernelMap(self.out_idx, self.in_idx, self.bounds, num_out)
+
+
+def cube_offsets(kernel_size: int) -> torch.Tensor:
+    """(k³, 3) int64 offsets of an odd kernel, first axis slowest."""
+    r = kernel_size // 2
+    rng = range(-r, r + 1)
+    return torch.tensor(list(itertools.product(rng, rng, rng)), dtype=torch.int64)
+
+
+def submanifold_map(coords: torch.Tensor, kernel_size: int) -> KernelMap:
+    """Kernel map of a submanifold convolution: outputs are the inputs' own voxels.
+
+    ``coords`` is (M, 4) ``[b, x, y, z]``. Neighbours are found by sorting the linear keys once
+    and running ``searchsorted`` for each offset, without any Python-side hashing.
+    """
+    if kernel_size % 2 != 1:
+        raise ValueError(f"submanifold kernels must be odd, got {kernel_size}")
+    c64 = coords.to(torch.int64)
+    r = kernel_size // 2
+    lo, extent = key_frame(c64, pad=r)
+    keys = linear_keys(c64, lo, extent)
+    sorted_keys, order = torch.sort(keys)
+    m = keys.numel()
+    rows = torch.arange(m, dtype=torch.int64, device=coords.device)
+    in_parts: list[torch.Tensor] = []
+    out_parts: list[torch.Tensor] = []
+    bounds = [0]
+    strides = torch.stack([extent[1] * extent[2], extent[2], torch.ones_like(extent[2])])
+    for offset in cube_offsets(kernel_size).to(coords.device):
+        query = keys + (offset * strides).sum()
+        pos = torch.searchsorted(sorted_keys, query).clamp_(max=m - 1)
+        found = sorted_keys[pos] == query
+        in_parts.append(order[pos[found]])
+        out_parts.append(rows[found])
+        bounds.append(bounds[-1] + int(found.sum()))
+    return KernelMap(torch.cat(in_parts), torch.cat(out_parts), tuple(bounds), m)
+
+
+def downsample_map(coords: torch.Tensor) -> tuple[KernelMap, torch.Tensor]:
+    """Kernel map of a kernel-2 stride-2 convolution and the (M', 4) int32 output coordinates.
+
+    Each input voxel ``c`` feeds exactly one output ``floor(c / 2)`` through the offset
+    ``c − 2·floor(c / 2)``; outputs are sorted by key (spconv orders them differently, which is
+    why the network's outputs are compared on the stride-1 voxels, where both agree).
+    """
+    c64 = coords.to(torch.int64)
+    parent = c64.clone()
+    parent[:, 1:] = torch.div(c64[:, 1:], 2, rounding_mode="floor")
+    child = c64[:, 1:] - 2 * parent[:, 1:]
+    kidx = child[:, 0] * 4 + child[:, 1] * 2 + child[:, 2]
+    lo, extent = key_frame(parent, pad=0)
+    pkeys = linear_keys(parent, lo, extent)
+    _, inverse = torch.unique(pkeys, return_inverse=True)
+    num_out = int(inverse.max()) + 1
+    out_coords = torch.empty((num_out, 4), dtype=torch.int64, device=coords.device)
+    out_coords[inverse] = parent
+    order = torch.argsort(kidx, stable=True)
+    counts = torch.bincount(kidx, minlength=8).tolist()
+    bounds = tuple(itertools.accumulate([0, *counts]))
+    rows = torch.arange(c64.shape[0], dtype=torch.int64, device=coords.device)
+    kmap = KernelMap(rows[order], inverse[order], bounds, num_out)
+    return kmap, out_coords.to(torch.int32)
+
+
+class _PairConv(torch.autograd.Function):
+    """``out[o] = Σ_k Σ_(i→o in k) in[i] @ W[k]`` with a backward that re-gathers.
+
+    Only the inputs, the weights and the index pairs are kept for backward (never the gathered
+    copies), so training memory grows with voxels × channels, not with voxels × K × channels.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]  # noqa: PLR0917
+        ctx: Any,
+        feats: torch.Tensor,
+        weight: torch.Tensor,
+        in_idx: torch.Tensor,
+        out_idx: torch.Tensor,
+        bounds: tuple[int, ...],
+        num_out: int,
+    ) -> torch.Tensor:
+        out = feats.new_zeros((num_out, weight.shape[2]))
+        for k in range(weight.shape[0]):
+            a, b = bounds[k], bounds[k + 1]
+            if a == b:
+                continue
+            out.index_add_(0, out_idx[a:b], feats[in_idx[a:b]] @ weight[k])
+        ctx.save_for_backward(feats, weight, in_idx, out_idx)
+        ctx.bounds = bounds
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, *grads: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad_out,) = grads
+        feats, weight, in_idx, out_idx = ctx.saved_tensors
+        bounds: tuple[int, ...] = ctx.bounds
+        need_feats, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_feats = torch.zeros_like(feats) if need_feats else None
+        grad_weight = torch.zeros_like(weight) if need_weight else None
+        grad_out = grad_out.contiguous()
+        for k in range(weight.shape[0]):
+            a, b = bounds[k], bounds[k + 1]
+            if a == b:
+                continue
+            g = grad_out[out_idx[a:b]]
+            if grad_feats is not None:
+                grad_feats.index_add_(0, in_idx[a:b], g @ weight[k].transpose(0, 1))
+            if grad_weight is not None:
+                grad_weight[k] = feats[in_idx[a:b]].transpose(0, 1) @ g
+        return grad_feats, grad_weight, None, None, None, None
+
+
+def apply_kernel_map(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+    """Sparse convolution of (M_in, C_in) ``feats`` with (K, C_in, C_out) ``weight``.
+
+    Returns (``kmap.num_out``, C_out).
+    """
+    if weight.shape[0] != len(kmap.bounds) - 1:
+        raise ValueError(f"weight has {weight.shape[0]} offsets, map has {len(kmap.bounds) - 1}")
+    out: torch.Tensor = _PairConv.apply(
+        feats, weight, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.num_out
+    )
+    return out
