@@ -1,0 +1,504 @@
+"""Online RGB-D fusion into a TSDF + colour voxel map with a stable voxel index.
+
+Fusion is Open3D's tensor ``VoxelBlockGrid`` (CPU or CUDA). Semantic state, however, needs a
+*list* of surface voxels whose numbering never changes, which the TSDF does not provide: its
+surface moves as observations accumulate and its blocks are rehashed as it grows. So the mapper
+keeps an append-only :class:`~diff2scene.mapping.voxel_index.VoxelIndex` of surface voxels and
+refreshes it on demand (:meth:`Mapper.update_voxels`), looking only at the blocks integrated
+since the last refresh and their neighbours. Extracting the whole surface after every frame
+would cost more than the fusion itself; callers refresh before they need the voxels (a keyframe
+unprojection, a 3D-network pass, a published cloud).
+
+A surface voxel is a TSDF sample (at integer multiples of ``voxel_size_m``) observed at least
+``surface_weight_threshold`` times whose signed distance changes sign towards one of its six
+neighbours, and which is the closer of the two samples to the zero crossing. This gives one
+layer of voxels on the surface, each within about half a voxel of it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import open3d as o3d
+from numpy.typing import NDArray
+
+from diff2scene.errors import ConfigError
+from diff2scene.mapping.voxel_index import VoxelIndex
+from diff2scene.types import Frame
+
+#: Reasons a frame is skipped, as counted in :attr:`MapperStats.skipped`.
+SKIP_BAD_INPUT = "bad_input"
+SKIP_INVALID_POSE = "invalid_pose"
+SKIP_OUT_OF_ORDER = "out_of_order"
+SKIP_POSE_JUMP = "pose_jump"
+SKIP_NO_VALID_DEPTH = "no_valid_depth"
+SKIP_OUTSIDE_BOUNDS = "outside_bounds"
+SKIP_INTEGRATION_ERROR = "integration_error"
+
+#: Blocks processed at once by surface extraction; bounds its temporary memory
+#: (about 60 MB at 16³ voxels per block).
+_EXTRACT_CHUNK_BLOCKS = 512
+
+
+@dataclass
+class MapperConfig:
+    """Voxel map geometry, depth filtering, frame rejection and surface extraction."""
+
+    #: Edge length of one voxel (and the spacing of surface voxels), in metres.
+    voxel_size_m: float = 0.02
+    #: Voxels per block edge in Open3D's block hash map (blocks hold resolution³ voxels).
+    block_resolution: int = 16
+    #: Initial capacity of the block hash map; it grows on demand (CPU and CUDA).
+    block_count: int = 1000
+    #: Depth readings closer than this are treated as invalid, in metres.
+    depth_min_m: float = 0.1
+    #: Depth readings farther than this are treated as invalid, in metres.
+    depth_max_m: float = 5.0
+    #: Truncation distance of the TSDF in voxels (``sdf_trunc_m = multiplier * voxel_size_m``).
+    #: Larger values tolerate noisier depth but leave surface artefacts up to that far from the
+    #: true surface where views disagree (behind object silhouettes).
+    trunc_voxel_multiplier: float = 4.0
+    #: Open3D device: "CPU:0", "CUDA:0", ... or "auto" (first CUDA device if available).
+    device: str = "auto"
+    #: Integration count a voxel needs before it can be a surface voxel.
+    surface_weight_threshold: float = 2.0
+    #: A zero crossing counts only if the closer sample lies within this many voxels of it;
+    #: larger jumps are artefacts at object silhouettes (free space meets occluded space).
+    surface_band_voxels: float = 2.0
+    #: Largest camera translation between consecutive frames before the pose counts as a jump,
+    #: in metres.
+    max_translation_jump_m: float = 0.5
+    #: Largest camera rotation between consecutive frames before the pose counts as a jump,
+    #: in degrees.
+    max_rotation_jump_deg: float = 45.0
+    #: Lower corner (x, y, z) of the mapped region in the world frame, in metres; None = unbounded.
+    bounds_min_m: tuple[float, float, float] | None = None
+    #: Upper corner (x, y, z) of the mapped region in the world frame, in metres; None = unbounded.
+    bounds_max_m: tuple[float, float, float] | None = None
+    #: Frames with a smaller fraction of valid depth pixels are skipped as "no_valid_depth".
+    min_valid_depth_ratio: float = 0.001
+
+    def __post_init__(self) -> None:
+        positive = {
+            "voxel_size_m": self.voxel_size_m,
+            "depth_max_m": self.depth_max_m,
+            "trunc_voxel_multiplier": self.trunc_voxel_multiplier,
+            "max_translation_jump_m": self.max_translation_jump_m,
+            "max_rotation_jump_deg": self.max_rotation_jump_deg,
+            "surface_band_voxels": self.surface_band_voxels,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"MapperConfig.{name} must be > 0, got {value}")
+        if self.block_resolution < 2 or self.block_count < 1:
+            raise ConfigError("MapperConfig: block_resolution must be >= 2, block_count >= 1")
+        if not 0 <= self.depth_min_m < self.depth_max_m:
+            raise ConfigError(
+                f"MapperConfig: need 0 <= depth_min_m < depth_max_m, got "
+                f"{self.depth_min_m}, {self.depth_max_m}"
+            )
+        if self.surface_weight_threshold <= 0:
+            raise ConfigError("MapperConfig.surface_weight_threshold must be > 0")
+        if not 0 <= self.min_valid_depth_ratio <= 1:
+            raise ConfigError("MapperConfig.min_valid_depth_ratio must be in [0, 1]")
+        if (self.bounds_min_m is None) != (self.bounds_max_m is None):
+            raise ConfigError("MapperConfig: give both bounds_min_m and bounds_max_m, or neither")
+        if (
+            self.bounds_min_m is not None
+            and self.bounds_max_m is not None
+            and any(lo >= hi for lo, hi in zip(self.bounds_min_m, self.bounds_max_m, strict=True))
+        ):
+            raise ConfigError("MapperConfig: bounds_min_m must be below bounds_max_m")
+        if self.device != "auto" and not (
+            self.device.startswith("CPU:") or self.device.startswith("CUDA:")
+        ):
+            raise ConfigError(
+                f"MapperConfig.device must be auto, CPU:n or CUDA:n, got {self.device}"
+            )
+
+    @property
+    def sdf_trunc_m(self) -> float:
+        """TSDF truncation distance in metres."""
+        return self.trunc_voxel_multiplier * self.voxel_size_m
+
+
+@dataclass
+class MapperStats:
+    """What happened to the frames given to :meth:`Mapper.integrate`."""
+
+    frames_received: int = 0
+    frames_integrated: int = 0
+    #: Skipped frames by reason (the ``SKIP_*`` constants).
+    skipped: Counter[str] = field(default_factory=Counter)
+    #: Reason of the most recent skip, for diagnostics.
+    last_skip_reason: str = ""
+    last_skip_detail: str = ""
+
+
+@dataclass
+class SurfaceUpdate:
+    """The map's surface voxels after :meth:`Mapper.update_voxels`.
+
+    Voxel ``i`` is the same voxel in every update; ``[new_start, num_voxels)`` are the voxels
+    first seen in this update. Arrays are copies owned by the receiver.
+    """
+
+    voxel_size_m: float
+    coords: NDArray[np.int32]  # (M, 3) integer voxel coordinates
+    colors: NDArray[np.uint8]  # (M, 3) RGB, the fused colour of each voxel
+    #: Index of the first voxel added by this update.
+    new_start: int
+    #: (U,) int64 voxels found on the surface in this update (their colours were refreshed).
+    updated_index: NDArray[np.int64]
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def num_new(self) -> int:
+        return self.num_voxels - self.new_start
+
+    @property
+    def points_m(self) -> NDArray[np.float32]:
+        """(M, 3) float32 voxel centres in the world frame, metres."""
+        return voxel_centres(self.coords, self.voxel_size_m)
+
+
+def voxel_centres(coords: NDArray[np.int32], voxel_size_m: float) -> NDArray[np.float32]:
+    """(M, 3) float32 world positions of integer voxel coordinates (the TSDF sample points)."""
+    return (coords.astype(np.float64) * voxel_size_m).astype(np.float32)
+
+
+def resolve_device(name: str) -> o3d.core.Device:
+    """Open3D device for a config string; "auto" picks CUDA:0 when Open3D was built with it."""
+    if name == "auto":
+        return o3d.core.Device("CUDA:0" if o3d.core.cuda.is_available() else "CPU:0")
+    return o3d.core.Device(name)
+
+
+def rotation_angle_deg(R: NDArray[np.float64]) -> float:
+    """Angle of rotation matrix ``R`` (3, 3), in degrees."""
+    cos = (float(np.trace(R)) - 1.0) / 2.0
+    return math.degrees(math.acos(min(1.0, max(-1.0, cos))))
+
+
+def _valid_pose(T: NDArray[np.float64]) -> bool:
+    if T.shape != (4, 4) or not np.all(np.isfinite(T)):
+        return False
+    R = T[:3, :3]
+    return bool(
+        np.allclose(T[3], (0.0, 0.0, 0.0, 1.0))
+        and np.allclose(R.T @ R, np.eye(3), atol=1e-3)
+        and np.linalg.det(R) > 0
+    )
+
+
+def _to_o3d(arr: NDArray[Any], device: o3d.core.Device) -> o3d.core.Tensor:
+    """Open3D tensor of ``arr`` on ``device`` (shares memory on the CPU when contiguous)."""
+    return o3d.core.Tensor.from_numpy(np.ascontiguousarray(arr)).to(device)
+
+
+def _invert_rigid(T: NDArray[np.float64]) -> NDArray[np.float64]:
+    out = np.eye(4)
+    R = T[:3, :3]
+    out[:3, :3] = R.T
+    out[:3, 3] = -R.T @ T[:3, 3]
+    return out
+
+
+class Mapper:
+    """Fuses frames into a TSDF voxel map and maintains the stable list of surface voxels."""
+
+    def __init__(self, config: MapperConfig | None = None) -> None:
+        self.config = config or MapperConfig()
+        self.device = resolve_device(self.config.device)
+        cfg = self.config
+        self._vbg = o3d.t.geometry.VoxelBlockGrid(
+            attr_names=("tsdf", "weight", "color"),
+            attr_dtypes=(o3d.core.float32, o3d.core.float32, o3d.core.float32),
+            attr_channels=[o3d.core.SizeVector([c]) for c in (1, 1, 3)],
+            voxel_size=cfg.voxel_size_m,
+            block_resolution=cfg.block_resolution,
+            block_count=cfg.block_count,
+            device=self.device,
+        )
+        self.stats = MapperStats()
+        self._index = VoxelIndex()
+        self._colors = np.empty((0, 3), dtype=np.uint8)
+        self._dirty_blocks: list[NDArray[np.int32]] = []
+        self._prev_pose: NDArray[np.float64] | None = None
+        self._last_stamp_ns: int | None = None
+        block_m = cfg.block_resolution * cfg.voxel_size_m
+        if cfg.bounds_min_m is not None and cfg.bounds_max_m is not None:
+            self._bounds: tuple[NDArray[np.float64], NDArray[np.float64]] | None = (
+                np.asarray(cfg.bounds_min_m, dtype=np.float64),
+                np.asarray(cfg.bounds_max_m, dtype=np.float64),
+            )
+            self._block_m = block_m
+        else:
+            self._bounds = None
+            self._block_m = block_m
+
+    # ------------------------------------------------------------------ integration
+
+    def _skip(self, reason: str, detail: str = "") -> bool:
+        self.stats.skipped[reason] += 1
+        self.stats.last_skip_reason = reason
+        self.stats.last_skip_detail = detail
+        return False
+
+    def integrate(self, frame: Frame) -> bool:
+        """Fuse ``frame`` into the TSDF; False (and a counted reason) if the frame is skipped.
+
+        Never raises for a bad frame: wrong shapes or dtypes, a non-rigid or non-finite pose, a
+        stamp older than the previous frame's, a pose jump (motion between consecutive frames
+        beyond the configured limits; the next frame is compared with the jumped pose, so a
+        real relocalisation costs one frame and a one-frame glitch two), no valid depth, or a
+        camera outside the map bounds.
+        """
+        cfg = self.config
+        self.stats.frames_received += 1
+        intr = frame.intrinsics
+        hw = (intr.height, intr.width)
+        depth = frame.depth_m
+        if (
+            not isinstance(depth, np.ndarray)
+            or depth.shape != hw
+            or not isinstance(frame.rgb, np.ndarray)
+            or frame.rgb.shape != (*hw, 3)
+            or frame.rgb.dtype != np.uint8
+        ):
+            return self._skip(
+                SKIP_BAD_INPUT,
+                f"need rgb {(*hw, 3)} uint8 and depth {hw}, got "
+                f"{getattr(frame.rgb, 'shape', None)} and {getattr(depth, 'shape', None)}",
+            )
+        T = np.asarray(frame.T_world_camera, dtype=np.float64)
+        if not _valid_pose(T):
+            return self._skip(SKIP_INVALID_POSE, "T_world_camera is not a finite rigid transform")
+        if self._last_stamp_ns is not None and frame.stamp_ns < self._last_stamp_ns:
+            return self._skip(
+                SKIP_OUT_OF_ORDER, f"stamp {frame.stamp_ns} < previous {self._last_stamp_ns}"
+            )
+        self._last_stamp_ns = frame.stamp_ns
+        prev, self._prev_pose = self._prev_pose, T
+        if prev is not None:
+            jump_m = float(np.linalg.norm(T[:3, 3] - prev[:3, 3]))
+            jump_deg = rotation_angle_deg(prev[:3, :3].T @ T[:3, :3])
+            if jump_m > cfg.max_translation_jump_m or jump_deg > cfg.max_rotation_jump_deg:
+                return self._skip(SKIP_POSE_JUMP, f"moved {jump_m:.3f} m, {jump_deg:.1f} deg")
+        if self._bounds is not None:
+            lo, hi = self._bounds
+            if np.any(T[:3, 3] < lo) or np.any(T[:3, 3] > hi):
+                return self._skip(SKIP_OUTSIDE_BOUNDS, f"camera at {T[:3, 3].round(3).tolist()}")
+        depth = depth.astype(np.float32, copy=False)
+        valid = (depth >= cfg.depth_min_m) & (depth <= cfg.depth_max_m)  # NaN compares False
+        num_valid = int(np.count_nonzero(valid))
+        if num_valid == 0 or num_valid < cfg.min_valid_depth_ratio * depth.size:
+            return self._skip(SKIP_NO_VALID_DEPTH, f"{num_valid} valid depth pixels")
+        if num_valid < depth.size:
+            depth = np.where(valid, depth, np.float32(0.0))
+        try:
+            return self._integrate_checked(frame, depth, T)
+        except RuntimeError as exc:  # Open3D reports its own failures as RuntimeError
+            return self._skip(SKIP_INTEGRATION_ERROR, str(exc).strip()[:200])
+
+    def _integrate_checked(
+        self, frame: Frame, depth: NDArray[np.float32], T_world_camera: NDArray[np.float64]
+    ) -> bool:
+        cfg = self.config
+        dev = self.device
+        depth_img = o3d.t.geometry.Image(_to_o3d(depth, dev))
+        # Open3D's float colour path expects [0, 1] and stores 0..255 values.
+        color = frame.rgb.astype(np.float32) * np.float32(1.0 / 255.0)
+        color_img = o3d.t.geometry.Image(_to_o3d(color, dev))
+        K = _to_o3d(frame.intrinsics.matrix(), o3d.core.Device("CPU:0"))
+        extrinsic = _to_o3d(_invert_rigid(T_world_camera), o3d.core.Device("CPU:0"))
+        blocks = self._vbg.compute_unique_block_coordinates(
+            depth_img, K, extrinsic, 1.0, cfg.depth_max_m, cfg.trunc_voxel_multiplier
+        )
+        blocks_np = blocks.cpu().numpy().reshape(-1, 3)
+        if self._bounds is not None:
+            lo, hi = self._bounds
+            lower = blocks_np * self._block_m
+            inside = np.all((lower + self._block_m > lo) & (lower < hi), axis=1)
+            if not np.any(inside):
+                return self._skip(SKIP_OUTSIDE_BOUNDS, "all observed blocks lie outside bounds")
+            if not np.all(inside):
+                blocks_np = np.ascontiguousarray(blocks_np[inside])
+                blocks = _to_o3d(blocks_np, dev)
+        self._vbg.integrate(
+            blocks,
+            depth_img,
+            color_img,
+            K,
+            K,
+            extrinsic,
+            1.0,
+            cfg.depth_max_m,
+            cfg.trunc_voxel_multiplier,
+        )
+        self._dirty_blocks.append(blocks_np.astype(np.int32, copy=True))
+        self.stats.frames_integrated += 1
+        return True
+
+    # ------------------------------------------------------------------ surface voxels
+
+    @property
+    def num_voxels(self) -> int:
+        """Surface voxels registered so far (as of the last :meth:`update_voxels`)."""
+        return len(self._index)
+
+    @property
+    def num_blocks(self) -> int:
+        """Allocated TSDF blocks."""
+        return int(self._vbg.hashmap().size())
+
+    @property
+    def geometry_nbytes(self) -> int:
+        """Memory of the TSDF blocks in use plus the voxel index and colours, in bytes.
+
+        TSDF voxels hold tsdf, weight and RGB as float32 (20 bytes each).
+        """
+        r3 = self.config.block_resolution**3
+        return int(self.num_blocks * r3 * 20 + self._index.nbytes + self._colors.nbytes)
+
+    @property
+    def voxel_grid(self) -> o3d.t.geometry.VoxelBlockGrid:
+        """The underlying Open3D grid (for meshing or ray casting); do not integrate into it."""
+        return self._vbg
+
+    def update_voxels(self) -> SurfaceUpdate:
+        """Refresh the surface voxels from the blocks integrated since the last call.
+
+        New surface voxels are appended to the stable index; colours of all voxels found on the
+        surface are refreshed. Voxels that stop being on the surface keep their number and last
+        colour (their semantic state stays valid for the thing that was seen there).
+        """
+        start = len(self._index)
+        updated = np.empty(0, dtype=np.int64)
+        if self._dirty_blocks:
+            blocks = np.unique(np.concatenate(self._dirty_blocks, axis=0), axis=0)
+            self._dirty_blocks = []
+            coords, colors = self._extract_surface(blocks)
+            if coords.shape[0]:
+                updated = self._index.add(coords)
+                grow = len(self._index) - self._colors.shape[0]
+                if grow:
+                    self._colors = np.concatenate(
+                        [self._colors, np.zeros((grow, 3), dtype=np.uint8)], axis=0
+                    )
+                self._colors[updated] = colors
+        return SurfaceUpdate(
+            voxel_size_m=self.config.voxel_size_m,
+            coords=self._index.coords.copy(),
+            colors=self._colors.copy(),
+            new_start=start,
+            updated_index=updated,
+        )
+
+    def _host_attributes(
+        self,
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32], NDArray[np.float32]]:
+        """tsdf, weight (B, R, R, R) and colour (B, R, R, R, 3) as host arrays, [z, y, x] order.
+
+        On the CPU these are views of Open3D's buffers (no copy); on CUDA this copies them to
+        the host, which bounds how often a CUDA map should be refreshed.
+        """
+        R = self.config.block_resolution
+        out = []
+        for name, ch in (("tsdf", 1), ("weight", 1), ("color", 3)):
+            attr = self._vbg.attribute(name)
+            if not attr.is_cpu:
+                attr = attr.cpu()
+            arr = attr.numpy()
+            out.append(arr.reshape(-1, R, R, R) if ch == 1 else arr.reshape(-1, R, R, R, 3))
+        return out[0], out[1], out[2]
+
+    def _extract_surface(
+        self, dirty: NDArray[np.int32]
+    ) -> tuple[NDArray[np.int32], NDArray[np.uint8]]:
+        """Surface voxel coords (S, 3) int32 and colours (S, 3) uint8 in ``dirty`` blocks and
+        their neighbours (whose border voxels depend on the dirty blocks' values)."""
+        cfg = self.config
+        R = cfg.block_resolution
+        # Block keys are (x, y, z) but a block's array axes are [z, y, x]; these key offsets are
+        # the neighbours across the faces x-, x+, y-, y+, z-, z+ (the order of ``faces`` below).
+        face_offsets = np.array(
+            [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int32
+        )
+        candidates = np.unique(
+            np.concatenate([dirty, (dirty[:, None, :] + face_offsets[None]).reshape(-1, 3)]),
+            axis=0,
+        )
+        hashmap = self._vbg.hashmap()
+        bufs_t, found_t = hashmap.find(_to_o3d(candidates, self.device))
+        found = found_t.cpu().numpy().astype(bool)
+        keys = candidates[found]
+        bufs = bufs_t.cpu().numpy().astype(np.int64)[found]
+        tsdf, weight, color = self._host_attributes()
+        flat_color = color.reshape(-1, 3)
+        band = cfg.surface_band_voxels / cfg.trunc_voxel_multiplier  # in normalised tsdf units
+        out_coords: list[NDArray[np.int32]] = []
+        out_colors: list[NDArray[np.uint8]] = []
+        for lo in range(0, keys.shape[0], _EXTRACT_CHUNK_BLOCKS):
+            ck = keys[lo : lo + _EXTRACT_CHUNK_BLOCKS]
+            cb = bufs[lo : lo + _EXTRACT_CHUNK_BLOCKS]
+            n = ck.shape[0]
+            # Pad each block with a one-voxel halo copied from its face neighbours.
+            pad = np.full((n, R + 2, R + 2, R + 2), np.nan, dtype=np.float32)
+            w_c = weight[cb]
+            pad[:, 1:-1, 1:-1, 1:-1] = np.where(w_c > 0, tsdf[cb], np.nan)
+            nb_keys = (ck[:, None, :] + face_offsets[None]).reshape(-1, 3)
+            nb_bufs_t, nb_found_t = hashmap.find(_to_o3d(nb_keys, self.device))
+            nb_bufs = nb_bufs_t.cpu().numpy().astype(np.int64).reshape(n, 6)
+            nb_found = nb_found_t.cpu().numpy().astype(bool).reshape(n, 6)
+            # (face index, source slice in the neighbour, destination slice in the pad)
+            faces = (
+                (0, (slice(None), slice(None), R - 1), (slice(1, -1), slice(1, -1), 0)),
+                (1, (slice(None), slice(None), 0), (slice(1, -1), slice(1, -1), R + 1)),
+                (2, (slice(None), R - 1, slice(None)), (slice(1, -1), 0, slice(1, -1))),
+                (3, (slice(None), 0, slice(None)), (slice(1, -1), R + 1, slice(1, -1))),
+                (4, (R - 1, slice(None), slice(None)), (0, slice(1, -1), slice(1, -1))),
+                (5, (0, slice(None), slice(None)), (R + 1, slice(1, -1), slice(1, -1))),
+            )
+            for f, src, dst in faces:
+                rows = np.flatnonzero(nb_found[:, f])
+                if rows.size == 0:
+                    continue
+                nb = nb_bufs[rows, f]
+                t_face = tsdf[(nb, *src)]
+                w_face = weight[(nb, *src)]
+                pad[(rows, *dst)] = np.where(w_face > 0, t_face, np.nan)
+            s = pad[:, 1:-1, 1:-1, 1:-1]
+            abs_s = np.abs(s)
+            neg_s = s < 0
+            crossing = np.zeros(s.shape, dtype=bool)
+            for axis in (1, 2, 3):
+                for shift in (0, 2):
+                    idx: list[slice] = [slice(None), slice(1, -1), slice(1, -1), slice(1, -1)]
+                    idx[axis] = slice(shift, shift + R)
+                    nbr = pad[tuple(idx)]
+                    with np.errstate(invalid="ignore"):
+                        crossing |= np.isfinite(nbr) & ((nbr < 0) != neg_s) & (abs_s <= np.abs(nbr))
+            with np.errstate(invalid="ignore"):
+                surface = crossing & (w_c >= cfg.surface_weight_threshold) & (abs_s <= band)
+            b, z, y, x = np.nonzero(surface)
+            if b.size == 0:
+                continue
+            local = np.stack([x, y, z], axis=1).astype(np.int32)
+            out_coords.append(ck[b] * R + local)
+            flat = cb[b] * R**3 + (z * R + y) * R + x
+            rgb = np.clip(np.rint(flat_color[flat]), 0, 255).astype(np.uint8)
+            out_colors.append(rgb)
+        if not out_coords:
+            return np.empty((0, 3), dtype=np.int32), np.empty((0, 3), dtype=np.uint8)
+        return (
+            np.concatenate(out_coords).astype(np.int32, copy=False),
+            np.concatenate(out_colors),
+        )

@@ -1,0 +1,346 @@
+"""The semantic voxel map: surface voxels, 2D-mask memberships, the mask bank, 3D features.
+
+Everything is flat NumPy arrays indexed by the stable voxel number of the
+:class:`~diff2scene.mapping.mapper.Mapper`, so the 3D branch, the query engine and the ROS
+node share one representation, and saving it is a matter of writing arrays. The file format is
+a single ``.npz`` (read with ``allow_pickle=False``) holding a JSON header as a byte array, so
+nothing in a map file can execute code when loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from diff2scene.errors import DataFormatError, InputError
+from diff2scene.mapping.mapper import SurfaceUpdate, voxel_centres
+from diff2scene.types import MaskSet
+
+#: Identifies a diff2scene map file.
+FORMAT_NAME = "diff2scene-semantic-map"
+#: Bumped whenever the layout of a saved map changes; older/newer files are refused.
+FORMAT_VERSION = 1
+
+_HEADER_KEY = "header_json"
+
+
+class MaskBank:
+    """Every 2D mask ever accumulated: its embeddings per space, class probabilities, keyframe.
+
+    A mask's id is its row number, global across keyframes and stable for the map's life. The
+    buffers grow by doubling so appending a keyframe's masks is amortised O(N).
+    """
+
+    def __init__(self) -> None:
+        self._count = 0
+        self._emb: dict[str, NDArray[np.float32]] = {}
+        self._kf = np.empty(0, dtype=np.int32)
+        self._probs: NDArray[np.float32] | None = None
+
+    @property
+    def num_masks(self) -> int:
+        return self._count
+
+    @property
+    def embeddings(self) -> dict[str, NDArray[np.float32]]:
+        """Space name → (K, D) float32 mask embeddings (views; do not write)."""
+        return {space: buf[: self._count] for space, buf in self._emb.items()}
+
+    @property
+    def keyframe_ids(self) -> NDArray[np.int32]:
+        """(K,) int32 keyframe each mask came from."""
+        return self._kf[: self._count]
+
+    @property
+    def class_probs(self) -> NDArray[np.float32] | None:
+        """(K, C) float32 class probabilities for the vocabulary in use, or None."""
+        return None if self._probs is None else self._probs[: self._count]
+
+    @property
+    def nbytes(self) -> int:
+        """Memory of the used part of the bank, in bytes."""
+        per_mask = 4 + sum(b.shape[1] * 4 for b in self._emb.values())
+        if self._probs is not None:
+            per_mask += self._probs.shape[1] * 4
+        return int(self._count * per_mask)
+
+    def _reserve(self, needed: int) -> None:
+        capacity = self._kf.shape[0]
+        if needed <= capacity:
+            return
+        new_cap = max(needed, 2 * capacity, 256)
+
+        def grow(buf: NDArray[Any]) -> NDArray[Any]:
+            out = np.zeros((new_cap, *buf.shape[1:]), dtype=buf.dtype)
+            out[: self._count] = buf[: self._count]
+            return out
+
+        self._kf = grow(self._kf)
+        self._emb = {space: grow(buf) for space, buf in self._emb.items()}
+        if self._probs is not None:
+            self._probs = grow(self._probs)
+
+    def append(self, mask_set: MaskSet, keyframe_id: int) -> NDArray[np.int64]:
+        """Add a keyframe's masks; returns their (N,) int64 global ids.
+
+        All mask sets of one map must carry the same embedding spaces and widths, and either
+        all or none carry class probabilities over the same number of classes.
+        """
+        n = mask_set.num_masks
+        embs = mask_set.embeddings
+        for space, e in embs.items():
+            if e.ndim != 2 or e.shape[0] != n:
+                raise InputError("mask_set_shape", f"{space} embeddings {e.shape} for {n} masks")
+        if self._count == 0 and not self._emb:
+            self._emb = {s: np.zeros((0, e.shape[1]), dtype=np.float32) for s, e in embs.items()}
+            if mask_set.class_probs is not None:
+                self._probs = np.zeros((0, mask_set.class_probs.shape[1]), dtype=np.float32)
+            self._kf = np.empty(0, dtype=np.int32)
+        want = {s: b.shape[1] for s, b in self._emb.items()}
+        got = {s: e.shape[1] for s, e in embs.items()}
+        if want != got:
+            raise InputError("mask_space_mismatch", f"bank holds {want}, mask set has {got}")
+        probs = mask_set.class_probs
+        if (probs is None) != (self._probs is None) or (
+            probs is not None
+            and self._probs is not None
+            and probs.shape != (n, self._probs.shape[1])
+        ):
+            raise InputError(
+                "class_probs_mismatch",
+                "class probabilities must be given for every mask set, over the same classes",
+            )
+        self._reserve(self._count + n)
+        sl = slice(self._count, self._count + n)
+        for space, e in embs.items():
+            self._emb[space][sl] = e
+        self._kf[sl] = keyframe_id
+        if probs is not None and self._probs is not None:
+            self._probs[sl] = probs
+        ids = np.arange(self._count, self._count + n, dtype=np.int64)
+        self._count += n
+        return ids
+
+    def set_class_probs(self, probs: NDArray[np.float32] | None) -> None:
+        """Replace every mask's class probabilities (K, C), e.g. after a vocabulary change."""
+        if probs is not None and (probs.ndim != 2 or probs.shape[0] != self._count):
+            raise InputError("class_probs_shape", f"need ({self._count}, C), got {probs.shape}")
+        self._probs = None if probs is None else np.array(probs, dtype=np.float32)
+        if self._probs is not None:
+            pad = self._kf.shape[0] - self._count
+            self._probs = np.concatenate(
+                [self._probs, np.zeros((pad, self._probs.shape[1]), dtype=np.float32)]
+            )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        embeddings: Mapping[str, NDArray[np.float32]],
+        keyframe_ids: NDArray[np.int32],
+        class_probs: NDArray[np.float32] | None,
+    ) -> MaskBank:
+        """Rebuild a bank from its arrays (the inverse of the properties)."""
+        bank = cls()
+        k = int(keyframe_ids.shape[0])
+        bank._count = k
+        bank._kf = np.array(keyframe_ids, dtype=np.int32)
+        bank._emb = {s: np.array(e, dtype=np.float32) for s, e in embeddings.items()}
+        bank._probs = None if class_probs is None else np.array(class_probs, dtype=np.float32)
+        return bank
+
+
+class SemanticMap:
+    """Surface voxels with colours, top-k mask memberships (B3d), the mask bank, 3D features.
+
+    ``member_ids[v]`` / ``member_weights[v]`` hold voxel v's k strongest (mask id, B3d) pairs,
+    strongest first, -1 / 0 in unused slots. ``view_counts[v]`` counts the keyframes in which
+    the voxel was visible, so unseen voxels can be told from voxels seen but in no mask.
+    """
+
+    def __init__(self, voxel_size_m: float, *, members_per_voxel: int = 8) -> None:
+        if voxel_size_m <= 0 or members_per_voxel < 1:
+            raise InputError("semantic_map_args", "voxel_size_m > 0 and members_per_voxel >= 1")
+        self.voxel_size_m = float(voxel_size_m)
+        self.coords = np.empty((0, 3), dtype=np.int32)
+        self.colors = np.empty((0, 3), dtype=np.uint8)
+        self.member_ids = np.empty((0, members_per_voxel), dtype=np.int32)
+        self.member_weights = np.empty((0, members_per_voxel), dtype=np.float32)
+        self.view_counts = np.empty(0, dtype=np.int32)
+        self.mask_bank = MaskBank()
+        #: Space name → (M, D) float16 per-voxel 3D-branch features (filled by the 3D branch).
+        self.features_3d: dict[str, NDArray[np.float16]] = {}
+        #: JSON-serialisable facts about the map (configs used, source, ...).
+        self.metadata: dict[str, Any] = {}
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def members_per_voxel(self) -> int:
+        return int(self.member_ids.shape[1])
+
+    @property
+    def points_m(self) -> NDArray[np.float32]:
+        """(M, 3) float32 voxel centres in the world frame, metres."""
+        return voxel_centres(self.coords, self.voxel_size_m)
+
+    @property
+    def semantic_nbytes(self) -> int:
+        """Per-voxel semantic state (memberships, view counts, 3D features), in bytes."""
+        return int(
+            self.member_ids.nbytes
+            + self.member_weights.nbytes
+            + self.view_counts.nbytes
+            + sum(f.nbytes for f in self.features_3d.values())
+        )
+
+    def apply_surface_update(self, update: SurfaceUpdate) -> None:
+        """Take in the mapper's voxels: append new ones (empty semantic state), refresh colours.
+
+        ``update`` must come from the mapper this map follows: its first ``num_voxels`` voxels
+        must be this map's voxels, in order.
+        """
+        m = self.num_voxels
+        if abs(update.voxel_size_m - self.voxel_size_m) > 1e-12 or update.num_voxels < m:
+            raise InputError("surface_update_mismatch", "update is not from this map's mapper")
+        if m and not np.array_equal(update.coords[:m], self.coords):
+            raise InputError("surface_update_mismatch", "existing voxels changed coordinates")
+        grow = update.num_voxels - m
+        self.coords = np.array(update.coords, dtype=np.int32)
+        self.colors = np.array(update.colors, dtype=np.uint8)
+        if grow:
+            k = self.members_per_voxel
+            self.member_ids = np.concatenate(
+                [self.member_ids, np.full((grow, k), -1, dtype=np.int32)]
+            )
+            self.member_weights = np.concatenate(
+                [self.member_weights, np.zeros((grow, k), dtype=np.float32)]
+            )
+            self.view_counts = np.concatenate([self.view_counts, np.zeros(grow, dtype=np.int32)])
+            self.features_3d = {
+                s: np.concatenate([f, np.zeros((grow, f.shape[1]), dtype=np.float16)])
+                for s, f in self.features_3d.items()
+            }
+
+    def strongest_mask(self) -> NDArray[np.int32]:
+        """(M,) int32 id of each voxel's strongest mask, -1 where it has none."""
+        return self.member_ids[:, 0].copy()
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path: str | Path) -> Path:
+        """Write the whole map to ``path`` (.npz) atomically: a temp file, then a rename."""
+        path = Path(path)
+        bank = self.mask_bank
+        header = {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "voxel_size_m": self.voxel_size_m,
+            "members_per_voxel": self.members_per_voxel,
+            "embedding_spaces": sorted(bank.embeddings),
+            "feature_spaces": sorted(self.features_3d),
+            "has_class_probs": bank.class_probs is not None,
+            "metadata": self.metadata,
+        }
+        arrays: dict[str, NDArray[Any]] = {
+            _HEADER_KEY: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
+            "coords": self.coords,
+            "colors": self.colors,
+            "member_ids": self.member_ids,
+            "member_weights": self.member_weights,
+            "view_counts": self.view_counts,
+            "bank_keyframe_ids": bank.keyframe_ids,
+        }
+        for space, e in bank.embeddings.items():
+            arrays[f"bank_embeddings/{space}"] = e
+        if bank.class_probs is not None:
+            arrays["bank_class_probs"] = bank.class_probs
+        for space, f in self.features_3d.items():
+            arrays[f"features_3d/{space}"] = f
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with tmp.open("wb") as fh:
+                np.savez(fh, **arrays)  # type: ignore[arg-type]
+                fh.flush()
+                os.fsync(fh.fileno())
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> SemanticMap:
+        """Read a map written by :meth:`save`; corrupt, truncated or foreign files raise
+        :class:`~diff2scene.errors.DataFormatError`."""
+        path = Path(path)
+        if not path.is_file():
+            raise DataFormatError(f"{path}: map file not found")
+        try:
+            with np.load(path, allow_pickle=False) as npz:
+                data = {name: npz[name] for name in npz.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
+            raise DataFormatError(f"{path}: not a readable map file ({exc})") from exc
+        try:
+            header = json.loads(bytes(data.pop(_HEADER_KEY)).decode("utf-8"))
+        except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataFormatError(f"{path}: missing or corrupt header ({exc})") from exc
+        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+            raise DataFormatError(f"{path}: not a {FORMAT_NAME} file")
+        if header.get("version") != FORMAT_VERSION:
+            raise DataFormatError(
+                f"{path}: map format version {header.get('version')!r}, this code reads "
+                f"version {FORMAT_VERSION}"
+            )
+        try:
+            return cls._from_arrays(header, data)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataFormatError(f"{path}: inconsistent map file ({exc})") from exc
+
+    @classmethod
+    def _from_arrays(cls, header: dict[str, Any], data: dict[str, NDArray[Any]]) -> SemanticMap:
+        k = int(header["members_per_voxel"])
+        smap = cls(float(header["voxel_size_m"]), members_per_voxel=k)
+        smap.coords = data["coords"]
+        smap.colors = data["colors"]
+        smap.member_ids = data["member_ids"]
+        smap.member_weights = data["member_weights"]
+        smap.view_counts = data["view_counts"]
+        m = smap.num_voxels
+        expected: dict[str, tuple[tuple[int, ...], type]] = {
+            "coords": ((m, 3), np.int32),
+            "colors": ((m, 3), np.uint8),
+            "member_ids": ((m, k), np.int32),
+            "member_weights": ((m, k), np.float32),
+            "view_counts": ((m,), np.int32),
+        }
+        for name, (shape, dtype) in expected.items():
+            arr = data[name]
+            if arr.shape != shape or arr.dtype != dtype:
+                raise ValueError(f"{name} is {arr.shape} {arr.dtype}, expected {shape} {dtype}")
+        kf = data["bank_keyframe_ids"]
+        embeddings = {s: data[f"bank_embeddings/{s}"] for s in header["embedding_spaces"]}
+        probs = data["bank_class_probs"] if header["has_class_probs"] else None
+        num_masks = kf.shape[0]
+        for s, e in embeddings.items():
+            if e.ndim != 2 or e.shape[0] != num_masks:
+                raise ValueError(f"bank embeddings {s} are {e.shape} for {num_masks} masks")
+        if probs is not None and (probs.ndim != 2 or probs.shape[0] != num_masks):
+            raise ValueError(f"bank class probabilities are {probs.shape}")
+        if np.any(smap.member_ids >= num_masks) or np.any(smap.member_ids < -1):
+            raise ValueError("memberships refer to masks that are not in the bank")
+        smap.mask_bank = MaskBank.from_arrays(embeddings, kf, probs)
+        for s in header["feature_spaces"]:
+            f = data[f"features_3d/{s}"]
+            if f.ndim != 2 or f.shape[0] != m or f.dtype != np.float16:
+                raise ValueError(f"features_3d {s} is {f.shape} {f.dtype}")
+            smap.features_3d[s] = f
+        smap.metadata = dict(header.get("metadata") or {})
+        return smap

@@ -1,0 +1,162 @@
+"""Fusion accuracy, stable voxel identity and counted frame rejection."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from diff2scene.config import from_dict
+from diff2scene.errors import ConfigError
+from diff2scene.mapping.mapper import (
+    SKIP_BAD_INPUT,
+    SKIP_INVALID_POSE,
+    SKIP_NO_VALID_DEPTH,
+    SKIP_OUT_OF_ORDER,
+    SKIP_OUTSIDE_BOUNDS,
+    SKIP_POSE_JUMP,
+    Mapper,
+    MapperConfig,
+)
+
+VOXEL_M = 0.05
+
+
+def small_config(**overrides: object) -> MapperConfig:
+    base = {
+        "voxel_size_m": VOXEL_M,
+        "block_resolution": 8,
+        "trunc_voxel_multiplier": 3.0,
+        "device": "CPU:0",
+    }
+    base.update(overrides)
+    return from_dict(MapperConfig, base)
+
+
+@pytest.fixture(scope="module")
+def fused(orbit_frames):
+    mapper = Mapper(small_config())
+    for frame in orbit_frames:
+        assert mapper.integrate(frame), mapper.stats.last_skip_detail
+    return mapper, mapper.update_voxels()
+
+
+def test_surface_voxels_lie_on_ground_truth_surface(fused, ray_scene):
+    _, update = fused
+    assert update.num_voxels > 3000
+    dist = ray_scene.distance(update.points_m)
+    within = float(np.mean(dist <= VOXEL_M + 1e-4))
+    assert within >= 0.95, f"only {within:.3f} of voxels within one voxel of the surface"
+    # Every object that the orbit sees is reconstructed, not just the floor.
+    seen_instances = np.unique(ray_scene.closest_instance(update.points_m[dist <= VOXEL_M]))
+    assert set(seen_instances.tolist()) >= {1, 2, 3, 4, 5}
+
+
+def test_surface_voxels_carry_the_fused_colour(fused, ray_scene):
+    _, update = fused
+    inst = ray_scene.closest_instance(update.points_m)
+    palette = ray_scene.palette.astype(np.int16)
+    # The rendered texture darkens half the pixels by 20 grey levels, so fused colours lie
+    # between the object colour and 20 below it.
+    diff = palette[inst] - update.colors.astype(np.int16)
+    ok = np.all((diff >= -2) & (diff <= 22), axis=1)
+    assert float(np.mean(ok)) >= 0.9
+
+
+def test_voxel_identity_is_stable_and_new_voxels_are_appended(ray_scene, orbit_frames):
+    mapper = Mapper(small_config())
+    for frame in orbit_frames[:10]:
+        mapper.integrate(frame)
+    first = mapper.update_voxels()
+    assert first.new_start == 0
+    assert first.num_voxels > 0
+    for frame in orbit_frames[10:]:
+        mapper.integrate(frame)
+    second = mapper.update_voxels()
+    assert second.new_start == first.num_voxels
+    assert second.num_new > 0
+    np.testing.assert_array_equal(second.coords[: first.num_voxels], first.coords)
+    assert np.unique(second.coords, axis=0).shape[0] == second.num_voxels
+    # Nothing integrated since: an update changes nothing.
+    third = mapper.update_voxels()
+    assert third.num_new == 0
+    assert third.updated_index.size == 0
+    np.testing.assert_array_equal(third.coords, second.coords)
+    # Re-observing refreshes colours of known voxels without renumbering them.
+    mapper.integrate(orbit_frames[-1])
+    fourth = mapper.update_voxels()
+    assert fourth.updated_index.size > 0
+    np.testing.assert_array_equal(fourth.coords[: third.num_voxels], third.coords)
+
+
+def test_bad_frames_are_counted_and_skipped(orbit_frames):
+    mapper = Mapper(small_config(bounds_min_m=(-3.0, -3.0, -1.0), bounds_max_m=(3.0, 3.0, 3.0)))
+    good = orbit_frames[0]
+    assert mapper.integrate(good)
+    blocks_before = mapper.num_blocks
+
+    jumped = dataclasses.replace(
+        good, stamp_ns=good.stamp_ns + 1, T_world_camera=good.T_world_camera.copy()
+    )
+    jumped.T_world_camera[:3, 3] += (1.0, 0.0, 0.0)
+    no_depth = dataclasses.replace(
+        good, stamp_ns=good.stamp_ns + 7, depth_m=np.full_like(good.depth_m, np.nan)
+    )
+    far = good.T_world_camera.copy()
+    far[:3, 3] = (10.0, 0.0, 1.0)
+    outside = dataclasses.replace(good, stamp_ns=good.stamp_ns + 3, T_world_camera=far)
+    bad_shape = dataclasses.replace(good, stamp_ns=good.stamp_ns + 8, depth_m=good.depth_m[:-1])
+    bad_pose = good.T_world_camera.copy()
+    bad_pose[:3, :3] *= 2.0
+    non_rigid = dataclasses.replace(good, stamp_ns=good.stamp_ns + 9, T_world_camera=bad_pose)
+
+    assert not mapper.integrate(jumped)
+    assert mapper.stats.last_skip_reason == SKIP_POSE_JUMP
+    assert mapper.integrate(dataclasses.replace(good, stamp_ns=good.stamp_ns + 6)) is False
+    assert mapper.stats.skipped[SKIP_POSE_JUMP] == 2  # the frame after a jump is a jump back
+    assert not mapper.integrate(no_depth)
+    assert not mapper.integrate(bad_shape)
+    assert not mapper.integrate(non_rigid)
+    stale = dataclasses.replace(good, stamp_ns=good.stamp_ns - 1)
+    assert not mapper.integrate(stale)
+    mapper2 = Mapper(small_config(bounds_min_m=(-3.0, -3.0, -1.0), bounds_max_m=(3.0, 3.0, 3.0)))
+    assert not mapper2.integrate(outside)
+
+    assert mapper.stats.skipped[SKIP_NO_VALID_DEPTH] == 1
+    assert mapper.stats.skipped[SKIP_BAD_INPUT] == 1
+    assert mapper.stats.skipped[SKIP_INVALID_POSE] == 1
+    assert mapper.stats.skipped[SKIP_OUT_OF_ORDER] == 1
+    assert mapper2.stats.skipped[SKIP_OUTSIDE_BOUNDS] == 1
+    assert mapper.stats.frames_integrated == 1
+    assert mapper.stats.frames_received == 7
+    assert mapper.num_blocks == blocks_before
+    assert mapper2.num_blocks == 0
+
+
+def test_bounds_clip_the_map(orbit_frames):
+    mapper = Mapper(small_config(bounds_min_m=(-3.0, -3.0, -0.5), bounds_max_m=(3.0, 3.0, 0.5)))
+    for frame in orbit_frames[:8]:
+        assert mapper.integrate(frame) is False  # cameras fly at 1.4 m, above the bounds
+    assert mapper.stats.skipped[SKIP_OUTSIDE_BOUNDS] == 8
+    mapper = Mapper(small_config(bounds_min_m=(-3.0, -3.0, -0.5), bounds_max_m=(3.0, 3.0, 2.0)))
+    for frame in orbit_frames[:8]:
+        assert mapper.integrate(frame)
+    update = mapper.update_voxels()
+    block_m = 8 * VOXEL_M
+    assert update.points_m[:, 2].max() < 2.0 + block_m
+    assert update.points_m[:, 2].min() > -0.5 - block_m
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError):
+        from_dict(MapperConfig, {"voxel_size_m": 0.0})
+    with pytest.raises(ConfigError):
+        from_dict(MapperConfig, {"depth_min_m": 3.0, "depth_max_m": 1.0})
+    with pytest.raises(ConfigError):
+        from_dict(MapperConfig, {"bounds_min_m": [0, 0, 0]})
+    with pytest.raises(ConfigError):
+        from_dict(MapperConfig, {"device": "GPU"})
+    with pytest.raises(ConfigError):
+        from_dict(MapperConfig, {"voxel_size": 0.02})
+    assert MapperConfig().sdf_trunc_m == pytest.approx(0.08)
