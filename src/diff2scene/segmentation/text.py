@@ -18,6 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from diff2scene.errors import InputError
+from diff2scene.segmentation.base import TextEncoder
 from diff2scene.segmentation.clip import ClipBundle, ClipConfig, build_clip
 
 #: Prompt ensemble for class names; ``{}`` is replaced by the name. Averaging several prompts
@@ -153,18 +154,8 @@ class ClipTextEncoder:
 
         ``templates`` defaults to the configured ensemble; each must contain one ``{}``.
         """
-        templates = tuple(templates) if templates is not None else self.config.templates
-        if not templates:
-            raise InputError("no prompt templates given")
-        for template in templates:
-            if template.count("{}") != 1:
-                raise InputError("bad prompt template", f"{template!r} needs exactly one '{{}}'")
-        prompts = [template.replace("{}", name) for name in names for template in templates]
-        emb = self.encode(prompts).reshape(len(names), len(templates), self.dim)
-        mean = emb.mean(axis=1)
-        norm = np.linalg.norm(mean, axis=1, keepdims=True)
-        result: NDArray[np.float32] = (mean / np.maximum(norm, 1e-12)).astype(np.float32)
-        return result
+        chosen = tuple(templates) if templates is not None else self.config.templates
+        return ensemble_embeddings(self, names, chosen)
 
     def _forward(self, texts: list[str]) -> NDArray[np.float32]:
         model = self._bundle.model
@@ -187,3 +178,23 @@ class ClipTextEncoder:
         self._cache.move_to_end(text)
         while len(self._cache) > capacity:
             self._cache.popitem(last=False)
+
+
+def ensemble_embeddings(
+    encoder: TextEncoder, names: Sequence[str], templates: Sequence[str]
+) -> NDArray[np.float32]:
+    """(C, dim) float32: per name, the renormalised mean of its prompt-template embeddings.
+
+    Works with any :class:`TextEncoder`; every template must contain exactly one ``{}``.
+    """
+    if not templates:
+        raise InputError("no prompt templates given")
+    for template in templates:
+        if template.count("{}") != 1:
+            raise InputError("bad prompt template", f"{template!r} needs exactly one '{{}}'")
+    prompts = [template.replace("{}", name) for name in names for template in templates]
+    emb = encoder.encode(prompts).reshape(len(names), len(templates), encoder.dim)
+    mean = emb.mean(axis=1)
+    norm = np.linalg.norm(mean, axis=1, keepdims=True)
+    result: NDArray[np.float32] = (mean / np.maximum(norm, 1e-12)).astype(np.float32)
+    return result
