@@ -217,11 +217,17 @@ class DiffusionBackbone(nn.Module):
         self.shared_noise: torch.Tensor
         self.register_buffer(
             "shared_noise",
-            torch.randn(1, self.vae.config.latent_channels, latent, latent, generator=gen),
+            torch.randn(
+                1, self.vae.config.latent_channels, latent, latent, generator=gen, device="cpu"
+            ),
             persistent=False,
         )
         betas = torch.linspace(
-            cfg.beta_start**0.5, cfg.beta_end**0.5, cfg.num_train_timesteps, dtype=torch.float64
+            cfg.beta_start**0.5,
+            cfg.beta_end**0.5,
+            cfg.num_train_timesteps,
+            dtype=torch.float64,
+            device="cpu",
         ) ** 2
         self.alpha_bar = float(torch.cumprod(1.0 - betas, 0)[cfg.timestep])
 

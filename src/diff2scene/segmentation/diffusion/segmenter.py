@@ -97,6 +97,20 @@ class SegmentTimings:
         return self.diffusion_features_s + self.clip_s + self.head_s
 
 
+def build_head_modules(
+    cfg: DiffusionSegmenterConfig, backbone: DiffusionBackbone, clip_dim: int
+) -> tuple[MSDeformAttnPixelDecoder, MultiScaleMaskedTransformerDecoder, CategoryHead]:
+    """The Mask2Former head and text projection on top of ``backbone``'s features."""
+    if cfg.pixel_decoder.mask_dim != cfg.transformer_decoder.mask_dim:
+        raise ValueError("pixel_decoder.mask_dim must equal transformer_decoder.mask_dim")
+    in_channels = dict.fromkeys(backbone.out_strides, cfg.backbone.projection_dim)
+    return (
+        MSDeformAttnPixelDecoder(cfg.pixel_decoder, in_channels),
+        MultiScaleMaskedTransformerDecoder(cfg.transformer_decoder, cfg.pixel_decoder.conv_dim),
+        CategoryHead(clip_dim, cfg.transformer_decoder.mask_dim),
+    )
+
+
 class DiffusionSegmenterModel(nn.Module):
     """Padded image (B, 3, H, W) in [0, 1], H and W multiples of 64 →
 
@@ -114,14 +128,9 @@ class DiffusionSegmenterModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = backbone
-        in_channels = dict.fromkeys(backbone.out_strides, cfg.backbone.projection_dim)
-        self.pixel_decoder = MSDeformAttnPixelDecoder(cfg.pixel_decoder, in_channels)
-        self.predictor = MultiScaleMaskedTransformerDecoder(
-            cfg.transformer_decoder, cfg.pixel_decoder.conv_dim
+        self.pixel_decoder, self.predictor, self.category_head = build_head_modules(
+            cfg, backbone, clip_features.embed_dim
         )
-        if cfg.pixel_decoder.mask_dim != cfg.transformer_decoder.mask_dim:
-            raise ValueError("pixel_decoder.mask_dim must equal transformer_decoder.mask_dim")
-        self.category_head = CategoryHead(clip_features.embed_dim, cfg.transformer_decoder.mask_dim)
         self.clip_features = clip_features
         self.timings = SegmentTimings()
 
@@ -184,7 +193,10 @@ class DiffusionSegmenterModel(nn.Module):
     def load_head_state_dict(self, state: dict[str, torch.Tensor], *, source: str = "") -> None:
         """Load :meth:`head_state_dict` tensors; a missing, extra or mis-shaped key is an error."""
         expected = self.head_state_dict()
-        missing = sorted(set(expected) - set(state))
+        # ODISE's checkpoint has no empty-caption embedding: it is computed from SD's text
+        # encoder when the model is built, and kept when a checkpoint lacks it.
+        optional = {"backbone.uncond_embedding"}
+        missing = sorted(set(expected) - set(state) - optional)
         extra = sorted(set(state) - set(expected))
         wrong = sorted(
             f"{k}: {tuple(state[k].shape)} != {tuple(v.shape)}"
@@ -200,7 +212,8 @@ class DiffusionSegmenterModel(nn.Module):
             )
         with torch.no_grad():
             for k, v in expected.items():
-                v.copy_(state[k].to(v.dtype))
+                if k in state:
+                    v.copy_(state[k].to(v.dtype))
 
 
 class DiffusionSegmenter(Segmenter2D):
