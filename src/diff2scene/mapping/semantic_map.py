@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,10 @@ FORMAT_NAME = "diff2scene-semantic-map"
 FORMAT_VERSION = 1
 
 _HEADER_KEY = "header_json"
+
+
+def _crc32(arr: NDArray[Any]) -> int:
+    return zlib.crc32(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
 
 
 class MaskBank:
@@ -251,7 +256,6 @@ class SemanticMap:
             "metadata": self.metadata,
         }
         arrays: dict[str, NDArray[Any]] = {
-            _HEADER_KEY: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
             "coords": self.coords,
             "colors": self.colors,
             "member_ids": self.member_ids,
@@ -265,6 +269,10 @@ class SemanticMap:
             arrays["bank_class_probs"] = bank.class_probs
         for space, f in self.features_3d.items():
             arrays[f"features_3d/{space}"] = f
+        # The zip CRC is only checked when a member is read to its end, which np.load does not
+        # guarantee, so every array carries its own checksum in the header.
+        header["crc32"] = {name: _crc32(arr) for name, arr in arrays.items()}
+        arrays[_HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         try:
             with tmp.open("wb") as fh:
@@ -299,6 +307,12 @@ class SemanticMap:
                 f"{path}: map format version {header.get('version')!r}, this code reads "
                 f"version {FORMAT_VERSION}"
             )
+        checksums = header.get("crc32")
+        if not isinstance(checksums, dict) or set(checksums) != set(data):
+            raise DataFormatError(f"{path}: array list does not match the header")
+        for name, arr in data.items():
+            if _crc32(arr) != checksums[name]:
+                raise DataFormatError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
         try:
             return cls._from_arrays(header, data)
         except (KeyError, TypeError, ValueError) as exc:

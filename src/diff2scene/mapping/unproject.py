@@ -94,8 +94,9 @@ class MaskUnprojector:
         front = np.flatnonzero(z > 1e-6)
         pc = pc[front]
         z = z[front]
-        u = np.rint(pc[:, 0] * np.float32(intrinsics.fx) / z + np.float32(intrinsics.cx))
-        v = np.rint(pc[:, 1] * np.float32(intrinsics.fy) / z + np.float32(intrinsics.cy))
+        u = np.floor(pc[:, 0] * np.float32(intrinsics.fx) / z + np.float32(intrinsics.cx + 0.5))
+        v = np.floor(pc[:, 1] * np.float32(intrinsics.fy) / z + np.float32(intrinsics.cy + 0.5))
+        # Nearest pixel, pixel centres at integer coordinates (ties go right/down).
         b = cfg.border_px
         inside = (u >= b) & (u <= w - 1 - b) & (v >= b) & (v <= h - 1 - b)
         idx = front[inside]

@@ -1,0 +1,189 @@
+"""Mask unprojection: visibility rule, ground-truth masks reproduce ground-truth labels, top-k."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diff2scene.config import from_dict
+from diff2scene.errors import ConfigError, InputError
+from diff2scene.mapping import (
+    KeyframeConfig,
+    KeyframeSelector,
+    Mapper,
+    MapperConfig,
+    MaskUnprojector,
+    SemanticMap,
+    UnprojectConfig,
+)
+from diff2scene.types import SPACE_CLIP, CameraIntrinsics, MaskSet
+
+VOXEL_M = 0.05
+NUM_INSTANCES = 5
+
+
+def instance_masks(instance_ids: np.ndarray) -> np.ndarray:
+    """(NUM_INSTANCES, H, W) float32 hard masks, mask j = instance j + 1."""
+    ids = np.arange(1, NUM_INSTANCES + 1)[:, None, None]
+    return (instance_ids[None] == ids).astype(np.float32)
+
+
+def mask_set_for(masks: np.ndarray) -> MaskSet:
+    n = masks.shape[0]
+    return MaskSet(
+        masks=masks,
+        embeddings={SPACE_CLIP: np.eye(n, 8, dtype=np.float32)},
+        class_probs=np.eye(n, dtype=np.float32),
+    )
+
+
+@pytest.fixture(scope="module")
+def labelled_map(orbit_frames):
+    mapper = Mapper(
+        from_dict(
+            MapperConfig,
+            {"voxel_size_m": VOXEL_M, "block_resolution": 8, "trunc_voxel_multiplier": 3.0,
+             "device": "CPU:0"},
+        )
+    )
+    selector = KeyframeSelector(KeyframeConfig(min_rotation_deg=10.0, min_translation_m=0.4))
+    keyframes = []
+    for frame in orbit_frames:
+        assert mapper.integrate(frame)
+        if selector.is_keyframe(frame):
+            keyframes.append(frame)
+    smap = SemanticMap(VOXEL_M, members_per_voxel=4)
+    smap.apply_surface_update(mapper.update_voxels())
+    unprojector = MaskUnprojector(UnprojectConfig(border_px=4))
+    points = smap.points_m
+    for kf_id, frame in enumerate(keyframes):
+        masks = instance_masks(frame.instance_ids)
+        un = unprojector.unproject(
+            masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points
+        )
+        unprojector.accumulate(smap, un, mask_set_for(masks), kf_id)
+    return smap, keyframes
+
+
+def test_ground_truth_masks_reproduce_ground_truth_labels(labelled_map, ray_scene):
+    smap, keyframes = labelled_map
+    assert 3 <= len(keyframes) < 40
+    strongest = smap.strongest_mask()
+    seen = strongest >= 0
+    # Every unseen voxel is reported, not hidden: voxels never visible in a keyframe vs voxels
+    # visible but outside every mask.
+    never_visible = int(np.sum(smap.view_counts == 0))
+    visible_no_mask = int(np.sum((smap.view_counts > 0) & ~seen))
+    assert never_visible + visible_no_mask + int(seen.sum()) == smap.num_voxels
+    assert seen.mean() > 0.7, (never_visible, visible_no_mask)
+    # Mask id → instance: each keyframe added NUM_INSTANCES masks in instance order.
+    bank = smap.mask_bank
+    assert bank.num_masks == NUM_INSTANCES * len(keyframes)
+    np.testing.assert_array_equal(
+        bank.keyframe_ids, np.repeat(np.arange(len(keyframes)), NUM_INSTANCES)
+    )
+    predicted = strongest[seen] % NUM_INSTANCES + 1
+    truth = ray_scene.closest_instance(smap.points_m[seen])
+    accuracy = float(np.mean(predicted == truth))
+    assert accuracy >= 0.9, f"label accuracy {accuracy:.3f} on {int(seen.sum())} seen voxels"
+    # Memberships are sorted strongest first and empty slots are (-1, 0).
+    w = smap.member_weights
+    assert np.all(np.diff(w, axis=1) <= 0)
+    assert np.all(w[smap.member_ids < 0] == 0)
+
+
+def test_visibility_rule_border_and_occlusion():
+    intr = CameraIntrinsics(40, 30, 30.0, 30.0, 19.5, 14.5)
+    depth = np.full((30, 40), 2.0, dtype=np.float32)
+    points = np.array(
+        [
+            [0.0, 0.0, 2.0],  # on the surface, image centre: visible
+            [0.0, 0.0, 2.4],  # 0.4 m behind the surface (tolerance 0.25 * 2 m = 0.5 m): visible
+            [0.0, 0.0, 3.0],  # occluded
+            [0.0, 0.0, -2.0],  # behind the camera
+            [1.25, 0.0, 2.0],  # projects to u = 38.25: inside the image, inside the 2 px border
+            [5.0, 0.0, 2.0],  # outside the image
+        ],
+        dtype=np.float32,
+    )
+    un = MaskUnprojector(UnprojectConfig(border_px=2))
+    idx, pix = un.visible_voxels(depth, intr, np.eye(4), points)
+    np.testing.assert_array_equal(idx, [0, 1])
+    np.testing.assert_array_equal(pix, [15 * 40 + 20, 15 * 40 + 20])
+    idx, _ = MaskUnprojector(UnprojectConfig(border_px=0)).visible_voxels(
+        depth, intr, np.eye(4), points
+    )
+    np.testing.assert_array_equal(idx, [0, 1, 4])
+    tight = MaskUnprojector(UnprojectConfig(depth_tolerance_ratio=0.1, border_px=2))
+    idx, _ = tight.visible_voxels(depth, intr, np.eye(4), points)
+    np.testing.assert_array_equal(idx, [0])
+    with pytest.raises(InputError):
+        un.visible_voxels(depth[:, :-1], intr, np.eye(4), points)
+
+
+def test_logits_and_low_resolution_masks():
+    intr = CameraIntrinsics(40, 30, 30.0, 30.0, 19.5, 14.5)
+    depth = np.full((30, 40), 2.0, dtype=np.float32)
+    xs = np.linspace(-1.0, 1.0, 9, dtype=np.float32)
+    points = np.stack([xs, np.zeros_like(xs), np.full_like(xs, 2.0)], axis=1)
+    probs = np.zeros((2, 30, 40), dtype=np.float32)
+    probs[0, :, :20] = 0.9  # left half
+    probs[1, :, 20:] = 0.8  # right half
+    un = MaskUnprojector(UnprojectConfig(border_px=0))
+    ref = un.unproject(probs, depth, intr, np.eye(4), points)
+    assert ref.weights.shape == (2, ref.num_visible)
+    logits = np.log(np.clip(probs, 1e-6, 1 - 1e-6) / np.clip(1 - probs, 1e-6, 1))
+    from_logits = MaskUnprojector(UnprojectConfig(border_px=0, masks_are_logits=True)).unproject(
+        logits.astype(np.float32), depth, intr, np.eye(4), points
+    )
+    np.testing.assert_allclose(from_logits.weights, ref.weights, atol=1e-5)
+    half = un.unproject(probs[:, ::2, ::2].copy(), depth, intr, np.eye(4), points)
+    np.testing.assert_array_equal(half.voxel_index, ref.voxel_index)
+    np.testing.assert_allclose(half.weights, ref.weights)
+    left = points[ref.voxel_index, 0] < -0.1
+    assert np.all(ref.weights[0, left] == pytest.approx(0.9))
+    assert np.all(ref.weights[1, left] == 0.0)
+
+
+def test_accumulate_keeps_the_k_strongest_across_keyframes():
+    smap = SemanticMap(0.1, members_per_voxel=2)
+    smap.coords = np.zeros((3, 3), dtype=np.int32)
+    smap.coords[:, 0] = [0, 1, 2]
+    smap.colors = np.zeros((3, 3), dtype=np.uint8)
+    smap.member_ids = np.full((3, 2), -1, dtype=np.int32)
+    smap.member_weights = np.zeros((3, 2), dtype=np.float32)
+    smap.view_counts = np.zeros(3, dtype=np.int32)
+    un = MaskUnprojector(UnprojectConfig(min_weight=0.1))
+    from diff2scene.mapping import Unprojection
+
+    first = Unprojection(
+        voxel_index=np.array([0, 1]),
+        weights=np.array([[0.5, 0.05], [0.3, 0.2], [0.9, 0.0]], dtype=np.float32),
+        pixel_index=np.array([0, 1]),
+    )
+    ids = un.accumulate(smap, first, mask_set_for(np.zeros((3, 1, 1), np.float32)), 0)
+    np.testing.assert_array_equal(ids, [0, 1, 2])
+    np.testing.assert_array_equal(smap.member_ids[0], [2, 0])
+    np.testing.assert_allclose(smap.member_weights[0], [0.9, 0.5])
+    np.testing.assert_array_equal(smap.member_ids[1], [1, -1])  # 0.05 < min_weight dropped
+    second = Unprojection(
+        voxel_index=np.array([0, 2]),
+        weights=np.array([[0.7, 0.4], [0.95, 0.0], [0.0, 0.0]], dtype=np.float32),
+        pixel_index=np.array([0, 1]),
+    )
+    un.accumulate(smap, second, mask_set_for(np.zeros((3, 1, 1), np.float32)), 1)
+    np.testing.assert_array_equal(smap.member_ids[0], [4, 2])
+    np.testing.assert_allclose(smap.member_weights[0], [0.95, 0.9])
+    np.testing.assert_array_equal(smap.member_ids[2], [3, -1])
+    np.testing.assert_array_equal(smap.view_counts, [2, 1, 1])
+    np.testing.assert_array_equal(smap.mask_bank.keyframe_ids, [0, 0, 0, 1, 1, 1])
+    bad = Unprojection(np.array([5]), np.ones((3, 1), np.float32), np.array([0]))
+    with pytest.raises(InputError):
+        un.accumulate(smap, bad, mask_set_for(np.zeros((3, 1, 1), np.float32)), 2)
+
+
+def test_config_is_validated():
+    with pytest.raises(ConfigError):
+        from_dict(UnprojectConfig, {"depth_tolerance_ratio": 0.0})
+    with pytest.raises(ConfigError):
+        from_dict(UnprojectConfig, {"border_px": -1})
