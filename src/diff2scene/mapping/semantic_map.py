@@ -33,7 +33,12 @@ _HEADER_KEY = "header_json"
 
 
 def _crc32(arr: NDArray[Any]) -> int:
-    return zlib.crc32(memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8)))
+    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+    crc = 0
+    # Chunks keep the temporary bytes object small for large arrays.
+    for lo in range(0, flat.size, 1 << 24):
+        crc = zlib.crc32(flat[lo : lo + (1 << 24)].tobytes(), crc)
+    return crc
 
 
 class MaskBank:
