@@ -198,3 +198,14 @@ def ensemble_embeddings(
     norm = np.linalg.norm(mean, axis=1, keepdims=True)
     result: NDArray[np.float32] = (mean / np.maximum(norm, 1e-12)).astype(np.float32)
     return result
+
+
+def default_templates(encoder: TextEncoder) -> tuple[str, ...]:
+    """The prompt ensemble to embed class names with: the encoder's own if it has one.
+
+    Everything that embeds class names (vocabularies, the oracle segmenter) goes through this,
+    so the same class always gets the same embedding.
+    """
+    if isinstance(encoder, ClipTextEncoder):
+        return encoder.config.templates
+    return DEFAULT_TEMPLATES

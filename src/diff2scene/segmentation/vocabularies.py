@@ -21,7 +21,7 @@ import numpy as np
 
 from diff2scene.errors import ConfigError, DataFormatError, InputError
 from diff2scene.segmentation.base import TextEncoder, Vocabulary
-from diff2scene.segmentation.text import DEFAULT_TEMPLATES, ClipTextEncoder, ensemble_embeddings
+from diff2scene.segmentation.text import default_templates, ensemble_embeddings
 
 #: Vocabularies shipped with the package: name → file in ``diff2scene/data``.
 BUILTIN_VOCABULARIES: dict[str, str] = {
@@ -125,7 +125,7 @@ def build_vocabulary(
 
     ``seen`` lists the classes in the 2D head's training labels (fused with α instead of β);
     names in it that are not in ``names`` are ignored. ``templates`` default to the encoder's
-    configured ensemble (``DEFAULT_TEMPLATES`` for other encoders); pass ``("{}",)`` to embed
+    configured ensemble (:func:`default_templates`); pass ``("{}",)`` to embed
     the bare names. Raises :class:`InputError` for empty, blank or duplicate names.
     """
     cleaned = [n.strip() if isinstance(n, str) else n for n in names]
@@ -137,11 +137,8 @@ def build_vocabulary(
     if len(set(cleaned)) != len(cleaned):
         dupes = sorted({n for n in cleaned if cleaned.count(n) > 1})
         raise InputError("duplicate vocabulary names", ", ".join(dupes))
-    if templates is None:
-        templates = (
-            encoder.config.templates if isinstance(encoder, ClipTextEncoder) else DEFAULT_TEMPLATES
-        )
-    embeddings = ensemble_embeddings(encoder, cleaned, tuple(templates))
+    chosen = default_templates(encoder) if templates is None else tuple(templates)
+    embeddings = ensemble_embeddings(encoder, cleaned, chosen)
     seen_set = set(seen)
     return Vocabulary(
         names=cleaned,
