@@ -24,7 +24,7 @@ RUN_ENV := PYTHONPATH=$(abspath $(IFACE_PREFIX))/lib/python3.11/site-packages$${
 	RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_LOCALHOST_ONLY=1 \
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=2
 
-.PHONY: help setup venv debs interfaces lint test demo bench bench-quality clean
+.PHONY: help setup venv debs interfaces lint test demo bench bench-quality clean lock
 
 help:
 	@echo "make demo | make test | make bench | make bench-quality | make setup | make clean"
@@ -44,10 +44,9 @@ $(STAMP_DEB):
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
-# torch/torchvision pinned to the build that lies on this machine's disk (DESIGN §4);
-# requirements.lock pins every other package so a fresh machine gets the same set.
+# requirements.lock pins every package (torch 2.14.1 / torchvision 0.29.1: the build that lies
+# on this machine's disk, DESIGN §4) so a fresh machine gets the same set.
 $(STAMP_DEPS): requirements.lock | $(VENV)/bin/python
-	$(VPY) -m pip install -q --disable-pip-version-check torch==2.14.1 torchvision==0.29.1 2>&1 | grep -v "is ignored" || true
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" || true
 	$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy" 2>/dev/null || \
 	  { echo "dependency install failed"; exit 1; }
@@ -79,6 +78,18 @@ bench: setup
 
 bench-quality: setup
 	$(RUN_ENV) $(VPY) -m bench.quality
+
+# Rewrite requirements.lock from the current venv. The ROS 2 wheels carry Python
+# sub-distributions (rclpy, *_msgs egg-infos) that pip lists but cannot install by name.
+lock:
+	SP=$(VENV)/lib/python3.11/site-packages; \
+	nested=$$(grep -hoE '^[A-Za-z0-9_.]+-[0-9][^/]*\.egg-info/' $$SP/ros*.dist-info/RECORD | sed -E 's/-[0-9].*//' | tr 'A-Z-' 'a-z_' | sort -u); \
+	{ echo "# Exact package set of .venv (pip freeze, minus the Python sub-distributions that the"; \
+	  echo "# ROS 2 wheels carry inside themselves and that are not installable by name)."; \
+	  echo "# Regenerate with: make lock"; \
+	  $(VPY) -m pip freeze --exclude-editable | while read -r line; do \
+	    n=$$(echo "$${line%%==*}" | tr 'A-Z-' 'a-z_'); echo "$$nested" | grep -qx "$$n" || echo "$$line"; done; \
+	} > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean:
 	rm -rf build ros2_ws/build ros2_ws/install demo_out
