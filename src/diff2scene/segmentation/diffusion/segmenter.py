@@ -348,8 +348,9 @@ def fuse_class_probabilities(
     )
     p_clip = clip_logits.softmax(-1)
     a = torch.where(seen, alpha, beta).to(p_diff.dtype)[None, :]
-    # Geometric mean in log space: a probability of exactly 0 must not produce NaN.
-    log_fused = (1.0 - a) * torch.log(p_diff.clamp_min(1e-30)) + a * torch.log(
-        p_clip.clamp_min(1e-30)
+    # Geometric mean in log space; an underflowed probability of 0 must not produce NaN.
+    tiny = torch.finfo(p_diff.dtype).tiny
+    log_fused = (1.0 - a) * torch.log(p_diff.clamp_min(tiny)) + a * torch.log(
+        p_clip.clamp_min(tiny)
     )
     return log_fused.softmax(-1) * (1.0 - p_null)
