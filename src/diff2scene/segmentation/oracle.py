@@ -218,9 +218,13 @@ class OracleSegmenter(Segmenter2D):
             table = dict(self._instance_classes)
         stats = OracleStats(frames=1)
 
-        present, areas = np.unique(ids[ids > 0], return_counts=True)
-        area_of = dict(zip(present.tolist(), areas.tolist(), strict=True))
-        known = [i for i in present.tolist() if i in table]
+        values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
+        # Bounding box of every id, so each mask is built from its box instead of the image.
+        boxes = ndimage.find_objects(inverse.reshape(ids.shape) + 1)
+        box_of = {v: boxes[j] for j, v in enumerate(values.tolist()) if v > 0}
+        area_of = {v: c for v, c in zip(values.tolist(), counts.tolist(), strict=True) if v > 0}
+        present = sorted(area_of)
+        known = [i for i in present if i in table]
         stats.unknown_instances = len(present) - len(known)
         stats.instances = len(known)
         usable = [i for i in known if area_of[i] >= cfg.min_area_px]
@@ -238,7 +242,7 @@ class OracleSegmenter(Segmenter2D):
             true_class = table[largest]
             emitted = self._maybe_confuse(true_class, rng, stats)
             radius = int(rng.integers(-cfg.boundary_px, cfg.boundary_px + 1))
-            soft = degrade_mask(np.isin(ids, group), radius, cfg.edge_softness_px)
+            soft = degrade_mask(_group_mask(ids, group, box_of), radius, cfg.edge_softness_px)
             if soft is None:
                 stats.eroded_away += 1
                 continue
@@ -487,6 +491,19 @@ def _touching_pairs(ids: NDArray[np.int64]) -> list[tuple[int, int]]:
         return []
     pairs = np.unique(np.concatenate(found), axis=0)
     return [(int(a), int(b)) for a, b in pairs]
+
+
+def _group_mask(
+    ids: NDArray[np.int64], group: list[int], box_of: dict[int, tuple[slice, slice]]
+) -> NDArray[np.bool_]:
+    """(H, W) bool union of the instances in ``group``, computed inside their joint box."""
+    r0 = min(box_of[i][0].start for i in group)
+    r1 = max(box_of[i][0].stop for i in group)
+    c0 = min(box_of[i][1].start for i in group)
+    c1 = max(box_of[i][1].stop for i in group)
+    mask = np.zeros(ids.shape, dtype=np.bool_)
+    mask[r0:r1, c0:c1] = np.isin(ids[r0:r1, c0:c1], group)
+    return mask
 
 
 def _find(parent: dict[int, int], i: int) -> int:
