@@ -56,6 +56,17 @@ def test_submanifold_conv_equals_dense_conv3d_on_occupied_voxels(kernel_size: in
     torch.testing.assert_close(out.feats, dense[0, :, x, y, z].T)
 
 
+def test_im2col_and_offset_loop_paths_agree() -> None:
+    coords = _random_voxels(300, 10, seed=9)
+    feats = torch.randn(coords.shape[0], 4, dtype=torch.float64)
+    weight = torch.randn(125, 4, 3, dtype=torch.float64)
+    kmap = submanifold_map(coords, 5)
+    torch.testing.assert_close(
+        apply_kernel_map(feats, weight, kmap, im2col=True),
+        apply_kernel_map(feats, weight, kmap, im2col=False),
+    )
+
+
 def test_kernel_map_lists_exactly_the_occupied_neighbours() -> None:
     coords = torch.tensor(
         [[0, 0, 0, 0], [0, 1, 0, 0], [0, 5, 5, 5], [1, 1, 0, 0]], dtype=torch.int32
@@ -95,12 +106,15 @@ def test_strided_and_transposed_conv_equal_dense_counterparts() -> None:
     torch.testing.assert_close(fine.feats, dense_up[0, :, x_, y_, z_].T)
 
 
-def test_gradcheck_of_the_reference_kernels() -> None:
+@pytest.mark.parametrize("im2col", [False, True])
+def test_gradcheck_of_the_reference_kernels(im2col: bool) -> None:
     coords = _random_voxels(14, 3, seed=5)
     feats = torch.randn(coords.shape[0], 2, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(27, 2, 3, dtype=torch.float64, requires_grad=True)
     kmap = submanifold_map(coords, 3)
-    assert torch.autograd.gradcheck(lambda f, w: apply_kernel_map(f, w, kmap), (feats, weight))
+    assert torch.autograd.gradcheck(
+        lambda f, w: apply_kernel_map(f, w, kmap, im2col=im2col), (feats, weight)
+    )
 
     conv_down = DownConv3d(2, 2).double()
     conv_up = UpConv3d(2, 2).double()
@@ -153,6 +167,8 @@ def test_spconv_and_reference_give_the_same_network_output() -> None:
     coords = _random_voxels(1500, 14, seed=1, batches=2)  # dense enough to share neighbours
     coords[:, 1:] += torch.tensor([-37, 5, 101], dtype=torch.int32)  # odd, negative origin
     feats = torch.rand(coords.shape[0], 3) - 0.5
+    # spconv's CPU kernels race under 2 PyTorch threads; the backend must guard against it.
+    torch.set_num_threads(2)
     with torch.no_grad():
         ref = net(make_sparse_tensor(coords, feats, backend="reference"))
         sp = net(make_sparse_tensor(coords, feats, backend="spconv"))
@@ -166,6 +182,7 @@ def test_spconv_downsampling_gives_the_reference_coordinates() -> None:
     coords[:, 1:] -= 3
     feats = torch.randn(coords.shape[0], 2)
     down = DownConv3d(2, 4)
+    torch.set_num_threads(2)
     with torch.no_grad():
         ref = down(make_sparse_tensor(coords, feats, backend="reference"))
         sp = down(make_sparse_tensor(coords, feats, backend="spconv"))

@@ -171,6 +171,14 @@ class BatchNorm(nn.Module):
         self.bn = nn.BatchNorm1d(channels, momentum=momentum)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.training and x.num_voxels < 2:
+            # One voxel at a coarse stride (a tiny scene) has no batch statistics; normalise it
+            # with the running ones instead of failing the whole step.
+            bn = self.bn
+            feats = nn.functional.batch_norm(
+                x.feats, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps
+            )
+            return x.replace_feats(feats)
         return x.replace_feats(self.bn(x.feats))
 
 

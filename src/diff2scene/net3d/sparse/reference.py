@@ -12,7 +12,7 @@ stride-2 kernels, ``dx`` being the child's position inside its parent voxel.
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -31,10 +31,29 @@ class KernelMap:
     out_idx: torch.Tensor  # (P,) int64
     bounds: tuple[int, ...]
     num_out: int
+    _table: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
 
     def transposed(self, num_out: int) -> KernelMap:
         """The same pairs read the other way (used by the transposed convolution)."""
         return KernelMap(self.out_idx, self.in_idx, self.bounds, num_out)
+
+    def table(self, num_in: int) -> torch.Tensor:
+        """(num_out, K) int64 input row feeding each output per offset, ``num_in`` if none.
+
+        Every map here has at most one input per (output, offset) (submanifold neighbours,
+        children of a parent, the parent of a child), so the table is well defined.
+        """
+        if not self._table:
+            k = len(self.bounds) - 1
+            table = torch.full((self.num_out, k), num_in, dtype=torch.int64)
+            counts = torch.tensor(
+                [b - a for a, b in zip(self.bounds[:-1], self.bounds[1:], strict=True)]
+            )
+            kidx = torch.repeat_interleave(torch.arange(k), counts).to(self.out_idx.device)
+            table = table.to(self.out_idx.device)
+            table[self.out_idx, kidx] = self.in_idx
+            self._table.append(table)
+        return self._table[0]
 
 
 def cube_offsets(kernel_size: int) -> torch.Tensor:
@@ -99,6 +118,13 @@ def downsample_map(coords: torch.Tensor) -> tuple[KernelMap, torch.Tensor]:
     return kmap, out_coords.to(torch.int32)
 
 
+#: Below this many gathered elements (outputs × K × C_in) a convolution runs as one
+#: gather + one matmul (im2col), above it offset by offset. Small tensors are dominated by
+#: per-operation overhead (27–125 offsets × 3 ops), large ones by the wasted multiplications
+#: and memory of im2col on empty neighbours (about 2/3 of them on a surface).
+IM2COL_MAX_ELEMENTS = 2_000_000
+
+
 class _PairConv(torch.autograd.Function):
     """``out[o] = Σ_k Σ_(i→o in k) in[i] @ W[k]`` with a backward that re-gathers.
 
@@ -115,15 +141,21 @@ class _PairConv(torch.autograd.Function):
         out_idx: torch.Tensor,
         bounds: tuple[int, ...],
         num_out: int,
+        table: torch.Tensor | None,
     ) -> torch.Tensor:
+        ctx.save_for_backward(feats, weight, in_idx, out_idx)
+        ctx.bounds = bounds
+        ctx.table = table
+        if table is not None:
+            padded = torch.cat([feats, feats.new_zeros((1, feats.shape[1]))])
+            cols = padded[table].reshape(num_out, -1)
+            return cols @ weight.reshape(-1, weight.shape[2])
         out = feats.new_zeros((num_out, weight.shape[2]))
         for k in range(weight.shape[0]):
             a, b = bounds[k], bounds[k + 1]
             if a == b:
                 continue
             out.index_add_(0, out_idx[a:b], feats[in_idx[a:b]] @ weight[k])
-        ctx.save_for_backward(feats, weight, in_idx, out_idx)
-        ctx.bounds = bounds
         return out
 
     @staticmethod
@@ -135,6 +167,19 @@ class _PairConv(torch.autograd.Function):
         grad_feats = torch.zeros_like(feats) if need_feats else None
         grad_weight = torch.zeros_like(weight) if need_weight else None
         grad_out = grad_out.contiguous()
+        table: torch.Tensor | None = ctx.table
+        if table is not None:
+            k_all, c_in, c_out = weight.shape
+            padded = torch.cat([feats, feats.new_zeros((1, c_in))])
+            if grad_weight is not None:
+                cols = padded[table].reshape(table.shape[0], -1)
+                grad_weight = (cols.transpose(0, 1) @ grad_out).reshape(k_all, c_in, c_out)
+            if grad_feats is not None:
+                gcols = grad_out @ weight.reshape(-1, c_out).transpose(0, 1)
+                grad_padded = torch.zeros_like(padded)
+                grad_padded.index_add_(0, table.reshape(-1), gcols.reshape(-1, c_in))
+                grad_feats = grad_padded[:-1]
+            return grad_feats, grad_weight, None, None, None, None, None
         for k in range(weight.shape[0]):
             a, b = bounds[k], bounds[k + 1]
             if a == b:
@@ -144,17 +189,24 @@ class _PairConv(torch.autograd.Function):
                 grad_feats.index_add_(0, in_idx[a:b], g @ weight[k].transpose(0, 1))
             if grad_weight is not None:
                 grad_weight[k] = feats[in_idx[a:b]].transpose(0, 1) @ g
-        return grad_feats, grad_weight, None, None, None, None
+        return grad_feats, grad_weight, None, None, None, None, None
 
 
-def apply_kernel_map(feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap) -> torch.Tensor:
+def apply_kernel_map(
+    feats: torch.Tensor, weight: torch.Tensor, kmap: KernelMap, *, im2col: bool | None = None
+) -> torch.Tensor:
     """Sparse convolution of (M_in, C_in) ``feats`` with (K, C_in, C_out) ``weight``.
 
-    Returns (``kmap.num_out``, C_out).
+    Returns (``kmap.num_out``, C_out). ``im2col`` forces one of the two equivalent execution
+    paths (None: by size, see ``IM2COL_MAX_ELEMENTS``).
     """
-    if weight.shape[0] != len(kmap.bounds) - 1:
-        raise ValueError(f"weight has {weight.shape[0]} offsets, map has {len(kmap.bounds) - 1}")
+    k = weight.shape[0]
+    if k != len(kmap.bounds) - 1:
+        raise ValueError(f"weight has {k} offsets, map has {len(kmap.bounds) - 1}")
+    if im2col is None:
+        im2col = kmap.num_out * k * max(weight.shape[1], weight.shape[2]) <= IM2COL_MAX_ELEMENTS
+    table = kmap.table(feats.shape[0]) if im2col else None
     out: torch.Tensor = _PairConv.apply(
-        feats, weight, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.num_out
+        feats, weight, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.num_out, table
     )
     return out
