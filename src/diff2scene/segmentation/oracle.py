@@ -82,7 +82,8 @@ class OracleConfig:
     spurious_radius_frac: tuple[float, float] = (0.03, 0.12)
     #: Probability that a mask's class is swapped for a similar one from ``similar_classes``.
     confusion_prob: float = 0.0
-    #: Class → classes it may be confused with (symmetrised: each pair works both ways).
+    #: Class → classes it may be confused with (symmetrised: each pair works both ways). A
+    #: table given in a config file replaces the default one.
     similar_classes: dict[str, list[str]] = field(
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_SIMILAR_CLASSES.items()}
     )

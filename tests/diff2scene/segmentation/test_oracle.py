@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from diff2scene.config import from_dict
+from diff2scene.config import from_dict, to_dict
 from diff2scene.errors import ConfigError, InputError
 from diff2scene.segmentation.clip import ClipConfig, build_clip
 from diff2scene.segmentation.oracle import (
@@ -268,3 +268,4 @@ def test_config_validation() -> None:
         from_dict(OracleConfig, {"spurious_radius_frac": [0.2, 0.1]})
     cfg = from_dict(OracleConfig, {"boundary_px": 2, "similar_classes": {"mug": ["cup"]}})
     assert cfg.similar_classes == {"cup": ["mug"], "mug": ["cup"]}
+    assert from_dict(OracleConfig, to_dict(cfg)) == cfg
