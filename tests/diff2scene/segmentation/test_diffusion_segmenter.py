@@ -170,11 +170,13 @@ def test_fusion_matches_hand_computation() -> None:
     s_head, s_clip, alpha, beta = 10.0, 50.0, 0.35, 0.65
 
     def unit(x: np.ndarray) -> np.ndarray:
-        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+        out: np.ndarray = x / np.linalg.norm(x, axis=-1, keepdims=True)
+        return out
 
     def softmax(x: np.ndarray) -> np.ndarray:
         z = np.exp(x - x.max(axis=-1, keepdims=True))
-        return z / z.sum(axis=-1, keepdims=True)
+        out: np.ndarray = z / z.sum(axis=-1, keepdims=True)
+        return out
 
     logits = s_head * unit(mask) @ unit(text).T
     null_logit = s_head * unit(mask) @ unit(null).T
