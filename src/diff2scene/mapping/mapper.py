@@ -233,16 +233,13 @@ class Mapper:
         self._dirty_blocks: list[NDArray[np.int32]] = []
         self._prev_pose: NDArray[np.float64] | None = None
         self._last_stamp_ns: int | None = None
-        block_m = cfg.block_resolution * cfg.voxel_size_m
+        self._block_m = cfg.block_resolution * cfg.voxel_size_m
+        self._bounds: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
         if cfg.bounds_min_m is not None and cfg.bounds_max_m is not None:
-            self._bounds: tuple[NDArray[np.float64], NDArray[np.float64]] | None = (
+            self._bounds = (
                 np.asarray(cfg.bounds_min_m, dtype=np.float64),
                 np.asarray(cfg.bounds_max_m, dtype=np.float64),
             )
-            self._block_m = block_m
-        else:
-            self._bounds = None
-            self._block_m = block_m
 
     # ------------------------------------------------------------------ integration
 
@@ -475,20 +472,27 @@ class Mapper:
                 t_face = tsdf[(nb, *src)]
                 w_face = weight[(nb, *src)]
                 pad[(rows, *dst)] = np.where(w_face > 0, t_face, np.nan)
-            s = pad[:, 1:-1, 1:-1, 1:-1]
-            abs_s = np.abs(s)
-            neg_s = s < 0
-            crossing = np.zeros(s.shape, dtype=bool)
-            for axis in (1, 2, 3):
-                for shift in (0, 2):
-                    idx: list[slice] = [slice(None), slice(1, -1), slice(1, -1), slice(1, -1)]
-                    idx[axis] = slice(shift, shift + R)
-                    nbr = pad[tuple(idx)]
-                    with np.errstate(invalid="ignore"):
-                        crossing |= np.isfinite(nbr) & ((nbr < 0) != neg_s) & (abs_s <= np.abs(nbr))
+            # Only samples near the surface can qualify; test their six neighbours sparsely.
+            t_c = pad[:, 1:-1, 1:-1, 1:-1]
             with np.errstate(invalid="ignore"):
-                surface = crossing & (w_c >= cfg.surface_weight_threshold) & (abs_s <= band)
-            b, z, y, x = np.nonzero(surface)
+                near = (w_c >= cfg.surface_weight_threshold) & (np.abs(t_c) <= band)
+            b, z, y, x = np.nonzero(near)
+            if b.size == 0:
+                continue
+            P = R + 2
+            centre = ((b * P + z + 1) * P + y + 1) * P + x + 1
+            pad_flat = pad.reshape(-1)
+            s_val = pad_flat[centre]
+            abs_s = np.abs(s_val)
+            neg_s = s_val < 0
+            crossing = np.zeros(b.size, dtype=bool)
+            for offset in (1, -1, P, -P, P * P, -P * P):
+                nbr = pad_flat[centre + offset]
+                with np.errstate(invalid="ignore"):
+                    crossing |= (
+                        np.isfinite(nbr) & ((nbr < 0) != neg_s) & (abs_s <= np.abs(nbr))
+                    )
+            b, z, y, x = b[crossing], z[crossing], y[crossing], x[crossing]
             if b.size == 0:
                 continue
             local = np.stack([x, y, z], axis=1).astype(np.int32)

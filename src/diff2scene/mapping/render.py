@@ -34,6 +34,9 @@ class RenderConfig:
     #: Elevation and azimuth of the perspective view, in degrees.
     view_elevation_deg: float = 35.0
     view_azimuth_deg: float = -60.0
+    #: Points above this height are left out of the top-down view (to see under a ceiling),
+    #: in metres; None draws everything.
+    top_down_max_z_m: float | None = None
 
 
 def label_palette(num_labels: int) -> NDArray[np.uint8]:
@@ -99,6 +102,8 @@ def render_map(
     FigureCanvasAgg(fig)
     top = fig.add_subplot(1, 2, 1)
     order = np.argsort(pts[:, 2], kind="stable")  # higher points drawn last, as seen from above
+    if cfg.top_down_max_z_m is not None:
+        order = order[pts[order, 2] <= cfg.top_down_max_z_m]
     top.scatter(pts[order, 0], pts[order, 1], c=rgb[order] / 255.0, s=cfg.marker_size, lw=0)
     top.set_aspect("equal", adjustable="datalim")
     top.set_xlabel("x [m]")

@@ -78,33 +78,50 @@ class MaskUnprojector:
         T_world_camera: NDArray[np.float64],
         points_m: NDArray[np.float32],
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-        """(V,) int64 visible voxel indices and (V,) int64 flat pixel index of each."""
+        """(V,) int64 visible voxel indices and (V,) int64 flat pixel index of each.
+
+        Voxels come sorted by pixel index, not by voxel index.
+        """
         cfg = self.config
         h, w = intrinsics.height, intrinsics.width
         if depth_m.shape != (h, w):
             raise InputError("size_mismatch", f"depth {depth_m.shape} vs intrinsics {(h, w)}")
         T = np.asarray(T_world_camera, dtype=np.float64)
         R = T[:3, :3]
-        # Camera-from-world in float32: 500k points in ~2 ms; the error (~1e-7 relative) is far
-        # below a pixel.
+        # Camera-from-world, written out per coordinate: numpy's (M, 3) @ (3, 3) goes through
+        # BLAS with a tiny inner dimension and is ~20x slower than these column operations.
+        # float32 error (~1e-7 relative) is far below a pixel.
         R_cw = R.T.astype(np.float32)
         t_cw = (-R.T @ T[:3, 3]).astype(np.float32)
-        pc = points_m @ R_cw.T + t_cw
-        z = pc[:, 2]
-        front = np.flatnonzero(z > 1e-6)
-        pc = pc[front]
-        z = z[front]
-        u = np.floor(pc[:, 0] * np.float32(intrinsics.fx) / z + np.float32(intrinsics.cx + 0.5))
-        v = np.floor(pc[:, 1] * np.float32(intrinsics.fy) / z + np.float32(intrinsics.cy + 0.5))
+        # One transposed copy makes every column operation below contiguous.
+        x, y, z = np.ascontiguousarray(np.asarray(points_m, dtype=np.float32).T)
+        zc = R_cw[2, 0] * x + R_cw[2, 1] * y + R_cw[2, 2] * z + t_cw[2]
+        front = np.flatnonzero(zc > 1e-6)
+        x, y, z, zc = x[front], y[front], z[front], zc[front]
+        inv_z = np.float32(1.0) / zc
         # Nearest pixel, pixel centres at integer coordinates (ties go right/down).
+        u = np.floor(
+            (R_cw[0, 0] * x + R_cw[0, 1] * y + R_cw[0, 2] * z + t_cw[0])
+            * (np.float32(intrinsics.fx) * inv_z)
+            + np.float32(intrinsics.cx + 0.5)
+        )
+        v = np.floor(
+            (R_cw[1, 0] * x + R_cw[1, 1] * y + R_cw[1, 2] * z + t_cw[1])
+            * (np.float32(intrinsics.fy) * inv_z)
+            + np.float32(intrinsics.cy + 0.5)
+        )
         b = cfg.border_px
-        inside = (u >= b) & (u <= w - 1 - b) & (v >= b) & (v <= h - 1 - b)
-        idx = front[inside]
+        inside = np.flatnonzero((u >= b) & (u <= w - 1 - b) & (v >= b) & (v <= h - 1 - b))
         pix = v[inside].astype(np.int64) * w + u[inside].astype(np.int64)
         d = depth_m.reshape(-1)[pix]
+        zi = zc[inside]
         with np.errstate(invalid="ignore"):
-            ok = (d > 0) & (np.abs(d - z[inside]) <= cfg.depth_tolerance_ratio * d)
-        return idx[ok].astype(np.int64), pix[ok]
+            ok = np.flatnonzero((d > 0) & (np.abs(d - zi) <= cfg.depth_tolerance_ratio * d))
+        idx = front[inside[ok]]
+        pix = pix[ok]
+        # Pixel order makes the later (N, V) gather from the masks sweep memory forwards.
+        order = np.argsort(pix, kind="stable")
+        return idx[order].astype(np.int64), pix[order]
 
     def unproject(
         self,
@@ -131,13 +148,13 @@ class MaskUnprojector:
             row = ((pix // w) * mh) // h
             col = ((pix % w) * mw) // w
             mpix = row * mw + col
-        flat = torch.from_numpy(np.ascontiguousarray(masks, dtype=np.float32).reshape(n, -1))
-        weights_t = flat.index_select(1, torch.from_numpy(mpix))
+        flat = np.ascontiguousarray(masks, dtype=np.float32).reshape(n, -1)
+        weights = np.take(flat, mpix, axis=1)  # faster than torch.index_select here
         if self.config.masks_are_logits:
-            weights_t = torch.sigmoid(weights_t)
+            torch.sigmoid_(torch.from_numpy(weights))
         else:
-            weights_t = weights_t.clamp_(0.0, 1.0)
-        return Unprojection(voxel_index=voxel_index, weights=weights_t.numpy(), pixel_index=pix)
+            np.clip(weights, 0.0, 1.0, out=weights)
+        return Unprojection(voxel_index=voxel_index, weights=weights, pixel_index=pix)
 
     def accumulate(
         self,
@@ -168,9 +185,11 @@ class MaskUnprojector:
             return ids
         k = smap.members_per_voxel
         kk = min(k, n)
-        top_w, top_i = torch.topk(torch.from_numpy(unprojection.weights), kk, dim=0)
-        new_w = top_w.T.numpy()  # (V, kk)
-        new_id = ids[top_i.T.numpy()].astype(np.int32)
+        # topk along a contiguous last axis is about twice as fast as along the first.
+        per_voxel = torch.from_numpy(unprojection.weights).T.contiguous()  # (V, N)
+        top_w, top_i = torch.topk(per_voxel, kk, dim=1)
+        new_w = top_w.numpy()  # (V, kk)
+        new_id = ids[top_i.numpy()].astype(np.int32)
         weak = new_w < self.config.min_weight
         new_w = np.where(weak, np.float32(0.0), new_w)
         new_id = np.where(weak, np.int32(-1), new_id)

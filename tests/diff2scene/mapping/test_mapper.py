@@ -160,3 +160,21 @@ def test_config_is_validated():
     with pytest.raises(ConfigError):
         from_dict(MapperConfig, {"voxel_size": 0.02})
     assert MapperConfig().sdf_trunc_m == pytest.approx(0.08)
+
+
+def test_incremental_refresh_matches_a_single_extraction(orbit_frames):
+    """Refreshing every few frames (dirty blocks + neighbours only) finds every voxel that one
+    refresh at the end finds; the extra ones are voxels that were surface earlier."""
+    incremental = Mapper(small_config())
+    once = Mapper(small_config())
+    for i, frame in enumerate(orbit_frames):
+        incremental.integrate(frame)
+        once.integrate(frame)
+        if i % 3 == 2:
+            incremental.update_voxels()
+    inc = incremental.update_voxels()
+    ref = once.update_voxels()
+    inc_set = {tuple(c) for c in inc.coords.tolist()}
+    ref_set = {tuple(c) for c in ref.coords.tolist()}
+    assert ref_set <= inc_set
+    assert len(inc_set - ref_set) < 0.1 * len(ref_set)
