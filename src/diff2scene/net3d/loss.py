@@ -72,24 +72,32 @@ def mask_iou(
     space: str,
     threshold: float = 0.5,
 ) -> float:
-    """Mean IoU between thresholded B'3d_i and B3d_i over all non-empty masks of ``views``.
+    """Mean IoU of the voxel → mask assignments that B'3d and B3d give, over ``views``.
 
-    This is how well the 3D network reproduces masks of views (typically held out); NaN if no
-    view has a non-empty mask.
+    The cosine loss is blind to the scale of B'3d (B'3d = 0.3·B3d is perfect), so a fixed
+    threshold on B'3d would not measure what is learnt. What the query ensemble uses is how
+    masks compare on a voxel, so each voxel the view covers (max_i B3d_i > ``threshold``) is
+    given to its strongest mask under each, and the IoU of the two assignments is averaged
+    over the masks that own a voxel in the target. NaN if no view covers any voxel.
     """
     ious: list[torch.Tensor] = []
     with torch.no_grad():
         for view in views:
             if space not in view.embeddings:
                 continue
+            target_max, target = view.weights.max(dim=0)
+            covered = target_max > threshold
+            if not bool(covered.any()):
+                continue
             pred = predicted_masks(feats[space][view.voxel_index], view.embeddings[space])
-            p = pred > threshold
-            t = view.weights > threshold
-            keep = t.any(dim=1)
-            inter = (p & t).sum(dim=1)[keep].to(torch.float64)
-            union = (p | t).sum(dim=1)[keep].to(torch.float64)
-            ious.append(inter / union)
+            p = pred.argmax(dim=0)[covered]
+            t = target[covered]
+            n = view.weights.shape[0]
+            masks = torch.arange(n, device=t.device)[:, None]
+            pm, tm = p[None, :] == masks, t[None, :] == masks
+            inter = (pm & tm).sum(dim=1).to(torch.float64)
+            union = (pm | tm).sum(dim=1).to(torch.float64)
+            ious.append((inter / union.clamp(min=1))[tm.any(dim=1)])
     if not ious:
         return float("nan")
-    all_ious = torch.cat(ious)
-    return float(all_ious.mean()) if all_ious.numel() else float("nan")
+    return float(torch.cat(ious).mean())

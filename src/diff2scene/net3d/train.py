@@ -13,7 +13,6 @@ from a checkpoint continues the same loss curve as an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import logging
 import math
@@ -48,23 +47,26 @@ from diff2scene.net3d.loss import ViewBatch, distillation_loss, mask_iou
 from diff2scene.net3d.model import MinkUNet, MinkUNetConfig, count_parameters
 from diff2scene.net3d.sparse import make_sparse_tensor, resolve_backend
 from diff2scene.segmentation.base import Segmenter2D
+from diff2scene.segmentation.text import TextEncoderConfig
 
 _LOG = logging.getLogger(__name__)
 
-#: 2D segmenters that can build scene caches: name -> (module, class, config class or "").
-SEGMENTERS: dict[str, tuple[str, str, str]] = {
-    "oracle": ("diff2scene.segmentation.oracle", "OracleSegmenter", "OracleConfig"),
-}
+#: 2D segmenters that can build scene caches.
+SEGMENTERS: tuple[str, ...] = ("oracle",)
 
 
 @dataclass
 class SegmenterSpec:
     """Which 2D segmenter labels the keyframes when a scene cache is built."""
 
-    #: Name in :data:`SEGMENTERS`.
+    #: One of :data:`SEGMENTERS`.
     name: str = "oracle"
-    #: Fields of that segmenter's config (strictly checked).
+    #: Fields of that segmenter's config (``OracleConfig`` for the oracle; strictly checked).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Text encoder giving the oracle's class-name embeddings.
+    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    #: Oracle only: JSON object {instance id: class name} beside each bag (relative path).
+    instance_classes_file: str = "instance_classes.json"
 
 
 @dataclass
@@ -139,18 +141,24 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-def build_segmenter(spec: SegmenterSpec) -> Segmenter2D:
-    """Instantiate a registered segmenter with its strictly checked config."""
-    module_name, class_name, config_name = SEGMENTERS[spec.name]
-    module = importlib.import_module(module_name)
-    cls = getattr(module, class_name)
-    if config_name:
-        seg = cls(from_dict(getattr(module, config_name), spec.options, where="segmenter"))
-    else:
-        seg = cls(**spec.options)
-    if not isinstance(seg, Segmenter2D):
-        raise ConfigError(f"{spec.name} is not a Segmenter2D")
-    return seg
+def build_segmenter(spec: SegmenterSpec, scene: Path) -> Segmenter2D:
+    """The segmenter that labels ``scene``'s keyframes (the oracle needs its ground truth)."""
+    if spec.name == "oracle":
+        from diff2scene.segmentation.oracle import OracleConfig, OracleSegmenter
+        from diff2scene.segmentation.text import ClipTextEncoder
+
+        table_path = scene / spec.instance_classes_file
+        try:
+            table = json.loads(table_path.read_text())
+            classes = {int(k): str(v) for k, v in table.items()}
+        except (OSError, ValueError, AttributeError) as exc:
+            raise DataFormatError(f"{table_path}: no instance → class table: {exc}") from exc
+        return OracleSegmenter(
+            classes,
+            ClipTextEncoder.from_config(spec.text_encoder),
+            from_dict(OracleConfig, spec.options, where="segmenter.options"),
+        )
+    raise ConfigError(f"unknown segmenter {spec.name!r}; known: {list(SEGMENTERS)}")
 
 
 def _cache_path(config: TrainConfig, scene: Path) -> Path:
@@ -180,7 +188,7 @@ def prepare_scene(config: TrainConfig, scene: Path) -> Path:
     source = BagFrameSource(scene, config.bag)
     data = build_scene(
         source,
-        build_segmenter(config.segmenter),
+        build_segmenter(config.segmenter, scene),
         mapper_config=config.mapper,
         keyframe_config=config.keyframes,
         unproject_config=config.unproject,

@@ -47,11 +47,14 @@ def test_gradient_reaches_the_features() -> None:
     assert feats.grad is not None and float(feats.grad.abs().sum()) > 0
 
 
-def test_mask_iou() -> None:
-    feats = torch.tensor([[5.0], [5.0], [-5.0], [-5.0]])
-    view = ViewBatch(
-        torch.arange(4),
-        torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]]),
-        {"x": torch.tensor([[1.0], [1.0]])},
-    )
-    assert mask_iou({"x": feats}, [view], space="x") == pytest.approx(0.5)
+def test_mask_iou_compares_strongest_mask_assignments() -> None:
+    # 4 voxels, 2 masks in 1-d embedding space: mask 0 = +1, mask 1 = -1.
+    feats = torch.tensor([[5.0], [5.0], [-5.0], [0.2]])
+    emb = {"x": torch.tensor([[1.0], [-1.0]])}
+    target = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 1.0]])
+    # Predicted owners: 0, 0, 1, 0 -> mask 0 IoU 2/3, mask 1 IoU 1/2.
+    view = ViewBatch(torch.arange(4), target, emb)
+    assert mask_iou({"x": feats}, [view], space="x") == pytest.approx((2 / 3 + 1 / 2) / 2)
+    # Scaling B'3d does not change it (the loss is scale-blind too); uncovered voxels are ignored.
+    weak = ViewBatch(torch.arange(4), target * torch.tensor([1.0, 1.0, 1.0, 0.0]), emb)
+    assert mask_iou({"x": feats * 0.01}, [weak], space="x") == pytest.approx(1.0)
