@@ -26,7 +26,7 @@ import numpy as np
 import open3d as o3d
 from numpy.typing import NDArray
 
-from diff2scene.errors import ConfigError
+from diff2scene.errors import ConfigError, InputError
 from diff2scene.mapping.voxel_index import VoxelIndex
 from diff2scene.types import Frame
 
@@ -369,6 +369,23 @@ class Mapper:
     def voxel_grid(self) -> o3d.t.geometry.VoxelBlockGrid:
         """The underlying Open3D grid (for meshing or ray casting); do not integrate into it."""
         return self._vbg
+
+    def seed_voxels(self, coords: NDArray[np.int32], colors: NDArray[np.uint8]) -> None:
+        """Start the voxel index from a saved map's voxels (same numbering), e.g. after
+        :meth:`SemanticMap.load`, so that later updates extend that map instead of restarting.
+
+        Only the index is restored (the TSDF starts empty); voxels re-observed on the surface
+        get their old numbers back.
+        """
+        if len(self._index):
+            raise InputError("mapper_not_empty", "seed_voxels needs a mapper without voxels")
+        coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, 3)
+        if colors.shape != coords.shape:
+            raise InputError("seed_shape", f"coords {coords.shape} vs colors {colors.shape}")
+        ids = self._index.add(coords)
+        if not np.array_equal(ids, np.arange(coords.shape[0])):
+            raise InputError("seed_duplicates", "seed coordinates contain duplicates")
+        self._colors = np.array(colors, dtype=np.uint8)
 
     def update_voxels(self) -> SurfaceUpdate:
         """Refresh the surface voxels from the blocks integrated since the last call.

@@ -178,3 +178,27 @@ def test_incremental_refresh_matches_a_single_extraction(orbit_frames):
     ref_set = {tuple(c) for c in ref.coords.tolist()}
     assert ref_set <= inc_set
     assert len(inc_set - ref_set) < 0.1 * len(ref_set)
+
+
+def test_a_loaded_map_keeps_growing_with_a_seeded_mapper(orbit_frames, tmp_path):
+    from diff2scene.errors import InputError
+    from diff2scene.mapping import SemanticMap
+
+    first = Mapper(small_config())
+    for frame in orbit_frames[:15]:
+        first.integrate(frame)
+    smap = SemanticMap(VOXEL_M)
+    smap.apply_surface_update(first.update_voxels())
+    smap.view_counts[:] = 1
+    loaded = SemanticMap.load(smap.save(tmp_path / "map.npz"))
+
+    resumed = Mapper(small_config())
+    resumed.seed_voxels(loaded.coords, loaded.colors)
+    for frame in orbit_frames[10:]:
+        resumed.integrate(frame)
+    loaded.apply_surface_update(resumed.update_voxels())  # extends, does not restart
+    assert loaded.num_voxels > smap.num_voxels
+    np.testing.assert_array_equal(loaded.coords[: smap.num_voxels], smap.coords)
+    assert np.all(loaded.view_counts[: smap.num_voxels] == 1)
+    with pytest.raises(InputError):
+        resumed.seed_voxels(loaded.coords, loaded.colors)
