@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import os
 import statistics
 import time
 from typing import Any
@@ -95,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="timed keyframes per device")
     parser.add_argument("--skip-cpu", action="store_true", help="only measure on CUDA")
     args = parser.parse_args(argv)
-    figures: dict[str, Any] = {"torch_threads": torch.get_num_threads(), "image_px": SIZE_PX}
+    figures: dict[str, Any] = {
+        "torch_threads": torch.get_num_threads(),
+        "image_px": SIZE_PX,
+        # This machine is shared: the load says how much of it the figures below really had.
+        "load_avg_1m_start": os.getloadavg()[0],
+    }
     if not args.skip_cpu:
         cpu = measure("cpu", args.repeats)
         figures.update(
@@ -124,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
                 "head_params_m": gpu["head_params_m"],
             }
         )
+    figures["load_avg_1m_end"] = os.getloadavg()[0]
     name = "segmenter2d" if not args.skip_cpu else "segmenter2d_cuda"
     path = write_results(
         name,

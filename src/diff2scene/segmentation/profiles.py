@@ -24,7 +24,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from diff2scene.config import from_dict, load_yaml
 from diff2scene.errors import ConfigError, DataFormatError, WeightsUnavailableError
-from diff2scene.segmentation.clip import ClipConfig, build_clip, hub_offline
+from diff2scene.segmentation.clip import ClipConfig, build_clip, hub_offline, resolve_weights
 from diff2scene.segmentation.diffusion.backbone import DiffusionBackbone
 from diff2scene.segmentation.diffusion.maskclip import ClipImageFeatures
 from diff2scene.segmentation.diffusion.segmenter import (
@@ -215,6 +215,7 @@ def _build_real(
     # Locate every file first: a missing one costs milliseconds, not a 4 GB build.
     head = _require_head(weights)
     sd_dir = resolve_sd_dir(weights)
+    resolve_weights(weights.clip)
     unet = UNet2DConditionModel.from_pretrained(sd_dir, subfolder="unet", local_files_only=True)
     vae = AutoencoderKL.from_pretrained(sd_dir, subfolder="vae", local_files_only=True)
     uncond = sd_empty_prompt_embedding(sd_dir)

@@ -217,7 +217,11 @@ class DiffusionSegmenterModel(nn.Module):
 
 
 class DiffusionSegmenter(Segmenter2D):
-    """The ODISE-architecture 2D branch behind the :class:`Segmenter2D` interface."""
+    """The ODISE-architecture 2D branch behind the :class:`Segmenter2D` interface.
+
+    One instance serves one thread at a time (the backbone collects features through hooks
+    into per-call state); the mapping pipeline runs it in a single worker.
+    """
 
     def __init__(
         self, model: DiffusionSegmenterModel, *, device: str | torch.device = "cpu"
