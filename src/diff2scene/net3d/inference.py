@@ -183,6 +183,7 @@ def _rows_in(keys: NDArray[np.int64], table: NDArray[np.int64]) -> NDArray[np.bo
 
     def flat(a: NDArray[np.int64]) -> NDArray[np.int64]:
         rel = a.astype(np.int64) - lo
-        return (rel[:, 0] * ext[1] + rel[:, 1]) * ext[2] + rel[:, 2]
+        key: NDArray[np.int64] = (rel[:, 0] * ext[1] + rel[:, 1]) * ext[2] + rel[:, 2]
+        return key
 
     return np.isin(flat(keys), flat(table))
