@@ -1,0 +1,130 @@
+"""One synthetic dataset directory: a scene's bag plus its ground-truth sidecar files.
+
+Layout (what ``diff2scene synth --out DIR`` writes and the evaluation reads)::
+
+    DIR/bag/            rosbag2 directory (MCAP): RGB-D, camera info, pose, TF, instance images
+    DIR/scene.json      class table, instances (class, colour, box), provenance
+    DIR/gt_points.npz   labelled surface point cloud
+
+The bag is written under a temporary name and renamed when complete, so an interrupted run
+never leaves something that looks like a finished bag.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diff2scene.config import to_dict
+from diff2scene.errors import ConfigError
+from diff2scene.synth.bag import BagStats, BagTopics, write_bag
+from diff2scene.synth.groundtruth import POINTS_FILE, SCENE_FILE, GroundTruth
+from diff2scene.synth.render import RenderConfig, render_frames
+from diff2scene.synth.scene import SceneConfig, generate_scene
+
+#: Name of the rosbag2 directory inside a synthetic dataset directory.
+BAG_DIR = "bag"
+
+
+@dataclass
+class SynthConfig:
+    """Everything that defines a synthetic dataset besides its seed."""
+
+    #: Room size and contents.
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    #: Camera, path and sensor model.
+    render: RenderConfig = field(default_factory=RenderConfig)
+    #: Bag topic names.
+    topics: BagTopics = field(default_factory=BagTopics)
+    #: Ground-truth surface sampling density, points per square metre.
+    gt_points_per_m2: float = 1000.0
+    #: zstd chunk compression of the MCAP bag.
+    compress: bool = True
+
+
+@dataclass
+class SynthResult:
+    """What :func:`synthesize` produced."""
+
+    out_dir: Path
+    bag_path: Path
+    groundtruth: GroundTruth
+    bag: BagStats
+    #: Wall-clock time of the whole run, seconds.
+    elapsed_s: float
+
+
+def _is_our_bag(path: Path) -> bool:
+    """Whether ``path`` looks like a rosbag2 directory (safe to delete with --force)."""
+    if not path.is_dir():
+        return False
+    names = {p.name for p in path.iterdir()}
+    return all(n == "metadata.yaml" or n.endswith((".mcap", ".db3")) for n in names)
+
+
+def synthesize(
+    out_dir: str | Path,
+    seed: int,
+    config: SynthConfig | None = None,
+    *,
+    force: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> SynthResult:
+    """Generate scene ``seed``, render it and write the bag and ground truth under ``out_dir``.
+
+    Refuses (``ConfigError``) to replace an existing bag unless ``force``; even then only a
+    directory that holds nothing but bag files is deleted. ``progress`` is called with the
+    number of frames written so far.
+    """
+    start = time.perf_counter()
+    config = config or SynthConfig()
+    out_dir = Path(out_dir)
+    bag_path = out_dir / BAG_DIR
+    # The bag's file is named after its directory, so it is written as ``.partial/bag``.
+    partial_root = out_dir / ".partial"
+    partial = partial_root / BAG_DIR
+    if bag_path.exists():
+        if not force:
+            raise ConfigError(f"{bag_path} already exists; pass --force to overwrite it")
+        if not _is_our_bag(bag_path):
+            raise ConfigError(f"{bag_path} exists and holds non-bag files; not deleting it")
+        shutil.rmtree(bag_path)
+    if partial.exists():
+        if not _is_our_bag(partial):
+            raise ConfigError(f"{partial} holds non-bag files; remove it by hand")
+        shutil.rmtree(partial)  # left over from an interrupted run
+    partial_root.mkdir(parents=True, exist_ok=True)
+
+    scene = generate_scene(seed, config.scene)
+    metadata = {
+        "generator": "diff2scene.synth",
+        "config": to_dict(config),
+        "frames": config.render.n_frames,
+        "bag": BAG_DIR,
+    }
+    gt = GroundTruth.from_scene(
+        scene, points_per_m2=config.gt_points_per_m2, metadata=metadata
+    )
+    for name in (SCENE_FILE, POINTS_FILE):
+        (out_dir / name).unlink(missing_ok=True)
+    stats = write_bag(
+        partial,
+        render_frames(scene, config.render),
+        topics=config.topics,
+        compress=config.compress,
+        progress=progress,
+    )
+    partial.rename(bag_path)
+    partial_root.rmdir()
+    stats.path = bag_path
+    gt.save(out_dir)
+    return SynthResult(
+        out_dir=out_dir,
+        bag_path=bag_path,
+        groundtruth=gt,
+        bag=stats,
+        elapsed_s=time.perf_counter() - start,
+    )
