@@ -18,6 +18,10 @@ from diff2scene.errors import Diff2SceneError
 SUBCOMMANDS: tuple[str, ...] = (
     "diff2scene.synth.cli",
     "diff2scene.io.cli",
+    "diff2scene.replay",
+    "diff2scene.mapping.cli",
+    "diff2scene.segmentation.cli",
+    "diff2scene.net3d.cli",
 )
 
 
