@@ -1,0 +1,573 @@
+"""The diff2scene mapping node: RGB-D + pose topics in, labelled cloud, markers and services out.
+
+Thin by design (STYLE rule 3): callbacks only put messages into bounded buffers; one worker
+thread turns them into :class:`~diff2scene.types.Frame` objects (via
+:mod:`diff2scene_ros.conversions`) and feeds the core :class:`~diff2scene.pipeline.Pipeline`,
+which runs the 2D model in its own worker. Every parameter is generated from the core's
+dataclass configs (:mod:`diff2scene_ros.params`).
+
+Pose input is a ``geometry_msgs/PoseStamped`` (``camera/pose``) or ``nav_msgs/Odometry``
+(``odom``) of the camera in ``world_frame``; ``tf2_ros`` is not available from PyPI, so a robot
+that only has TF relays the camera pose to one of these topics.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from diff2scene_interfaces.srv import LoadMap, SaveMap, SetVocabulary, TextQuery
+from geometry_msgs.msg import PoseStamped
+from nav_msgs.msg import Odometry
+from numpy.typing import NDArray
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+)
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
+
+from diff2scene.errors import ConfigError, Diff2SceneError, InputError
+from diff2scene.io.base import SkipStats
+from diff2scene.io.sync import ApproximateSync
+from diff2scene.io.transforms import T_BODY_OPTICAL, TransformBuffer
+from diff2scene.pipeline import Pipeline, PipelineConfig
+from diff2scene.segmentation.base import Segmenter2D, TextEncoder, Vocabulary
+from diff2scene.types import Frame
+from diff2scene_ros import conversions as cv
+from diff2scene_ros.params import declare_config
+
+_CAMERA = "camera"
+
+#: Node-relative input topics (remap them; the launch file does).
+COLOR_TOPIC = "camera/color/image_raw"
+DEPTH_TOPIC = "camera/depth/image_rect_raw"
+CAMERA_INFO_TOPIC = "camera/color/camera_info"
+POSE_TOPIC = "camera/pose"
+ODOM_TOPIC = "odom"
+
+
+@dataclass
+class NodeConfig:
+    """Everything the node adds around the core pipeline (whose config is ``pipeline``)."""
+
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    #: Fixed frame of the map, of the pose input and of every output (REP-105 "map" or "odom").
+    world_frame: str = "map"
+    #: "pose": geometry_msgs/PoseStamped on ``camera/pose``; "odometry": nav_msgs/Odometry on
+    #: ``odom``.
+    pose_source: Literal["pose", "odometry"] = "pose"
+    #: True if the pose is that of the camera optical frame (z forward, REP-103 ``_optical``);
+    #: False if it is a body frame (x forward, z up) and the optical rotation must be applied.
+    pose_is_optical: bool = True
+    #: Colour and depth images at most this far apart in time are paired, in seconds.
+    sync_slop_s: float = 0.02
+    #: Camera poses are interpolated between samples at most this far apart, in seconds.
+    max_pose_gap_s: float = 0.5
+    #: A synchronised frame waits at most this long for a pose newer than itself, in seconds;
+    #: then it is skipped as "missing_pose".
+    max_pose_wait_s: float = 0.5
+    #: QoS of the image/pose subscriptions: "sensor_data" (best effort) or "reliable".
+    input_qos: Literal["sensor_data", "reliable"] = "sensor_data"
+    #: Synchronised frames waiting for the mapper at most; the oldest is dropped (and counted)
+    #: when a newer one arrives, so a slow mapper sees the newest view.
+    frame_queue_size: int = 2
+    #: Model profile of the 2D branch: a name in the models directory ("odise_sd15" needs the
+    #: real weights; "tiny" runs anywhere with random weights and means nothing) or a YAML path.
+    segmenter_profile: str = "odise_sd15"
+    #: Torch device of the 2D model ("cpu", "cuda", "cuda:1").
+    segmenter_device: str = "cpu"
+    #: Named vocabulary (e.g. "scannet20", "scannet200") to label the map with at start-up;
+    #: "" labels nothing until ``~/set_vocabulary`` is called.
+    vocabulary: str = ""
+    #: Period of ``~/labelled_cloud``, in seconds.
+    cloud_period_s: float = 2.0
+    #: At most this many points go into one labelled cloud (evenly subsampled beyond).
+    max_cloud_points: int = 500_000
+    #: Period of ``/diagnostics``, in seconds.
+    diagnostics_period_s: float = 1.0
+    #: File ``~/save_map`` writes when its request has an empty path.
+    default_map_path: str = "diff2scene_map.npz"
+
+    def __post_init__(self) -> None:
+        positive = {
+            "sync_slop_s": self.sync_slop_s,
+            "max_pose_gap_s": self.max_pose_gap_s,
+            "cloud_period_s": self.cloud_period_s,
+            "diagnostics_period_s": self.diagnostics_period_s,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ConfigError(f"NodeConfig.{name} must be > 0, got {value}")
+        if self.max_pose_wait_s < 0:
+            raise ConfigError("NodeConfig.max_pose_wait_s must be >= 0")
+        if self.frame_queue_size < 1 or self.max_cloud_points < 1:
+            raise ConfigError("NodeConfig: frame_queue_size and max_cloud_points must be >= 1")
+
+
+@dataclass
+class _Pair:
+    stamp_ns: int
+    color: Image
+    depth: Image
+    received_s: float
+
+
+class MappingNode(Node):
+    """ROS 2 front end of :class:`~diff2scene.pipeline.Pipeline`."""
+
+    def __init__(
+        self,
+        *,
+        segmenter: Segmenter2D | None = None,
+        text_encoder: TextEncoder | None = None,
+        node_name: str = "diff2scene",
+        **node_kwargs: Any,
+    ) -> None:
+        """``segmenter``/``text_encoder`` default to the ones of ``segmenter_profile``."""
+        super().__init__(node_name, **node_kwargs)
+        self.config = declare_config(self, NodeConfig())
+        cfg = self.config
+        if segmenter is None or text_encoder is None:
+            built_segmenter, built_encoder = build_models(cfg)
+            segmenter = segmenter or built_segmenter
+            text_encoder = text_encoder or built_encoder
+        self.segmenter = segmenter
+        self.text_encoder = text_encoder
+        self.pipeline = Pipeline(cfg.pipeline, segmenter)
+        self.vocabulary: Vocabulary | None = None
+        self._mask_probs: NDArray[np.float32] | None = None
+        self._label_lock = threading.Lock()  # guards vocabulary and _mask_probs
+
+        self.input_stats = SkipStats()
+        self._lock = threading.Lock()  # guards the sync, poses, camera info and frame queue
+        self._sync: ApproximateSync[Image, Image] = ApproximateSync(
+            slop_ns=round(cfg.sync_slop_s * 1e9), stats=self.input_stats
+        )
+        self._poses = TransformBuffer(max_interpolation_gap_ns=round(cfg.max_pose_gap_s * 1e9))
+        self._camera_info: CameraInfo | None = None
+        self._frames: deque[_Pair] = deque()
+        self._wake = threading.Condition(self._lock)
+        self._stop = False
+        self._counts: Counter[str] = Counter()
+
+        qos = (
+            qos_profile_sensor_data
+            if cfg.input_qos == "sensor_data"
+            else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+        )
+        inputs = MutuallyExclusiveCallbackGroup()
+        self.create_subscription(Image, COLOR_TOPIC, self._on_color, qos,
+                                 callback_group=inputs)
+        self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos,
+                                 callback_group=inputs)
+        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
+                                 qos, callback_group=inputs)
+        if cfg.pose_source == "pose":
+            self.create_subscription(PoseStamped, POSE_TOPIC, self._on_pose, qos,
+                                     callback_group=inputs)
+        else:
+            self.create_subscription(Odometry, ODOM_TOPIC, self._on_pose, qos,
+                                     callback_group=inputs)
+
+        latched = QoSProfile(
+            depth=1,
+            history=HistoryPolicy.KEEP_LAST,
+            reliability=ReliabilityPolicy.RELIABLE,
+            durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        )
+        self.cloud_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", latched)
+        self.marker_pub = self.create_publisher(MarkerArray, "~/query_markers", latched)
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        services = ReentrantCallbackGroup()
+        self.create_service(TextQuery, "~/text_query", self._on_text_query,
+                            callback_group=services)
+        self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
+                            callback_group=services)
+        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=services)
+        self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=services)
+
+        timers = MutuallyExclusiveCallbackGroup()
+        self.create_timer(cfg.cloud_period_s, self.publish_cloud, callback_group=timers)
+        self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics,
+                          callback_group=timers)
+
+        if cfg.vocabulary:
+            self.set_vocabulary_names(_named_vocabulary(cfg.vocabulary))
+        self._worker = threading.Thread(target=self._work, name="diff2scene_frames", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"mapping in '{cfg.world_frame}' at {cfg.pipeline.mapper.voxel_size_m} m voxels, "
+            f"pose from {cfg.pose_source}, 2D model '{cfg.segmenter_profile}'"
+        )
+
+    # ------------------------------------------------------------------ callbacks (enqueue only)
+
+    def _on_color(self, msg: Image) -> None:
+        self._add_images(self._sync.add_a, msg)
+
+    def _on_depth(self, msg: Image) -> None:
+        self._add_images(self._sync.add_b, msg)
+
+    def _add_images(self, add: Any, msg: Image) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for stamp_ns, color, depth in add(cv.stamp_to_ns(msg.header.stamp), msg):
+                if len(self._frames) >= self.config.frame_queue_size:
+                    self._frames.popleft()
+                    self.input_stats.skip("frame_queue_full", "mapper slower than the camera")
+                self._frames.append(_Pair(stamp_ns, color, depth, now))
+            self._wake.notify()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        with self._lock:
+            self._camera_info = msg
+
+    def _on_pose(self, msg: PoseStamped | Odometry) -> None:
+        try:
+            T = cv.pose_msg_to_matrix(msg)
+        except InputError as exc:
+            with self._lock:
+                self.input_stats.skip(exc.reason, exc.detail)
+            return
+        if not self.config.pose_is_optical:
+            T = T @ T_BODY_OPTICAL
+        with self._lock:
+            try:
+                self._poses.add(self.config.world_frame, _CAMERA,
+                                cv.stamp_to_ns(msg.header.stamp), T)
+            except InputError as exc:
+                self.input_stats.skip(exc.reason, exc.detail)
+            self._wake.notify()
+
+    # ------------------------------------------------------------------ worker
+
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self._ready_pair():
+                    self._wake.wait(timeout=0.1)
+                if self._stop:
+                    return
+                pair = self._frames.popleft()
+                info = self._camera_info
+                pose = self._pose_at(pair.stamp_ns)
+            try:
+                frame = self._assemble(pair, info, pose)
+            except InputError as exc:
+                with self._lock:
+                    self.input_stats.skip(exc.reason, exc.detail)
+                continue
+            try:
+                if self.pipeline.add_frame(frame):
+                    self.input_stats.delivered += 1
+            except Diff2SceneError as exc:  # a closed pipeline during shutdown
+                self.get_logger().warning(f"frame not mapped: {exc}")
+
+    def _ready_pair(self) -> bool:
+        """True if the oldest frame has a pose after it, or waited long enough for one."""
+        if not self._frames:
+            return False
+        pair = self._frames[0]
+        latest = self._poses.latest_stamp_ns(self.config.world_frame, _CAMERA)
+        waited = time.monotonic() - pair.received_s
+        return (latest is not None and latest >= pair.stamp_ns) or (
+            waited >= self.config.max_pose_wait_s
+        )
+
+    def _pose_at(self, stamp_ns: int) -> NDArray[np.float64] | InputError:
+        try:
+            return self._poses.lookup(self.config.world_frame, _CAMERA, stamp_ns)
+        except InputError as exc:
+            return exc
+
+    def _assemble(
+        self, pair: _Pair, info: CameraInfo | None, pose: NDArray[np.float64] | InputError
+    ) -> Frame:
+        if isinstance(pose, InputError):
+            raise pose
+        if info is None:
+            raise InputError("missing_camera_info", "no CameraInfo received yet")
+        intrinsics = cv.camera_info_to_intrinsics(info)
+        rgb = cv.image_to_rgb(pair.color)
+        depth = cv.image_to_depth_m(pair.depth)
+        if rgb.shape[:2] != depth.shape:
+            raise InputError("size_mismatch", f"colour {rgb.shape[:2]} vs depth {depth.shape}")
+        if (intrinsics.height, intrinsics.width) != depth.shape:
+            raise InputError(
+                "camera_info_size_mismatch",
+                f"camera_info {intrinsics.width}x{intrinsics.height} vs depth "
+                f"{depth.shape[1]}x{depth.shape[0]}",
+            )
+        self._counts["frames_assembled"] += 1
+        return Frame(
+            stamp_ns=pair.stamp_ns,
+            rgb=rgb,
+            depth_m=depth,
+            intrinsics=intrinsics,
+            T_world_camera=pose,
+            index=self._counts["frames_assembled"] - 1,
+        )
+
+    # ------------------------------------------------------------------ outputs
+
+    def mask_class_probs(self) -> NDArray[np.float32] | None:
+        """(K, C) class probabilities of the map's first K masks for the vocabulary, or None.
+
+        Kept by the node, not written into the map's mask bank: the pipeline keeps appending
+        masks without class probabilities, and a bank must hold them for all masks or none.
+        Only masks added since the last call are classified.
+        """
+        with self._label_lock:
+            vocabulary = self.vocabulary
+            if vocabulary is None:
+                return None
+            done = 0 if self._mask_probs is None else self._mask_probs.shape[0]
+            with self.pipeline.lock:
+                bank = self.pipeline.map.mask_bank
+                if bank.num_masks < done:  # the map was replaced
+                    self._mask_probs, done = None, 0
+                new = (
+                    {space: e[done:].copy() for space, e in bank.embeddings.items()}
+                    if bank.num_masks > done
+                    else None
+                )
+            if new is not None:
+                probs = self.segmenter.classify(new, vocabulary).astype(np.float32)
+                self._mask_probs = (
+                    probs if self._mask_probs is None
+                    else np.concatenate([self._mask_probs, probs])
+                )
+            return self._mask_probs
+
+    def labelled_arrays(self) -> cv.Cloud:
+        """The map as arrays: voxel centres, colours (by label where labelled), labels, scores.
+
+        A voxel's label is the most probable vocabulary class of its strongest 2D mask and its
+        score that class probability times the voxel's membership (B3d) in the mask; voxels
+        without a classified mask keep their fused colour, label 0 and score 0.
+        """
+        probs = self.mask_class_probs()
+        pipeline = self.pipeline
+        with pipeline.lock:
+            smap = pipeline.map
+            points = smap.points_m
+            colors = smap.colors.copy()
+            strongest = smap.strongest_mask()
+            weights = smap.member_weights[:, 0].copy()
+        labels = np.zeros(points.shape[0], np.uint32)
+        scores = np.zeros(points.shape[0], np.float32)
+        if probs is not None and probs.shape[1] > 0:
+            # masks added after ``probs`` was computed stay unlabelled until the next call
+            labelled = (strongest >= 0) & (strongest < probs.shape[0])
+            mask_probs = probs[strongest[labelled]]
+            best = mask_probs.argmax(axis=1)
+            labels[labelled] = best
+            scores[labelled] = mask_probs[np.arange(best.size), best] * weights[labelled]
+            colors[labelled] = _palette(probs.shape[1])[best]
+        return cv.Cloud(points_m=points, rgb=colors, labels=labels, scores=scores)
+
+    def publish_cloud(self) -> None:
+        cloud = self.labelled_arrays()
+        n = cloud.points_m.shape[0]
+        keep: slice | NDArray[np.int64] = slice(None)
+        if n > self.config.max_cloud_points:
+            keep = np.linspace(0, n - 1, self.config.max_cloud_points).astype(np.int64)
+        assert cloud.rgb is not None and cloud.labels is not None and cloud.scores is not None
+        self.cloud_pub.publish(
+            cv.arrays_to_cloud(
+                cloud.points_m[keep],
+                rgb=cloud.rgb[keep],
+                labels=cloud.labels[keep],
+                scores=cloud.scores[keep],
+                frame_id=self.config.world_frame,
+                stamp_ns=self.get_clock().now().nanoseconds,
+            )
+        )
+
+    def diagnostics(self) -> dict[str, Any]:
+        with self._lock:
+            stats = self.input_stats.as_dict()
+            stats["frame_queue_depth"] = len(self._frames)
+        stats.update(self.pipeline.stats_dict())
+        return stats
+
+    def publish_diagnostics(self) -> None:
+        stats = self.diagnostics()
+        dropped = stats.get("skipped_frame_queue_full", 0) + stats.get("keyframes_dropped", 0)
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK,
+            name=f"{self.get_fully_qualified_name()}: mapping",
+            hardware_id="diff2scene",
+            message=f"{stats['map_voxels']} voxels, {dropped} frames/keyframes dropped",
+            values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
+                    for k, v in sorted(stats.items())],
+        )
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+    # ------------------------------------------------------------------ services
+
+    def set_vocabulary_names(self, names: list[str]) -> Vocabulary:
+        """Embed ``names``; the map's masks are (re)classified with them from their embeddings."""
+        from diff2scene.segmentation.vocabularies import build_vocabulary
+
+        vocabulary = build_vocabulary(names, self.text_encoder)
+        with self._label_lock:
+            self.vocabulary = vocabulary
+            self._mask_probs = None
+        return vocabulary
+
+    def _on_set_vocabulary(
+        self, request: SetVocabulary.Request, response: SetVocabulary.Response
+    ) -> SetVocabulary.Response:
+        try:
+            names = list(request.labels) or _named_vocabulary(request.vocabulary_name)
+            vocabulary = self.set_vocabulary_names(names)
+        except (Diff2SceneError, ValueError) as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        response.success = True
+        response.message = f"{len(vocabulary)} classes"
+        return response
+
+    def _on_text_query(
+        self, request: TextQuery.Request, response: TextQuery.Response
+    ) -> TextQuery.Response:
+        # Scoring a free-text query against the map (ensemble of both branches, instances,
+        # relations) belongs to the core's query engine, which this build does not have yet.
+        response.success = False
+        response.message = (
+            f"text queries are not available in this build (query {request.query!r} not run); "
+            "use ~/set_vocabulary and ~/labelled_cloud for closed-vocabulary labels"
+        )
+        response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32),
+                                             frame_id=self.config.world_frame)
+        return response
+
+    def _on_save_map(
+        self, request: SaveMap.Request, response: SaveMap.Response
+    ) -> SaveMap.Response:
+        path = Path(request.path or self.config.default_map_path).expanduser()
+        try:
+            written = self.pipeline.save(path)
+        except (Diff2SceneError, OSError) as exc:
+            response.success, response.message = False, f"not saved: {exc}"
+            return response
+        response.success, response.message = True, f"saved {written}"
+        return response
+
+    def _on_load_map(
+        self, request: LoadMap.Request, response: LoadMap.Response
+    ) -> LoadMap.Response:
+        if not request.path:
+            response.success, response.message = False, "empty path"
+            return response
+        try:
+            with self._label_lock:
+                self.pipeline.load(Path(request.path).expanduser())
+                self._mask_probs = None
+        except (Diff2SceneError, OSError) as exc:
+            response.success, response.message = False, f"not loaded (map kept): {exc}"
+            return response
+        response.success = True
+        response.message = f"loaded {self.pipeline.map.num_voxels} voxels from {request.path}"
+        return response
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """Stop the frame worker and the pipeline's 2D worker; the map stays usable."""
+        with self._lock:
+            self._stop = True
+            self._wake.notify_all()
+        self._worker.join(timeout=10)
+        try:
+            self.pipeline.close()
+        except Diff2SceneError as exc:  # shutting down anyway: report, do not raise
+            self.get_logger().error(f"pipeline did not close cleanly: {exc}")
+
+
+def _palette(num_labels: int) -> NDArray[np.uint8]:
+    from diff2scene.mapping.render import label_palette
+
+    return label_palette(num_labels)
+
+
+def _named_vocabulary(name: str) -> list[str]:
+    from diff2scene.segmentation.vocabularies import get_vocabulary_names
+
+    if not name:
+        raise InputError("empty_vocabulary", "give labels or a vocabulary name")
+    return get_vocabulary_names(name)
+
+
+def build_models(config: NodeConfig) -> tuple[Segmenter2D, TextEncoder]:
+    """The 2D model and text encoder of ``config.segmenter_profile`` (CLIP text tower)."""
+    from diff2scene.segmentation.profiles import build_segmenter, load_profile
+    from diff2scene.segmentation.text import ClipTextEncoder, TextEncoderConfig
+
+    profile = load_profile(_profile_path(config.segmenter_profile))
+    segmenter = build_segmenter(profile, device=config.segmenter_device)
+    clip = profile.tiny.clip if profile.tiny is not None else profile.weights.clip  # type: ignore[union-attr]
+    return segmenter, ClipTextEncoder.from_config(TextEncoderConfig(clip=clip))
+
+
+def _profile_path(name: str) -> str:
+    """A profile name resolved against the installed package's share/ when run from colcon."""
+    import os
+
+    if Path(name).is_file() or os.environ.get("DIFF2SCENE_MODELS_DIR"):
+        return name
+    try:
+        from ament_index_python.packages import get_package_share_directory
+
+        candidate = Path(get_package_share_directory("diff2scene")) / "models" / f"{name}.yaml"
+    except (ImportError, LookupError, ValueError):
+        return name
+    return str(candidate) if candidate.is_file() else name
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of ``ros2 run diff2scene diff2scene_node``."""
+    import sys
+
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    context = Context()
+    rclpy.init(args=args, context=context)
+    node: MappingNode | None = None
+    try:
+        node = MappingNode(context=context)
+        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Diff2SceneError as exc:
+        sys.stderr.write(f"diff2scene_node: {exc}\n")
+        raise SystemExit(1) from exc
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        context.try_shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,260 @@
+"""The mapping node end to end over DDS: synthetic RGB-D + pose topics in, cloud/services out.
+
+One module-scoped node (tiny random-weight 2D model of the real classes) receives frames of a
+flat textured wall from a publisher node in the same process; every exchange goes through
+DDS. Waits poll a condition with a deadline; nothing sleeps blindly.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "diff2scene_interfaces",
+    reason="diff2scene_interfaces is not built: run `make interfaces` and use the Makefile's "
+    "RUN_ENV (PYTHONPATH/LD_LIBRARY_PATH of ros2_ws/install/diff2scene_interfaces)",
+)
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from diff2scene_interfaces.srv import LoadMap, SaveMap, SetVocabulary, TextQuery
+from geometry_msgs.msg import PoseStamped
+from rclpy.context import Context
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+
+from diff2scene.types import CameraIntrinsics
+from diff2scene_ros import conversions as cv
+from diff2scene_ros.node import MappingNode, NodeConfig, build_models
+
+pytestmark = pytest.mark.ros
+
+INTRINSICS = CameraIntrinsics(width=160, height=120, fx=100.0, fy=100.0, cx=79.5, cy=59.5)
+WALL_DEPTH_M = 1.5
+WAIT_S = 120.0
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.05)
+
+
+@dataclass
+class Harness:
+    context: Context
+    node: MappingNode
+    helper: Node
+    executor: MultiThreadedExecutor
+    clouds: list[PointCloud2] = field(default_factory=list)
+    diagnostics: list[DiagnosticArray] = field(default_factory=list)
+    publishers: dict[str, Any] = field(default_factory=dict)
+
+    def publish_frame(
+        self, i: int, *, depth_encoding: str = "16UC1", pose: bool = True,
+        mislabel_depth: bool = False,
+    ) -> None:
+        stamp_ns = 1_000_000_000 + i * 100_000_000
+        rng = np.random.default_rng(i)
+        # a textured wall: stripes plus noise so the 2D model has something to look at
+        rgb = np.zeros((120, 160, 3), np.uint8)
+        rgb[:, :, 0] = (np.arange(160) * 3 % 256).astype(np.uint8)
+        rgb[:, :, 1] = 120
+        rgb[:, :, 2] = rng.integers(0, 60, (120, 160), dtype=np.uint8)
+        depth = np.full((120, 160), WALL_DEPTH_M, np.float32)
+        T = np.eye(4)
+        T[0, 3] = 0.02 * i
+        pub = self.publishers
+        pub["info"].publish(cv.intrinsics_to_camera_info(INTRINSICS, frame_id="cam",
+                                                         stamp_ns=stamp_ns))
+        if pose:
+            pub["pose"].publish(cv.matrix_to_pose_stamped(T, frame_id="map", stamp_ns=stamp_ns))
+        depth_msg = cv.depth_to_image(depth, frame_id="cam", stamp_ns=stamp_ns,
+                                      encoding=depth_encoding)
+        if mislabel_depth:
+            depth_msg.encoding = "8UC1"
+        pub["depth"].publish(depth_msg)
+        pub["color"].publish(cv.rgb_to_image(rgb, frame_id="cam", stamp_ns=stamp_ns))
+
+    def call(self, srv_type: Any, name: str, request: Any) -> Any:
+        client = self.helper.create_client(srv_type, f"diff2scene/{name}")
+        try:
+            assert client.wait_for_service(timeout_sec=30.0), f"{name} not offered"
+            future = client.call_async(request)
+            _wait_for(future.done, f"{name} response", 60.0)
+            return future.result()
+        finally:
+            self.helper.destroy_client(client)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[Any, Any]:
+    return build_models(NodeConfig(segmenter_profile="tiny"))
+
+
+@pytest.fixture(scope="module")
+def harness(models: tuple[Any, Any]) -> Iterator[Harness]:
+    context = Context()
+    rclpy.init(context=context, domain_id=1 + (os.getpid() + 37) % 100)
+    namespace = f"/t{uuid.uuid4().hex[:8]}"
+    overrides = [
+        Parameter("cloud_period_s", value=0.3),
+        Parameter("diagnostics_period_s", value=0.3),
+        Parameter("max_pose_wait_s", value=0.3),
+        Parameter("frame_queue_size", value=50),
+        Parameter("input_qos", value="reliable"),
+        Parameter("pipeline.mapper.depth_max_m", value=3.0),
+        Parameter("pipeline.mapper.device", value="CPU:0"),
+        Parameter("pipeline.keyframes.min_translation_m", value=0.05),
+        Parameter("pipeline.overflow_policy", value="block"),
+    ]
+    segmenter, encoder = models
+    node = MappingNode(segmenter=segmenter, text_encoder=encoder, context=context,
+                       namespace=namespace, parameter_overrides=overrides)
+    helper = Node("test_helper", context=context, namespace=namespace)
+    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor.add_node(node)
+    executor.add_node(helper)
+    h = Harness(context, node, helper, executor)
+    reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    for key, msg_type, topic in (
+        ("color", Image, "camera/color/image_raw"),
+        ("depth", Image, "camera/depth/image_rect_raw"),
+        ("info", CameraInfo, "camera/color/camera_info"),
+        ("pose", PoseStamped, "camera/pose"),
+    ):
+        h.publishers[key] = helper.create_publisher(msg_type, topic, reliable)
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    helper.create_subscription(PointCloud2, "diff2scene/labelled_cloud", h.clouds.append,
+                               latched)
+    helper.create_subscription(DiagnosticArray, "/diagnostics", h.diagnostics.append, 10)
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
+    try:
+        _wait_for(lambda: helper.count_subscribers(f"{namespace}/camera/color/image_raw") > 0
+                  and helper.count_subscribers(f"{namespace}/camera/pose") > 0,
+                  "the node's subscriptions to be matched", 30.0)
+        yield h
+    finally:
+        executor.shutdown()
+        spinner.join(timeout=10)
+        node.shutdown()
+        node.destroy_node()
+        helper.destroy_node()
+        context.try_shutdown()
+
+
+@pytest.fixture(scope="module")
+def mapped(harness: Harness) -> Harness:
+    """The harness after eight good frames went through the node and the 2D model."""
+    for i in range(8):
+        harness.publish_frame(i)
+    pipeline = harness.node.pipeline
+    _wait_for(lambda: harness.node.input_stats.delivered >= 8, "8 frames mapped")
+    pipeline.flush()
+    assert pipeline.stats.keyframes_segmented >= 1
+    return harness
+
+
+def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
+    node = mapped.node
+    assert node.input_stats.delivered == 8
+    points = node.pipeline.map.points_m
+    assert points.shape[0] > 100
+    # the wall is the plane z = 1.5 m in the world (camera looks along +z, moves along x)
+    assert np.median(np.abs(points[:, 2] - WALL_DEPTH_M)) < 0.05
+
+    n = points.shape[0]
+    _wait_for(lambda: bool(mapped.clouds) and mapped.clouds[-1].width == n, "a full cloud")
+    cloud = cv.cloud_to_arrays(mapped.clouds[-1])
+    assert mapped.clouds[-1].header.frame_id == "map"
+    np.testing.assert_allclose(np.sort(cloud.points_m[:, 2]), np.sort(points[:, 2]), atol=1e-6)
+    assert cloud.labels is not None and not cloud.labels.any()  # no vocabulary yet
+
+
+def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
+    names = ["wall", "floor", "chair"]
+    response = mapped.call(SetVocabulary, "set_vocabulary",
+                           SetVocabulary.Request(labels=names))
+    assert response.success, response.message
+    cloud = cv.cloud_to_arrays(_fresh_cloud(mapped))
+    assert cloud.labels is not None and cloud.scores is not None
+    assert set(np.unique(cloud.labels)) <= {0, 1, 2}
+    assert cloud.scores.max() > 0.0 and cloud.scores.max() <= 1.0
+
+    bad = mapped.call(SetVocabulary, "set_vocabulary",
+                      SetVocabulary.Request(labels=["wall", "wall"]))
+    assert not bad.success and "duplicate" in bad.message
+    unknown = mapped.call(SetVocabulary, "set_vocabulary",
+                          SetVocabulary.Request(vocabulary_name="no_such_vocabulary"))
+    assert not unknown.success
+
+
+def test_text_query_says_why_it_cannot_answer(mapped: Harness) -> None:
+    response = mapped.call(TextQuery, "text_query", TextQuery.Request(query="chair"))
+    assert not response.success
+    assert "not available" in response.message
+    assert response.points.width == 0
+
+
+def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
+    stats = mapped.node.input_stats
+    before = stats.delivered
+    mapped.publish_frame(20, depth_encoding="32FC1")  # fine: depth in metres
+    mapped.publish_frame(21, mislabel_depth=True)  # an encoding the node cannot read
+    mapped.publish_frame(22, pose=False)  # no pose at or after this frame ever arrives
+    _wait_for(lambda: stats.skipped["bad_depth_encoding"] >= 1, "the bad depth to be skipped")
+    _wait_for(lambda: stats.skipped["missing_pose"] >= 1, "the pose-less frame to be skipped")
+    _wait_for(lambda: stats.delivered >= before + 1, "the good frame to be mapped")
+    _wait_for(lambda: any(int(_diag_value(d, "skipped_missing_pose") or 0) >= 1
+                          for d in list(mapped.diagnostics)[-5:]),
+              "diagnostics to report the skip")
+    assert stats.delivered == before + 1
+    assert mapped.node.pipeline.map.num_voxels > 0
+
+
+def test_save_and_load_map(mapped: Harness, tmp_path: Path) -> None:
+    # last on purpose: the map it loads replaces the one the other tests look at
+    n = mapped.node.pipeline.map.num_voxels
+    path = tmp_path / "map.npz"
+    saved = mapped.call(SaveMap, "save_map", SaveMap.Request(path=str(path)))
+    assert saved.success, saved.message
+    assert path.is_file()
+
+    missing = mapped.call(LoadMap, "load_map", LoadMap.Request(path=str(tmp_path / "none.npz")))
+    assert not missing.success and "map kept" in missing.message
+    assert mapped.node.pipeline.map.num_voxels == n
+
+    loaded = mapped.call(LoadMap, "load_map", LoadMap.Request(path=str(path)))
+    assert loaded.success, loaded.message
+    assert mapped.node.pipeline.map.num_voxels == n
+
+
+def _fresh_cloud(h: Harness) -> PointCloud2:
+    count = len(h.clouds)
+    _wait_for(lambda: len(h.clouds) > count + 1, "a new cloud")
+    return h.clouds[-1]
+
+
+def _diag_value(array: DiagnosticArray, key: str) -> str | None:
+    for status in array.status:
+        for kv in status.values:
+            if kv.key == key:
+                return str(kv.value)
+    return None
