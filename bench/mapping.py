@@ -2,24 +2,22 @@
 
 Run: ``PYTHONPATH=src:. .venv/bin/python -m bench.mapping`` (writes bench/results/mapping.*).
 
-Scene: a ray-cast 10 × 8 × 2.5 m room (floor, walls, ceiling, twelve boxes) seen along a 300-frame
-loop at 640 × 480, 2 cm voxels. Each frame is rendered once and fed, in alternating order, to a
-bare Open3D ``VoxelBlockGrid`` (block coordinates + integrate, the same array → Open3D image
-conversions) and to the full path (``Mapper.integrate`` with its checks, keyframe selection,
-and every 10th frame ``update_voxels`` + ``SemanticMap.apply_surface_update``); only those calls
-are timed. Unprojection is timed separately on 100 soft masks of one keyframe into the fused map.
+Frames: the synthetic generator's 7 × 6 m room (``diff2scene.synth``, seed 0) rendered along
+its 300-frame camera loop at 640 × 480 with the sensor noise model, 2 cm voxels. Each frame
+is rendered once and fed, in alternating order, to a bare Open3D ``VoxelBlockGrid`` (block
+coordinates + integrate, with the same array → Open3D image conversions) and to the full path
+(``Mapper.integrate`` with its checks, keyframe selection, and every 10th frame
+``update_voxels`` + ``SemanticMap.apply_surface_update``); only those calls are timed.
+Unprojection is timed separately: 100 soft masks from each of five keyframes into the final map.
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import time
-from dataclasses import dataclass
 
 import numpy as np
 import open3d as o3d
-from numpy.typing import NDArray
 
 from bench.common import RESULTS_DIR, peak_rss_mb, timed, write_results
 from diff2scene.mapping import (
@@ -28,92 +26,18 @@ from diff2scene.mapping import (
     Mapper,
     MapperConfig,
     MaskUnprojector,
-    RenderConfig,
     SemanticMap,
+    Unprojection,
     render_map,
 )
-from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, CameraIntrinsics, Frame, MaskSet
+from diff2scene.mapping import RenderConfig as MapRenderConfig
+from diff2scene.synth.render import RenderConfig, render_frames
+from diff2scene.synth.scene import SceneConfig, generate_scene
+from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, Frame, MaskSet
 
 #: Frames between surface refreshes in the full path (about 3 Hz at 30 fps).
 UPDATE_EVERY_FRAMES = 10
 NUM_MASKS = 100
-#: Room size: large enough that the fused map holds ~500k surface voxels at 2 cm.
-ROOM_HALF_X_M = 5.0
-ROOM_HALF_Y_M = 4.0
-ROOM_HEIGHT_M = 2.5
-
-
-@dataclass
-class Room:
-    scene: o3d.t.geometry.RaycastingScene
-    colors: NDArray[np.uint8]  # (num_objects + 1, 3), row 0 = no hit
-
-
-def build_room(seed: int = 0) -> Room:
-    rng = np.random.default_rng(seed)
-    hx, hy, hz = ROOM_HALF_X_M, ROOM_HALF_Y_M, ROOM_HEIGHT_M
-    boxes = [
-        ((-hx, -hy, -0.05), (2 * hx, 2 * hy, 0.05)),  # floor
-        ((-hx, -hy, hz), (2 * hx, 2 * hy, 0.05)),  # ceiling
-        ((-hx - 0.05, -hy, 0.0), (0.05, 2 * hy, hz)),
-        ((hx, -hy, 0.0), (0.05, 2 * hy, hz)),
-        ((-hx, -hy - 0.05, 0.0), (2 * hx, 0.05, hz)),
-        ((-hx, hy, 0.0), (2 * hx, 0.05, hz)),
-    ]
-    for _ in range(12):
-        sx, sy, sz = (float(v) for v in rng.uniform((0.4, 0.4, 0.4), (1.4, 1.0, 1.6)))
-        angle = rng.uniform(0, 2 * math.pi)
-        r = rng.uniform(0.6, 0.9)
-        x = float(np.clip(r * hx * math.cos(angle), -hx + 0.2, hx - 0.2 - sx))
-        y = float(np.clip(r * hy * math.sin(angle), -hy + 0.2, hy - 0.2 - sy))
-        boxes.append(((x, y, 0.0), (sx, sy, sz)))
-    scene = o3d.t.geometry.RaycastingScene()
-    for (ox, oy, oz), (sx, sy, sz) in boxes:
-        mesh = o3d.geometry.TriangleMesh.create_box(sx, sy, sz)
-        mesh.translate((ox, oy, oz))
-        scene.add_triangles(o3d.t.geometry.TriangleMesh.from_legacy(mesh))
-    colors = rng.integers(40, 230, size=(len(boxes) + 1, 3)).astype(np.uint8)
-    colors[0] = 0
-    return Room(scene, colors)
-
-
-def look_along(eye: NDArray[np.float64], forward: NDArray[np.float64]) -> NDArray[np.float64]:
-    """T_world_camera of an optical-frame camera at ``eye`` looking along ``forward``."""
-    z = forward / np.linalg.norm(forward)
-    x = np.cross(z, (0.0, 0.0, 1.0))
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    return T
-
-
-def render(room: Room, intr: CameraIntrinsics, T: NDArray[np.float64], i: int) -> Frame:
-    K = o3d.core.Tensor.from_numpy(intr.matrix())
-    rays = room.scene.create_rays_pinhole(
-        K, o3d.core.Tensor.from_numpy(np.linalg.inv(T)), intr.width, intr.height
-    )
-    hit = room.scene.cast_rays(rays)
-    t = hit["t_hit"].numpy()
-    depth = (t * (rays.numpy()[..., 3:] @ T[:3, 2])).astype(np.float32)
-    miss = ~np.isfinite(depth)
-    depth[miss] = 0.0
-    inst = np.where(miss, 0, hit["geometry_ids"].numpy().astype(np.int64) + 1).astype(np.int32)
-    shade = (hit["primitive_normals"].numpy() @ np.array([0.3, 0.5, 0.8])) * 30.0
-    rgb = np.clip(room.colors[inst].astype(np.float32) + shade[..., None], 0, 255).astype(np.uint8)
-    return Frame(i * 33_333_333, rgb, depth, intr, T, index=i, instance_ids=inst)
-
-
-def trajectory(num_frames: int) -> list[NDArray[np.float64]]:
-    poses = []
-    for i in range(num_frames):
-        a = 2 * math.pi * i / num_frames
-        eye = np.array([2.0 * math.cos(a), 1.6 * math.sin(a), 1.4])
-        # Look sideways-outwards and nod up and down so floor, walls and ceiling are all seen.
-        look = a + math.radians(60.0)
-        forward = np.array([math.cos(look), math.sin(look), -0.2 + 0.2 * math.sin(5 * a)])
-        poses.append(look_along(eye, forward))
-    return poses
 
 
 def bare_integrate(
@@ -136,13 +60,13 @@ def bare_integrate(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
-    parser.add_argument("--width", type=int, default=640)
-    parser.add_argument("--height", type=int, default=480)
     args = parser.parse_args()
 
-    intr = CameraIntrinsics(args.width, args.height, 0.8 * args.width, 0.8 * args.width,
-                            (args.width - 1) / 2, (args.height - 1) / 2)
-    room = build_room()
+    scene = generate_scene(
+        0, SceneConfig(room_width_range_m=(7.0, 7.0), room_depth_range_m=(6.0, 6.0))
+    )
+    render_cfg = RenderConfig(n_frames=args.frames)
+    intr = render_cfg.intrinsics()
     cfg = MapperConfig(voxel_size_m=0.02, device="CPU:0", depth_max_m=6.0)
     mapper = Mapper(cfg)
     selector = KeyframeSelector(KeyframeConfig())
@@ -160,10 +84,9 @@ def main() -> None:
     full_s = 0.0
     refresh_s = 0.0
     keyframes: list[Frame] = []
-    poses = trajectory(args.frames)
-    for i, T in enumerate(poses):
-        frame = render(room, intr, T, i)
-
+    num_frames = 0
+    for i, frame in enumerate(render_frames(scene, render_cfg)):
+        num_frames += 1
         order = (0, 1) if i % 2 == 0 else (1, 0)
         for which in order:
             t0 = time.perf_counter()
@@ -179,34 +102,40 @@ def main() -> None:
                 smap.apply_surface_update(mapper.update_voxels())
                 refresh_s += time.perf_counter() - t1
             full_s += time.perf_counter() - t0
-            if is_keyframe and len(keyframes) < 3:
+            if is_keyframe:
                 keyframes.append(frame)
     smap.apply_surface_update(mapper.update_voxels())
 
-    # Unprojection: 100 soft masks of a keyframe into the fused map.
-    kf = keyframes[1] if len(keyframes) > 1 else keyframes[0]
+    # Unprojection: 100 soft masks from each of five keyframes spread over the loop.
     rng = np.random.default_rng(0)
     masks = rng.random((NUM_MASKS, intr.height, intr.width), dtype=np.float32)
     points = smap.points_m
     unprojector = MaskUnprojector()
-    unproject_s = timed(
-        lambda: unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points),
-        repeats=5,
-    )
-    un = unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points)
-    mask_set = MaskSet(
-        masks=masks,
-        embeddings={
-            SPACE_DIFFUSION: rng.standard_normal((NUM_MASKS, 256)).astype(np.float32),
-            SPACE_CLIP: rng.standard_normal((NUM_MASKS, 768)).astype(np.float32),
-        },
-    )
-    t0 = time.perf_counter()
-    unprojector.accumulate(smap, un, mask_set, 0)
-    accumulate_s = time.perf_counter() - t0
+    picks = [keyframes[j] for j in np.linspace(0, len(keyframes) - 1, 5).round().astype(int)]
+    unproject_s = []
+    accumulate_s = []
+    visible = []
+    for kf_id, kf in enumerate(picks):
+
+        def unproject(kf: Frame = kf) -> Unprojection:
+            return unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points)
+
+        unproject_s.append(timed(unproject, repeats=3))
+        un = unproject(kf)
+        visible.append(un.num_visible)
+        mask_set = MaskSet(
+            masks=masks,
+            embeddings={
+                SPACE_DIFFUSION: rng.standard_normal((NUM_MASKS, 256)).astype(np.float32),
+                SPACE_CLIP: rng.standard_normal((NUM_MASKS, 768)).astype(np.float32),
+            },
+        )
+        t0 = time.perf_counter()
+        unprojector.accumulate(smap, un, mask_set, kf_id)
+        accumulate_s.append(time.perf_counter() - t0)
 
     m = smap.num_voxels
-    frames_timed = len(poses)
+    frames_timed = num_frames
     figures: dict[str, float | int | str] = {
         "frames": frames_timed,
         "image_size": f"{intr.width}x{intr.height}",
@@ -216,9 +145,10 @@ def main() -> None:
         "fusion_overhead_ratio": full_s / bare_s,
         "surface_refresh_ms_per_frame_amortised": 1000 * refresh_s / frames_timed,
         "surface_refresh_ms_each": 1000 * refresh_s / (frames_timed // UPDATE_EVERY_FRAMES),
-        "unproject_ms_per_keyframe": 1000 * unproject_s,
-        "unproject_visible_voxels": un.num_visible,
-        "accumulate_ms_per_keyframe": 1000 * accumulate_s,
+        "unproject_ms_per_keyframe": 1000 * float(np.median(unproject_s)),
+        "unproject_ms_per_keyframe_max": 1000 * max(unproject_s),
+        "unproject_visible_voxels_mean": float(np.mean(visible)),
+        "accumulate_ms_per_keyframe": 1000 * float(np.median(accumulate_s)),
         "map_voxels": m,
         "tsdf_blocks": mapper.num_blocks,
         "bytes_per_voxel_geometry": mapper.geometry_nbytes / m,
@@ -232,8 +162,8 @@ def main() -> None:
         smap.points_m,
         RESULTS_DIR / "mapping_map.png",
         colors=smap.colors,
-        title=f"bench room, {m} voxels at {cfg.voxel_size_m * 100:.0f} cm",
-        config=RenderConfig(top_down_max_z_m=ROOM_HEIGHT_M - 0.1),
+        title=f"synthetic room (seed 0), {m} voxels at {cfg.voxel_size_m * 100:.0f} cm",
+        config=MapRenderConfig(top_down_max_z_m=float(scene.room_size_m[2]) - 0.1),
     )
     notes = (
         "Fusion: same frames, same run, alternating order. `full` = Mapper.integrate (input "
@@ -245,8 +175,8 @@ def main() -> None:
         "merge). Geometry bytes = allocated TSDF blocks (tsdf, weight, RGB as float32 = 20 B "
         "per TSDF voxel) + voxel index + colours, per surface voxel. Semantic bytes = top-8 "
         "memberships (int32 id + float32 weight) + view count; 3D features, if filled by the "
-        "3D branch, add `bytes_per_voxel_features_3d_fp16`. Scene: ray-cast room "
-        "(bench/mapping.py), not the synthetic-scene generator."
+        "3D branch, add `bytes_per_voxel_features_3d_fp16`. Unprojection/accumulate: median over "
+        "five keyframes."
     )
     path = write_results("mapping", figures, title="Mapping benchmark", notes=notes)
     for key, value in figures.items():
