@@ -196,15 +196,17 @@ class Renderer:
         self._dirs_cam = np.stack(
             [(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones_like(u)], axis=-1
         )
+        #: (H, W) 1 / ray length; rotations keep lengths, so it holds in every pose.
+        self._inv_ray_len = (1.0 / np.linalg.norm(self._dirs_cam, axis=-1)).astype(np.float32)
 
     def render(self, T_world_camera: NDArray[np.float64]) -> RenderedView:
         """Exact depth, instances, incidence and shaded colour seen from ``T_world_camera``."""
         R, t = T_world_camera[:3, :3], T_world_camera[:3, 3]
-        dirs = self._dirs_cam @ R.T
-        h, w = dirs.shape[:2]
+        h, w = self._dirs_cam.shape[:2]
         rays = np.empty((h, w, 6), dtype=np.float32)
         rays[..., :3] = t
-        rays[..., 3:] = dirs
+        np.matmul(self._dirs_cam, R.T, out=rays[..., 3:], casting="same_kind")
+        dirs = rays[..., 3:]
         hit = self._raycaster.cast_rays(o3d.core.Tensor.from_numpy(rays), nthreads=0)
         t_hit = hit["t_hit"].numpy()
         geometry = hit["geometry_ids"].numpy()
@@ -212,13 +214,12 @@ class Renderer:
         depth = np.where(valid, t_hit, 0.0).astype(np.float32)
         geometry = np.where(valid, geometry, len(self._instance_lut) - 1).astype(np.int64)
         instance_ids = self._instance_lut[geometry]
-        normals = hit["primitive_normals"].numpy().astype(np.float64)
-        unit_dirs = dirs / np.linalg.norm(dirs, axis=-1, keepdims=True)
-        cos_view = np.abs(np.einsum("hwc,hwc->hw", normals, unit_dirs))
-        cos_light = np.abs(normals @ _LIGHT_DIR)
+        normals = hit["primitive_normals"].numpy()
+        cos_view = np.abs(np.einsum("hwc,hwc->hw", normals, dirs)) * self._inv_ray_len
+        cos_light = np.abs(normals @ _LIGHT_DIR.astype(np.float32))
         # Lambertian: ambient + a headlight (keeps faces facing the camera readable) + room light.
-        shade = 0.3 + 0.4 * cos_view + 0.3 * cos_light
-        rgb = self._colours[instance_ids] * shade[..., None].astype(np.float32)
+        shade = np.float32(0.3) + np.float32(0.4) * cos_view + np.float32(0.3) * cos_light
+        rgb = self._colours[instance_ids] * shade[..., None]
         return RenderedView(
             depth_m=depth,
             instance_ids=instance_ids.astype(np.int32),

@@ -264,9 +264,13 @@ class _Builder:
     def add_structure(self) -> None:
         w, d, h = (float(v) for v in self.size)
         floor, ceiling, wall = (class_by_name(n) for n in ("floor", "ceiling", "wall"))
-        self._add(floor, *_quad(np.array([[0, 0, 0], [w, 0, 0], [w, d, 0], [0, d, 0.0]])))
-        self._add(ceiling, *_quad(np.array([[0, 0, h], [0, d, h], [w, d, h], [w, 0, h]])))
         wall_colour = str(self.rng.choice(np.array(wall.colours)))
+        # A floor the colour of the walls would hide the room's corners in the images.
+        floor_colours = np.array([c for c in floor.colours if c != wall_colour])
+        floor_colour = str(self.rng.choice(floor_colours))
+        floor_quad = _quad(np.array([[0, 0, 0], [w, 0, 0], [w, d, 0], [0, d, 0.0]]))
+        self._add(floor, *floor_quad, colour=floor_colour)
+        self._add(ceiling, *_quad(np.array([[0, 0, h], [0, d, h], [w, d, h], [w, 0, h]])))
         for i in range(4):
             origin, along, _ = self._wall_frame(i)
             a = np.append(origin, 0.0)
