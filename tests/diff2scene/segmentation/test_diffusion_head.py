@@ -53,16 +53,22 @@ def test_deformable_sampling_at_pixel_centres_reads_the_pixels() -> None:
     torch.testing.assert_close(out[0, 0], (level0[1, 2] + level0[1, 3]) / 2)
 
 
-def test_deformable_attention_is_translation_equivariant_on_constant_maps() -> None:
+def test_deformable_attention_with_zero_offsets_reads_the_reference_pixel() -> None:
     attn = MSDeformAttn(d_model=8, n_levels=2, n_heads=2, n_points=2)
-    shapes = [(4, 4), (2, 2)]
-    value = torch.ones(1, 20, 8)
-    query = torch.randn(1, 3, 8, generator=torch.Generator().manual_seed(1))
-    ref = torch.full((1, 3, 2, 2), 0.5)
+    with torch.no_grad():
+        attn.sampling_offsets.bias.zero_()
+        logits = torch.zeros(2, 2 * 2)
+        logits[:, 0] = 50.0  # every head: level 0, point 0
+        attn.attention_weights.bias.copy_(logits.view(-1))
+        for lin in (attn.value_proj, attn.output_proj):
+            lin.weight.copy_(torch.eye(8))
+            lin.bias.zero_()
+    shapes = [(3, 4), (2, 2)]
+    value = torch.randn(1, 16, 8, generator=torch.Generator().manual_seed(1))
+    query = torch.randn(1, 1, 8, generator=torch.Generator().manual_seed(2))
+    ref = torch.tensor([(2 + 0.5) / 4, (1 + 0.5) / 3]).view(1, 1, 1, 2).expand(1, 1, 2, 2)
     out = attn(query, ref, value, shapes)
-    assert out.shape == (1, 3, 8)
-    # Sampling well inside a constant map returns the same value for every query.
-    torch.testing.assert_close(out[0, 0], out[0, 1])
+    torch.testing.assert_close(out[0, 0], value[0, 1 * 4 + 2], rtol=1e-4, atol=1e-5)
 
 
 def test_pixel_decoder_shapes() -> None:
