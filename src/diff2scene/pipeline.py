@@ -192,7 +192,11 @@ class Pipeline:
             return self.map.save(path)
 
     def load(self, path: str | Path) -> None:
-        """Replace the semantic map by a saved one (the TSDF restarts from it)."""
+        """Replace the semantic map by a saved one.
+
+        The TSDF is not part of a saved map: fusion restarts empty, seeded with the saved
+        voxels so that their indices (and memberships, features) stay valid as the map grows.
+        """
         loaded = SemanticMap.load(path)
         with self.lock:
             if abs(loaded.voxel_size_m - self.map.voxel_size_m) > 1e-9:
@@ -200,8 +204,9 @@ class Pipeline:
                     "voxel_size_mismatch",
                     f"map has {loaded.voxel_size_m} m voxels, pipeline {self.map.voxel_size_m} m",
                 )
-            self.map = loaded
-            self.mapper = Mapper(self.config.mapper)
+            mapper = Mapper(self.config.mapper)
+            mapper.seed_voxels(loaded.coords, loaded.colors)
+            self.map, self.mapper = loaded, mapper
 
     def stats_dict(self) -> dict[str, Any]:
         s = self.stats

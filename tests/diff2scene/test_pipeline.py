@@ -60,6 +60,11 @@ def test_frames_become_a_labelled_map(room, encoder, threaded: bool, tmp_path: P
     pipe2.load(saved)
     np.testing.assert_array_equal(pipe2.map.member_ids, smap.member_ids)
     assert pipe2.map.metadata["pipeline_stats"]["frames_in"] == len(frames)
+    # Mapping goes on after a load: old voxels keep their rows, new ones are appended.
+    for frame in frames[:4]:
+        pipe2.add_frame(frame)
+    pipe2.close()
+    np.testing.assert_array_equal(pipe2.map.coords[: smap.num_voxels], smap.coords)
 
 
 class _Slow(Segmenter2D):
