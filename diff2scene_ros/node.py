@@ -161,6 +161,8 @@ class MappingNode(Node):
         self._wake = threading.Condition(self._lock)
         self._stop = False
         self._counts: Counter[str] = Counter()
+        #: (monotonic time, counters) at the last diagnostics, for rates.
+        self._rate_since: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
         qos = (
             qos_profile_sensor_data
@@ -216,14 +218,15 @@ class MappingNode(Node):
     # ------------------------------------------------------------------ callbacks (enqueue only)
 
     def _on_color(self, msg: Image) -> None:
-        self._add_images(self._sync.add_a, msg)
+        self._add_images(self._sync.add_a, msg, "color_msgs")
 
     def _on_depth(self, msg: Image) -> None:
-        self._add_images(self._sync.add_b, msg)
+        self._add_images(self._sync.add_b, msg, "depth_msgs")
 
-    def _add_images(self, add: Any, msg: Image) -> None:
+    def _add_images(self, add: Any, msg: Image, counter: str) -> None:
         now = time.monotonic()
         with self._lock:
+            self._counts[counter] += 1
             for stamp_ns, color, depth in add(cv.stamp_to_ns(msg.header.stamp), msg):
                 if len(self._frames) >= self.config.frame_queue_size:
                     self._frames.popleft()
@@ -236,15 +239,23 @@ class MappingNode(Node):
             self._camera_info = msg
 
     def _on_pose(self, msg: PoseStamped | Odometry) -> None:
+        frame_id = str(msg.header.frame_id).lstrip("/")
         try:
+            if frame_id and frame_id != self.config.world_frame:
+                raise InputError(
+                    "pose_frame_mismatch",
+                    f"pose in '{frame_id}', map in '{self.config.world_frame}' (set world_frame)",
+                )
             T = cv.pose_msg_to_matrix(msg)
         except InputError as exc:
             with self._lock:
+                self._counts["pose_msgs"] += 1
                 self.input_stats.skip(exc.reason, exc.detail)
             return
         if not self.config.pose_is_optical:
             T = T @ T_BODY_OPTICAL
         with self._lock:
+            self._counts["pose_msgs"] += 1
             try:
                 self._poses.add(self.config.world_frame, _CAMERA,
                                 cv.stamp_to_ns(msg.header.stamp), T)
@@ -398,9 +409,20 @@ class MappingNode(Node):
         )
 
     def diagnostics(self) -> dict[str, Any]:
+        """Counters and rates: messages in, frames mapped, every skip and drop by reason."""
+        now = time.monotonic()
         with self._lock:
-            stats = self.input_stats.as_dict()
+            stats: dict[str, Any] = self.input_stats.as_dict()
             stats["frame_queue_depth"] = len(self._frames)
+            counts = {k: self._counts[k] for k in ("color_msgs", "depth_msgs", "pose_msgs")}
+            stats.update(counts)
+            counts["delivered"] = self.input_stats.delivered
+            elapsed = now - self._rate_since[0]
+            if elapsed > 0:
+                previous = self._rate_since[1]
+                for key, value in counts.items():
+                    stats[f"{key}_per_s"] = (value - previous.get(key, 0)) / elapsed
+            self._rate_since = (now, counts)
         stats.update(self.pipeline.stats_dict())
         return stats
 

@@ -187,6 +187,13 @@ def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
     np.testing.assert_allclose(np.sort(cloud.points_m[:, 2]), np.sort(points[:, 2]), atol=1e-6)
     assert cloud.labels is not None and not cloud.labels.any()  # no vocabulary yet
 
+    _wait_for(lambda: any(_diag_value(d, "color_msgs") == "8" for d in list(mapped.diagnostics)),
+              "diagnostics counting the colour images")
+    last = mapped.diagnostics[-1]
+    assert last.status[0].hardware_id == "diff2scene"
+    assert _diag_value(last, "delivered_per_s") is not None
+    assert int(_diag_value(last, "map_voxels") or 0) == n
+
 
 def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     names = ["wall", "floor", "chair"]
@@ -219,6 +226,10 @@ def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
     mapped.publish_frame(20, depth_encoding="32FC1")  # fine: depth in metres
     mapped.publish_frame(21, mislabel_depth=True)  # an encoding the node cannot read
     mapped.publish_frame(22, pose=False)  # no pose at or after this frame ever arrives
+    mapped.publishers["pose"].publish(  # a pose in another fixed frame than the map's
+        cv.matrix_to_pose_stamped(np.eye(4), frame_id="odom", stamp_ns=1_000_000_000)
+    )
+    _wait_for(lambda: stats.skipped["pose_frame_mismatch"] >= 1, "the odom pose to be refused")
     _wait_for(lambda: stats.skipped["bad_depth_encoding"] >= 1, "the bad depth to be skipped")
     _wait_for(lambda: stats.skipped["missing_pose"] >= 1, "the pose-less frame to be skipped")
     _wait_for(lambda: stats.delivered >= before + 1, "the good frame to be mapped")
