@@ -437,7 +437,7 @@ def cloud_to_arrays(msg: PointCloud2) -> Cloud:
 
 
 class InstanceLike(Protocol):
-    """What a query answer says about one object (the core's query result fits this)."""
+    """What a query answer says about one object (``diff2scene.query.instances.Instance``)."""
 
     @property
     def label(self) -> str: ...
@@ -448,7 +448,7 @@ class InstanceLike(Protocol):
     @property
     def box_size_m(self) -> Sequence[float] | NDArray[np.floating]: ...
     @property
-    def point_count(self) -> int: ...
+    def num_points(self) -> int: ...
 
 
 def _xyz(value: Sequence[float] | NDArray[np.floating], name: str) -> tuple[float, float, float]:
@@ -464,7 +464,7 @@ def instances_to_msgs(instances: Sequence[InstanceLike]) -> list[Instance]:
     for inst in instances:
         cx, cy, cz = _xyz(inst.centroid_m, "centroid_m")
         sx, sy, sz = _xyz(inst.box_size_m, "box_size_m")
-        if min(sx, sy, sz) < 0 or int(inst.point_count) < 0:
+        if min(sx, sy, sz) < 0 or int(inst.num_points) < 0:
             raise InputError("bad_instance", f"negative box size or point count in {inst!r}")
         out.append(
             Instance(
@@ -472,7 +472,7 @@ def instances_to_msgs(instances: Sequence[InstanceLike]) -> list[Instance]:
                 score=float(inst.score),
                 centroid=Point(x=cx, y=cy, z=cz),
                 box_size=Vector3(x=sx, y=sy, z=sz),
-                point_count=int(inst.point_count),
+                point_count=int(inst.num_points),
             )
         )
     return out

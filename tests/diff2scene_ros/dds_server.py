@@ -19,7 +19,7 @@ class MapObject(NamedTuple):
     score: float
     centroid_m: tuple[float, float, float]
     box_size_m: tuple[float, float, float]
-    point_count: int
+    num_points: int
 
 
 #: Ten points on the x axis with scores 0.0, 0.1, ... 0.9 and labels 0, 1, 2, 0, ...

@@ -316,7 +316,7 @@ class _Found:
     score: float
     centroid_m: tuple[float, float, float]
     box_size_m: tuple[float, float, float]
-    point_count: int
+    num_points: int
 
 
 def test_instances_and_markers() -> None:
