@@ -172,3 +172,21 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert _synth_cli([*args, "--force"]) == 0
     with pytest.raises(ConfigError, match="8x8"):
         _synth_cli(["synth", "--out", str(tmp_path), "--width", "2", "--force"])
+
+
+def test_command_line_reads_a_yaml_config(tmp_path: Path) -> None:
+    config = tmp_path / "synth.yaml"
+    config.write_text(
+        "render: {width: 40, height: 30, n_frames: 3, depth_noise: false}\n"
+        "scene: {max_objects: 2}\n"
+        "gt_points_per_m2: 5.0\n"
+    )
+    out = tmp_path / "out"
+    assert _synth_cli(["synth", "--out", str(out), "--config", str(config), "--quiet"]) == 0
+    gt = GroundTruth.load(out)
+    assert len(gt.instances) <= 6 + 2
+    assert gt.metadata["config"]["render"]["width"] == 40
+    assert gt.metadata["config"]["render"]["depth_noise"] is False
+    config.write_text("render: {widht: 40}\n")
+    with pytest.raises(ConfigError, match="widht"):
+        _synth_cli(["synth", "--out", str(tmp_path / "x"), "--config", str(config)])
