@@ -1,8 +1,9 @@
 """The ``diff2scene`` command line: one subcommand per module, registered below.
 
-A subcommand module exposes ``register(subparsers)``, which adds its parser and sets
+A subcommand module exposes ``register(subparsers)``, which adds its parser(s) and sets
 ``func`` to a callable taking the parsed namespace and returning an exit code. Adding a tool is
-one module plus one line in ``SUBCOMMANDS``.
+one module plus one line in ``SUBCOMMANDS``. Only the module of the command being run is
+imported, so ``diff2scene synth`` does not pay for torch or Open3D it never uses.
 """
 
 from __future__ import annotations
@@ -15,29 +16,41 @@ from collections.abc import Sequence
 
 from diff2scene.errors import Diff2SceneError
 
-SUBCOMMANDS: tuple[str, ...] = (
-    "diff2scene.synth.cli",
-    "diff2scene.io.cli",
-    "diff2scene.replay",
-    "diff2scene.mapping.cli",
-    "diff2scene.segmentation.cli",
-    "diff2scene.net3d.cli",
-)
+#: command name → (module that registers it, one-line help for the overview).
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "synth": ("diff2scene.synth.cli", "generate a synthetic room as a ROS 2 bag + ground truth"),
+    "bag-info": ("diff2scene.io.cli", "list a bag's topics and replay it through the frame source"),
+    "replay": ("diff2scene.replay", "replay a bag into a saved semantic map"),
+    "map-info": ("diff2scene.mapping.cli", "summarise a saved semantic map"),
+    "map-render": ("diff2scene.mapping.cli", "draw a saved map to a PNG"),
+    "convert-odise": ("diff2scene.segmentation.cli", "convert the ODISE head checkpoint"),
+    "train": ("diff2scene.net3d.cli", "distil 2D masks into the 3D network"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with ``command``'s module registered (every module when None)."""
     parser = argparse.ArgumentParser(
-        prog="diff2scene", description="Open-vocabulary 3D semantic mapping (Diff2Scene)."
+        prog="diff2scene",
+        description="Open-vocabulary 3D semantic mapping (Diff2Scene).",
+        epilog="commands:\n" + "\n".join(f"  {n:<14} {h}" for n, (_, h) in SUBCOMMANDS.items()),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    modules = (
+        [SUBCOMMANDS[command][0]] if command in SUBCOMMANDS
+        else list(dict.fromkeys(m for m, _ in SUBCOMMANDS.values()))
+    )
+    for name in modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(command)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,

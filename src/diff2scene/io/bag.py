@@ -189,7 +189,8 @@ class BagFrameSource(FrameSource):
             wanted.add(cfg.pose_topic)
         else:
             wanted |= {"/tf", "/tf_static"} & set(topics)
-        if cfg.instance_topic and cfg.instance_topic in topics:
+        has_instances = bool(cfg.instance_topic) and cfg.instance_topic in topics
+        if has_instances:
             wanted.add(cfg.instance_topic)
         connections = [c for c in reader.connections if c.topic in wanted]
 
@@ -201,6 +202,7 @@ class BagFrameSource(FrameSource):
         instances: deque[tuple[int, NDArray[np.int32]]] = deque(maxlen=64)
         pending: deque[tuple[int, _Image, _Image, CameraIntrinsics]] = deque()
         latest_pose_ns = -1
+        latest_instance_ns = -1
         last_color_ns = -1
         last_delivered_ns = -1
         n_synced = 0
@@ -209,8 +211,9 @@ class BagFrameSource(FrameSource):
             nonlocal last_delivered_ns, n_synced
             while pending:
                 stamp, color, depth, K = pending[0]
-                if not final and stamp > latest_pose_ns and len(pending) <= cfg.max_pending_frames:
-                    return  # its pose may still arrive
+                waiting = stamp > latest_pose_ns or (has_instances and stamp > latest_instance_ns)
+                if not final and waiting and len(pending) <= cfg.max_pending_frames:
+                    return  # its pose (or ground-truth image) may still arrive
                 pending.popleft()
                 try:
                     T = self._camera_pose(tf, mode, color.frame_id, stamp)

@@ -156,3 +156,16 @@ def test_missing_or_corrupt_bag_is_a_clear_error(tmp_path: Path) -> None:
         b.write("/camera/pose", 1, pose_stamped(1, (0, 0, 0)))
     with pytest.raises(DataFormatError, match="missing"):
         list(BagFrameSource(path))
+
+
+def test_ground_truth_image_arriving_after_its_frame_is_attached(tmp_path: Path) -> None:
+    path = tmp_path / "b"
+    t0, dt = 1_000_000_000, 33_333_333
+    with bag(path) as b:
+        write_sequence(b, 3)
+        for i in range(3):  # written (logged) after every colour/depth pair of the bag
+            t = t0 + i * dt
+            ids = np.full((6, 8), i + 1, np.int32)
+            b.write("/camera/instance/image_raw", t + 10**9, image(t, ids, "32SC1"))
+    frames = list(BagFrameSource(path))
+    assert [int(f.instance_ids[0, 0]) for f in frames] == [1, 2, 3]  # type: ignore[index]
