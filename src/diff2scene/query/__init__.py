@@ -1,0 +1,37 @@
+"""Open-vocabulary labelling and text queries over a semantic map (DESIGN §1 ensemble)."""
+
+from diff2scene.query.engine import MaskClassifier, QueryConfig, QueryEngine, QueryResult
+from diff2scene.query.ensemble import (
+    BRANCHES,
+    EnsembleConfig,
+    EnsembleScorer,
+    GeometricIndex,
+    exact_geometric_scores,
+)
+from diff2scene.query.grammar import RELATIONS, ParsedQuery, parse_query
+from diff2scene.query.instances import Instance, InstanceConfig, cluster_voxels, find_instances
+from diff2scene.query.labelling import Labelling, LabellingConfig, label_map
+from diff2scene.query.relations import RelationConfig
+
+__all__ = [
+    "BRANCHES",
+    "RELATIONS",
+    "EnsembleConfig",
+    "EnsembleScorer",
+    "GeometricIndex",
+    "Instance",
+    "InstanceConfig",
+    "Labelling",
+    "LabellingConfig",
+    "MaskClassifier",
+    "ParsedQuery",
+    "QueryConfig",
+    "QueryEngine",
+    "QueryResult",
+    "RelationConfig",
+    "cluster_voxels",
+    "exact_geometric_scores",
+    "find_instances",
+    "label_map",
+    "parse_query",
+]
