@@ -30,11 +30,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from scipy import ndimage
 
 from diff2scene.errors import InputError
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder, Vocabulary
+from diff2scene.segmentation.fusion import fuse_logits
 from diff2scene.segmentation.text import default_templates, ensemble_embeddings
 from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, SPACE_DIMS, Frame, MaskSet
 
@@ -454,26 +456,21 @@ def fuse_class_probabilities(
     the C diffusion-space logits plus it. Embeddings (N, D·) and texts (C, D·) need not be
     normalised.
     """
-    n, c = diffusion_embeddings.shape[0], diffusion_text.shape[0]
-    if c == 0:
-        return np.zeros((n, 0), dtype=np.float32)
-    logits_d = logit_scale * (_normalise(diffusion_embeddings) @ _normalise(diffusion_text).T)
-    logits_c = logit_scale * (_normalise(clip_embeddings) @ _normalise(clip_text).T)
-    log_pd = _log_softmax(logits_d.astype(np.float64))
-    log_pc = _log_softmax(logits_c.astype(np.float64))
-    with_null = np.concatenate([logits_d, np.full((n, 1), no_object_logit)], axis=1)
-    p_null = np.exp(_log_softmax(with_null.astype(np.float64))[:, -1:])
-    a = np.where(seen, alpha, beta)[None, :]
-    fused = np.exp(_log_softmax((1.0 - a) * log_pd + a * log_pc))
-    out: NDArray[np.float32] = (fused * (1.0 - p_null)).astype(np.float32)
+    n = diffusion_embeddings.shape[0]
+
+    def cosine_logits(a: NDArray[np.float32], b: NDArray[np.float32]) -> torch.Tensor:
+        return torch.from_numpy(logit_scale * (_normalise(a) @ _normalise(b).T)).double()
+
+    probs = fuse_logits(
+        diffusion_logits=cosine_logits(diffusion_embeddings, diffusion_text),
+        null_logits=torch.full((n, 1), float(no_object_logit), dtype=torch.float64),
+        clip_logits=cosine_logits(clip_embeddings, clip_text),
+        seen=torch.from_numpy(np.asarray(seen, dtype=bool)),
+        alpha=alpha,
+        beta=beta,
+    )
+    out: NDArray[np.float32] = probs.numpy().astype(np.float32)
     return out
-
-
-def _log_softmax(x: NDArray[np.float64]) -> NDArray[np.float64]:
-    shifted = x - x.max(axis=1, keepdims=True)
-    out: NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    return out
-
 
 def _normalise(x: NDArray[np.float32]) -> NDArray[np.float32]:
     norm = np.linalg.norm(x, axis=-1, keepdims=True)

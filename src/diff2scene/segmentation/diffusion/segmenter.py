@@ -35,6 +35,7 @@ from diff2scene.segmentation.diffusion.transformer_decoder import (
     MultiScaleMaskedTransformerDecoder,
     TransformerDecoderConfig,
 )
+from diff2scene.segmentation.fusion import fuse_logits
 from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, Frame, MaskSet
 
 
@@ -343,18 +344,14 @@ def fuse_class_probabilities(
     α (seen) or β (novel) as CLIP's exponent in ``p_diff^(1−a) · p_clip^a``.
     """
     m = F.normalize(mask_embed, dim=-1)
-    logits = head_logit_scale * m @ F.normalize(text_embed, dim=-1).T
-    null_logit = head_logit_scale * m @ F.normalize(null_embed, dim=-1).T
-    p_null = torch.cat([logits, null_logit], dim=-1).softmax(-1)[:, -1:]
-    p_diff = logits.softmax(-1)
     clip_logits = clip_logit_scale * (
         F.normalize(clip_mask_embed, dim=-1) @ F.normalize(clip_text_embed, dim=-1).T
     )
-    p_clip = clip_logits.softmax(-1)
-    a = torch.where(seen, alpha, beta).to(p_diff.dtype)[None, :]
-    # Geometric mean in log space; an underflowed probability of 0 must not produce NaN.
-    tiny = torch.finfo(p_diff.dtype).tiny
-    log_fused = (1.0 - a) * torch.log(p_diff.clamp_min(tiny)) + a * torch.log(
-        p_clip.clamp_min(tiny)
+    return fuse_logits(
+        diffusion_logits=head_logit_scale * m @ F.normalize(text_embed, dim=-1).T,
+        null_logits=head_logit_scale * m @ F.normalize(null_embed, dim=-1).T,
+        clip_logits=clip_logits,
+        seen=seen,
+        alpha=alpha,
+        beta=beta,
     )
-    return log_fused.softmax(-1) * (1.0 - p_null)
