@@ -2,6 +2,14 @@
 
 The same command runs under ``torchrun`` for several processes or machines, e.g.
 ``torchrun --nproc_per_node 2 -m diff2scene.cli train cfg.yaml``.
+
+A minimal CONFIG (every other field of ``TrainConfig`` has a default)::
+
+    scenes: [bags/room_000, bags/room_001]   # bag dirs (cached on first use) or .safetensors
+    out_dir: runs/net3d
+    epochs: 200
+    batch_size: 8
+    segmenter: {name: oracle, options: {boundary_px: 2, embedding_noise: 0.2}}
 """
 
 from __future__ import annotations
