@@ -65,15 +65,15 @@ class SegmenterSpec:
     options: dict[str, Any] = field(default_factory=dict)
     #: Text encoder giving the oracle's class-name embeddings.
     text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    #: Oracle only: JSON object {instance id: class name} beside each bag (relative path).
-    instance_classes_file: str = "instance_classes.json"
 
 
 @dataclass
 class TrainConfig:
     """Everything a distillation run needs; YAML keys are these field names."""
 
-    #: Scenes: cached ``.safetensors`` files, or bag directories (cached on first use).
+    #: Scenes: cached ``.safetensors`` files, synthetic dataset directories (``DIR/bag`` +
+    #: ``DIR/scene.json``, as ``diff2scene synth`` writes them) or bag directories; the last two
+    #: are turned into caches on first use.
     scenes: list[Path] = field(default_factory=list)
     #: Run directory: checkpoints, metrics.json, loss_curve.png.
     out_dir: Path = Path("runs/net3d")
@@ -142,19 +142,18 @@ class TrainResult:
 
 
 def build_segmenter(spec: SegmenterSpec, scene: Path) -> Segmenter2D:
-    """The segmenter that labels ``scene``'s keyframes (the oracle needs its ground truth)."""
+    """The segmenter that labels ``scene``'s keyframes (the oracle reads its ground truth).
+
+    The oracle needs the scene's instance → class table, i.e. a synthetic dataset directory
+    with ``scene.json`` (``diff2scene.synth``); a bare bag cannot be oracle-segmented.
+    """
     if spec.name == "oracle":
         from diff2scene.segmentation.oracle import OracleConfig, OracleSegmenter
         from diff2scene.segmentation.text import ClipTextEncoder
+        from diff2scene.synth.groundtruth import GroundTruth
 
-        table_path = scene / spec.instance_classes_file
-        try:
-            table = json.loads(table_path.read_text())
-            classes = {int(k): str(v) for k, v in table.items()}
-        except (OSError, ValueError, AttributeError) as exc:
-            raise DataFormatError(f"{table_path}: no instance → class table: {exc}") from exc
         return OracleSegmenter(
-            classes,
+            GroundTruth.load(scene).instance_classes(),
             ClipTextEncoder.from_config(spec.text_encoder),
             from_dict(OracleConfig, spec.options, where="segmenter.options"),
         )
@@ -185,7 +184,8 @@ def prepare_scene(config: TrainConfig, scene: Path) -> Path:
     from diff2scene.io.bag import BagFrameSource
 
     _LOG.info("building scene cache %s from %s", cache, scene)
-    source = BagFrameSource(scene, config.bag)
+    bag = scene / "bag" if (scene / "bag" / "metadata.yaml").exists() else scene
+    source = BagFrameSource(bag, config.bag)
     data = build_scene(
         source,
         build_segmenter(config.segmenter, scene),

@@ -151,3 +151,53 @@ def test_oracle_distillation_end_to_end(tmp_path: Path, encoder: ClipTextEncoder
     assert last <= 0.5 * first
     for space in oracle.embedding_dims:
         assert after[space] > before[space] + 0.2
+
+
+def test_training_from_a_synthetic_dataset_builds_the_cache_once(
+    tmp_path: Path, encoder: ClipTextEncoder
+) -> None:
+    from diff2scene.net3d.train import prepare_scene
+    from diff2scene.synth.dataset import SynthConfig, synthesize
+
+    synth = from_dict(
+        SynthConfig,
+        {
+            "render": {"width": 96, "height": 72, "n_frames": 24, "rate_hz": 4.0},
+            "scene": {"max_objects": 4},
+        },
+    )
+    synthesize(tmp_path / "room", seed=1, config=synth)
+    model = MinkUNetConfig(
+        init_dim=4,
+        stem_kernel=3,
+        planes=(4, 8, 8, 8, 8, 8, 8, 8),
+        layers=(1,) * 8,
+        head_dims={"diffusion": encoder.dim, "clip": encoder.dim},
+    )
+    cfg = from_dict(
+        TrainConfig,
+        {
+            "scenes": [str(tmp_path / "room")],
+            "out_dir": str(tmp_path / "run"),
+            "cache_dir": str(tmp_path / "cache"),
+            "model": to_dict(model),
+            "epochs": 2,
+            "batch_size": 1,
+            "segmenter": {
+                "name": "oracle",
+                "options": {"boundary_px": 1},
+                "text_encoder": {"clip": to_dict(ClipConfig.tiny_profile())},
+            },
+            "mapper": {"voxel_size_m": 0.05, "device": "CPU:0"},
+            "keyframes": {"min_translation_m": 0.05, "min_rotation_deg": 5.0},
+            "unproject": {"border_px": 4},
+        },
+    )
+    result = train(cfg, progress=False)
+    assert result.step == 2 and all(math.isfinite(v) for v in result.losses)
+    (cache,) = (tmp_path / "cache").glob("room-*.safetensors")
+    scene = SceneData.load(cache)
+    assert scene.segmenter == "oracle" and scene.num_voxels > 100 and scene.views
+    stamp = cache.stat().st_mtime_ns
+    assert prepare_scene(cfg, tmp_path / "room") == cache
+    assert cache.stat().st_mtime_ns == stamp
