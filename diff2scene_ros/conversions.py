@@ -278,6 +278,9 @@ def matrix_to_transform_stamped(
 
 # --------------------------------------------------------------------------- point clouds
 
+#: ``label`` of a point whose class is unknown (too little evidence to name one).
+UNKNOWN_LABEL = 0xFFFFFFFF
+
 #: The labelled cloud's point layout: (name, PointField datatype, numpy dtype), 24 bytes.
 CLOUD_FIELDS: tuple[tuple[str, int, str], ...] = (
     ("x", PointField.FLOAT32, "<f4"),
@@ -399,29 +402,33 @@ def cloud_to_arrays(msg: PointCloud2) -> Cloud:
         if int(f.count) != 1 or int(f.offset) + np.dtype(fmt).itemsize > point_step:
             raise InputError("bad_cloud_field", f"{f.name} overruns point_step {point_step}")
         fields[str(f.name)] = (int(f.offset), fmt)
+    if h * w == 0 and not fields:  # a default-constructed message: nothing, not an error
+        return Cloud(points_m=np.zeros((0, 3), np.float32))
     for axis in ("x", "y", "z"):
         if axis not in fields or fields[axis][1][1] != "f":
             raise InputError("bad_cloud_field", f"no float field {axis!r}")
-    n = h * w
-    if n == 0:
-        return Cloud(points_m=np.zeros((0, 3), np.float32))
-    if point_step <= 0 or row_step < point_step * w:
-        raise InputError("bad_cloud_step", f"point_step {point_step}, row_step {row_step}, w {w}")
-    buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < row_step * (h - 1) + point_step * w:
-        raise InputError("truncated_cloud", f"{buf.size} bytes for {h}x{w} points")
-    if buf.size < row_step * h:
-        buf = np.concatenate([buf, np.zeros(row_step * h - buf.size, np.uint8)])
-    rows = buf[: row_step * h].reshape(h, row_step)[:, : point_step * w]
     record = np.dtype(
         {
             "names": list(fields),
             "formats": [fmt for _, fmt in fields.values()],
             "offsets": [off for off, _ in fields.values()],
-            "itemsize": point_step,
+            "itemsize": max(point_step, 1),
         }
     )
-    rec = np.ascontiguousarray(rows).view(record).reshape(-1)
+    if h * w == 0:
+        rec = np.zeros(0, dtype=record)
+    else:
+        if point_step <= 0 or row_step < point_step * w:
+            raise InputError(
+                "bad_cloud_step", f"point_step {point_step}, row_step {row_step}, w {w}"
+            )
+        buf = np.frombuffer(msg.data, dtype=np.uint8)
+        if buf.size < row_step * (h - 1) + point_step * w:
+            raise InputError("truncated_cloud", f"{buf.size} bytes for {h}x{w} points")
+        if buf.size < row_step * h:
+            buf = np.concatenate([buf, np.zeros(row_step * h - buf.size, np.uint8)])
+        rows = buf[: row_step * h].reshape(h, row_step)[:, : point_step * w]
+        rec = np.ascontiguousarray(rows).view(record).reshape(-1)
     points = np.stack([rec["x"], rec["y"], rec["z"]], axis=1).astype(np.float32)
     color_name = "rgb" if "rgb" in fields else "rgba" if "rgba" in fields else None
     rgb = None

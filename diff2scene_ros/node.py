@@ -16,7 +16,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,7 +43,15 @@ from diff2scene.io.base import SkipStats
 from diff2scene.io.sync import ApproximateSync
 from diff2scene.io.transforms import T_BODY_OPTICAL, TransformBuffer
 from diff2scene.pipeline import Pipeline, PipelineConfig
-from diff2scene.segmentation.base import Segmenter2D, TextEncoder, Vocabulary
+from diff2scene.query import (
+    EnsembleConfig,
+    Labelling,
+    LabellingConfig,
+    QueryConfig,
+    QueryEngine,
+    label_map,
+)
+from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 from diff2scene.types import Frame
 from diff2scene_ros import conversions as cv
 from diff2scene_ros.params import declare_config
@@ -88,9 +96,12 @@ class NodeConfig:
     segmenter_profile: str = "odise_sd15"
     #: Torch device of the 2D model ("cpu", "cuda", "cuda:1").
     segmenter_device: str = "cpu"
-    #: Named vocabulary (e.g. "scannet20", "scannet200") to label the map with at start-up;
-    #: "" labels nothing until ``~/set_vocabulary`` is called.
-    vocabulary: str = ""
+    #: Vocabulary the labelled cloud is labelled with (``~/set_vocabulary`` replaces it).
+    labelling: LabellingConfig = field(default_factory=LabellingConfig)
+    #: Background, thresholds and limits of ``~/text_query``.
+    query: QueryConfig = field(default_factory=QueryConfig)
+    #: How the 2D (salient) and 3D (geometric) branches are combined.
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     #: Period of ``~/labelled_cloud``, in seconds.
     cloud_period_s: float = 2.0
     #: At most this many points go into one labelled cloud (evenly subsampled beyond).
@@ -124,6 +135,52 @@ class _Pair:
     received_s: float
 
 
+#: top_k standing for "all instances" (the engine wants a positive count).
+_ALL = 2**31 - 1
+
+
+@dataclass
+class _MaskBankCopy:
+    embeddings: dict[str, NDArray[np.float32]]
+
+    @property
+    def num_masks(self) -> int:
+        return next((int(e.shape[0]) for e in self.embeddings.values()), 0)
+
+
+@dataclass
+class _MapSnapshot:
+    """Copies of the map arrays a query or labelling reads (duck-types ``SemanticMap``)."""
+
+    version: tuple[int, ...]
+    coords: NDArray[np.int32]  # (M, 3)
+    points_m: NDArray[np.float32]  # (M, 3)
+    colors: NDArray[np.uint8]  # (M, 3)
+    member_ids: NDArray[np.int32]  # (M, k)
+    member_weights: NDArray[np.float32]  # (M, k)
+    features_3d: dict[str, NDArray[np.float16]]  # space -> (M, D)
+    mask_bank: _MaskBankCopy
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.coords.shape[0])
+
+    @classmethod
+    def of(cls, pipeline: Pipeline, version: tuple[int, ...]) -> _MapSnapshot:
+        """Copy under ``pipeline.lock`` (the caller holds it)."""
+        smap = pipeline.map
+        return cls(
+            version=version,
+            coords=smap.coords.copy(),
+            points_m=smap.points_m,
+            colors=smap.colors.copy(),
+            member_ids=smap.member_ids.copy(),
+            member_weights=smap.member_weights.copy(),
+            features_3d={s: f.copy() for s, f in smap.features_3d.items()},
+            mask_bank=_MaskBankCopy({s: e.copy() for s, e in smap.mask_bank.embeddings.items()}),
+        )
+
+
 class MappingNode(Node):
     """ROS 2 front end of :class:`~diff2scene.pipeline.Pipeline`."""
 
@@ -146,9 +203,12 @@ class MappingNode(Node):
         self.segmenter = segmenter
         self.text_encoder = text_encoder
         self.pipeline = Pipeline(cfg.pipeline, segmenter)
-        self.vocabulary: Vocabulary | None = None
-        self._mask_probs: NDArray[np.float32] | None = None
-        self._label_lock = threading.Lock()  # guards vocabulary and _mask_probs
+        self.labelling_config = cfg.labelling
+        #: Guards the cached snapshot/engine/labelling below; held while they are rebuilt.
+        self._semantic_lock = threading.Lock()
+        self._snapshot: _MapSnapshot | None = None
+        self._engine: QueryEngine | None = None
+        self._labelling: tuple[tuple[Any, ...], Labelling] | None = None
 
         self.input_stats = SkipStats()
         self._lock = threading.Lock()  # guards the sync, poses, camera info and frame queue
@@ -206,8 +266,6 @@ class MappingNode(Node):
         self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics,
                           callback_group=timers)
 
-        if cfg.vocabulary:
-            self.set_vocabulary_names(_named_vocabulary(cfg.vocabulary))
         self._worker = threading.Thread(target=self._work, name="diff2scene_frames", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -334,61 +392,58 @@ class MappingNode(Node):
 
     # ------------------------------------------------------------------ outputs
 
-    def mask_class_probs(self) -> NDArray[np.float32] | None:
-        """(K, C) class probabilities of the map's first K masks for the vocabulary, or None.
+    def _map_version(self) -> tuple[int, int, int, int]:
+        """Changes whenever memberships, voxels or masks may have changed."""
+        p = self.pipeline
+        return (id(p.map), p.stats.keyframes_segmented, p.map.num_voxels,
+                p.map.mask_bank.num_masks)
 
-        Kept by the node, not written into the map's mask bank: the pipeline keeps appending
-        masks without class probabilities, and a bank must hold them for all masks or none.
-        Only masks added since the last call are classified.
+    def semantic_state(self) -> tuple[_MapSnapshot, QueryEngine]:
+        """A consistent copy of the map and a query engine over it, rebuilt when it changed.
+
+        Scoring works on the copy, so mapping goes on while a query or a labelling runs; only
+        the copy itself is taken under the pipeline's lock.
         """
-        with self._label_lock:
-            vocabulary = self.vocabulary
-            if vocabulary is None:
-                return None
-            done = 0 if self._mask_probs is None else self._mask_probs.shape[0]
+        with self._semantic_lock:
             with self.pipeline.lock:
-                bank = self.pipeline.map.mask_bank
-                if bank.num_masks < done:  # the map was replaced
-                    self._mask_probs, done = None, 0
-                new = (
-                    {space: e[done:].copy() for space, e in bank.embeddings.items()}
-                    if bank.num_masks > done
-                    else None
+                version = self._map_version()
+                if self._snapshot is None or self._snapshot.version != version:
+                    self._snapshot = _MapSnapshot.of(self.pipeline, version)
+                    self._engine = None
+            snapshot = self._snapshot
+            if self._engine is None:
+                self._engine = QueryEngine.from_map(
+                    snapshot, self.text_encoder, self.segmenter, self.config.query,
+                    ensemble=self.config.ensemble,
                 )
-            if new is not None:
-                probs = self.segmenter.classify(new, vocabulary).astype(np.float32)
-                self._mask_probs = (
-                    probs if self._mask_probs is None
-                    else np.concatenate([self._mask_probs, probs])
-                )
-            return self._mask_probs
+            return snapshot, self._engine
+
+    def labelling(self) -> tuple[_MapSnapshot, Labelling]:
+        """Per-voxel labels of the current vocabulary (cached until the map changes)."""
+        snapshot, engine = self.semantic_state()
+        with self._semantic_lock:
+            key = (snapshot.version, self.labelling_config)
+            if self._labelling is None or self._labelling[0] != key:
+                result = label_map(engine.scorer, snapshot.mask_bank.embeddings,
+                                   self.text_encoder, self.segmenter, self.labelling_config)
+                self._labelling = (key, result)
+            return snapshot, self._labelling[1]
 
     def labelled_arrays(self) -> cv.Cloud:
-        """The map as arrays: voxel centres, colours (by label where labelled), labels, scores.
+        """The map as arrays: voxel centres, colours by label, labels and their confidence.
 
-        A voxel's label is the most probable vocabulary class of its strongest 2D mask and its
-        score that class probability times the voxel's membership (B3d) in the mask; voxels
-        without a classified mask keep their fused colour, label 0 and score 0.
+        Labels index the vocabulary; voxels with too little evidence get
+        :data:`~diff2scene_ros.conversions.UNKNOWN_LABEL` and keep their fused colour.
         """
-        probs = self.mask_class_probs()
-        pipeline = self.pipeline
-        with pipeline.lock:
-            smap = pipeline.map
-            points = smap.points_m
-            colors = smap.colors.copy()
-            strongest = smap.strongest_mask()
-            weights = smap.member_weights[:, 0].copy()
-        labels = np.zeros(points.shape[0], np.uint32)
-        scores = np.zeros(points.shape[0], np.float32)
-        if probs is not None and probs.shape[1] > 0:
-            # masks added after ``probs`` was computed stay unlabelled until the next call
-            labelled = (strongest >= 0) & (strongest < probs.shape[0])
-            mask_probs = probs[strongest[labelled]]
-            best = mask_probs.argmax(axis=1)
-            labels[labelled] = best
-            scores[labelled] = mask_probs[np.arange(best.size), best] * weights[labelled]
-            colors[labelled] = _palette(probs.shape[1])[best]
-        return cv.Cloud(points_m=points, rgb=colors, labels=labels, scores=scores)
+        snapshot, labelling = self.labelling()
+        known = labelling.labels >= 0
+        labels = np.full(snapshot.num_voxels, cv.UNKNOWN_LABEL, np.uint32)
+        labels[known] = labelling.labels[known]
+        colors = snapshot.colors.copy()
+        if np.any(known):
+            colors[known] = _palette(len(labelling.names))[labelling.labels[known]]
+        return cv.Cloud(points_m=snapshot.points_m, rgb=colors, labels=labels,
+                        scores=labelling.confidence.astype(np.float32))
 
     def publish_cloud(self) -> None:
         cloud = self.labelled_arrays()
@@ -443,42 +498,83 @@ class MappingNode(Node):
 
     # ------------------------------------------------------------------ services
 
-    def set_vocabulary_names(self, names: list[str]) -> Vocabulary:
-        """Embed ``names``; the map's masks are (re)classified with them from their embeddings."""
-        from diff2scene.segmentation.vocabularies import build_vocabulary
+    def set_vocabulary(self, *, classes: list[str], name: str = "") -> LabellingConfig:
+        """Label with ``classes`` (or the named vocabulary when empty); validated first."""
+        from diff2scene.segmentation.vocabularies import build_vocabulary, get_vocabulary_names
 
-        vocabulary = build_vocabulary(names, self.text_encoder)
-        with self._label_lock:
-            self.vocabulary = vocabulary
-            self._mask_probs = None
-        return vocabulary
+        if not classes and not name:
+            raise InputError("empty_vocabulary", "give labels or a vocabulary name")
+        config = replace(self.labelling_config, classes=tuple(classes), vocabulary=name or
+                         self.labelling_config.vocabulary)
+        # embed now: a bad vocabulary is refused here, not in the next cloud
+        build_vocabulary(classes or get_vocabulary_names(name), self.text_encoder,
+                         templates=config.templates)
+        with self._semantic_lock:
+            self.labelling_config = config
+        return config
 
     def _on_set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
     ) -> SetVocabulary.Response:
         try:
-            names = list(request.labels) or _named_vocabulary(request.vocabulary_name)
-            vocabulary = self.set_vocabulary_names(names)
+            config = self.set_vocabulary(classes=list(request.labels),
+                                         name=request.vocabulary_name)
         except (Diff2SceneError, ValueError) as exc:
             response.success, response.message = False, str(exc)
             return response
         response.success = True
-        response.message = f"{len(vocabulary)} classes"
+        response.message = f"labelling with {len(config.class_names())} classes"
         return response
 
     def _on_text_query(
         self, request: TextQuery.Request, response: TextQuery.Response
     ) -> TextQuery.Response:
-        # Scoring a free-text query against the map (ensemble of both branches, instances,
-        # relations) belongs to the core's query engine, which this build does not have yet.
-        response.success = False
-        response.message = (
-            f"text queries are not available in this build (query {request.query!r} not run); "
-            "use ~/set_vocabulary and ~/labelled_cloud for closed-vocabulary labels"
+        frame_id = self.config.world_frame
+        stamp_ns = self.get_clock().now().nanoseconds
+        response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32), frame_id=frame_id,
+                                             stamp_ns=stamp_ns)
+        try:
+            snapshot, engine = self.semantic_state()
+            if snapshot.num_voxels == 0:
+                raise InputError("empty_map", "nothing mapped yet")
+            engine.viewpoint_m = self._latest_camera_position()
+            result = engine.query(
+                request.query,
+                request.score_threshold if request.score_threshold > 0 else None,
+                request.top_k if request.top_k > 0 else _ALL,
+            )
+        except (Diff2SceneError, ValueError) as exc:
+            response.success, response.message = False, str(exc)
+            return response
+        matched = result.matched
+        # label = rank (1-based) of the returned instance a point belongs to, 0 = none
+        labels = np.zeros(snapshot.num_voxels, np.uint32)
+        for rank, instance in reversed(list(enumerate(result.instances, start=1))):
+            labels[instance.voxel_indices] = rank
+        response.points = cv.arrays_to_cloud(
+            snapshot.points_m[matched],
+            rgb=snapshot.colors[matched],
+            labels=labels[matched],
+            scores=result.scores[matched],
+            frame_id=frame_id,
+            stamp_ns=stamp_ns,
         )
-        response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32),
-                                             frame_id=self.config.world_frame)
+        response.instances = cv.instances_to_msgs(result.instances)
+        self.marker_pub.publish(cv.query_markers(response.instances, frame_id=frame_id,
+                                                 stamp_ns=stamp_ns))
+        response.success = True
+        response.message = (
+            f"{matched.size} points, {len(result.instances)} instances of "
+            f"'{result.parsed.target}' in {result.timings_ms.get('total', 0.0):.0f} ms"
+        )
         return response
+
+    def _latest_camera_position(self) -> NDArray[np.float64] | None:
+        with self._lock:
+            latest = self._poses.latest_stamp_ns(self.config.world_frame, _CAMERA)
+            if latest is None:
+                return None
+            return self._poses.lookup(self.config.world_frame, _CAMERA, latest)[:3, 3].copy()
 
     def _on_save_map(
         self, request: SaveMap.Request, response: SaveMap.Response
@@ -499,9 +595,7 @@ class MappingNode(Node):
             response.success, response.message = False, "empty path"
             return response
         try:
-            with self._label_lock:
-                self.pipeline.load(Path(request.path).expanduser())
-                self._mask_probs = None
+            self.pipeline.load(Path(request.path).expanduser())
         except (Diff2SceneError, OSError) as exc:
             response.success, response.message = False, f"not loaded (map kept): {exc}"
             return response
@@ -527,14 +621,6 @@ def _palette(num_labels: int) -> NDArray[np.uint8]:
     from diff2scene.mapping.render import label_palette
 
     return label_palette(num_labels)
-
-
-def _named_vocabulary(name: str) -> list[str]:
-    from diff2scene.segmentation.vocabularies import get_vocabulary_names
-
-    if not name:
-        raise InputError("empty_vocabulary", "give labels or a vocabulary name")
-    return get_vocabulary_names(name)
 
 
 def build_models(config: NodeConfig) -> tuple[Segmenter2D, TextEncoder]:

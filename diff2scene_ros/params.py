@@ -199,17 +199,24 @@ def declare_config(node: Node, config: T, *, prefix: str = "") -> T:
     defaults; the result is validated like a YAML config of the core and a
     :class:`ConfigError` names the offending parameter.
     """
+    from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializedException
+
     specs = param_specs(config, prefix=prefix)
-    for spec in specs:
-        default = spec.default
-        if default is None:
-            node.declare_parameter(spec.name, None, spec.descriptor())
-        else:
-            node.declare_parameter(spec.name, Parameter(spec.name, spec.type, default).value,
-                                   spec.descriptor())
     values: dict[str, Any] = {}
     for spec in specs:
-        value = node.get_parameter(spec.name).value
+        default = spec.default
+        try:
+            if default is None:
+                node.declare_parameter(spec.name, None, spec.descriptor())
+            else:
+                node.declare_parameter(spec.name, Parameter(spec.name, spec.type, default).value,
+                                       spec.descriptor())
+            value = node.get_parameter(spec.name).value
+        except (InvalidParameterTypeException, ParameterUninitializedException) as exc:
+            raise ConfigError(
+                f"parameter {spec.name}: {exc} (expected {spec.type.name.lower()}; an empty "
+                "list has no type in a parameter file: leave the key out instead)"
+            ) from exc
         if isinstance(value, list | tuple | array.array):
             value = list(value)
         _insert(values, spec.name[len(prefix):].split("."), value)
@@ -239,10 +246,14 @@ def params_yaml(config: Any, *, node_name: str = "/**", prefix: str = "") -> str
             note += f" One of {', '.join(spec.choices)}."
         if spec.optional:
             note += " Leave commented out for none."
+        # rcl's parser cannot type an empty list, so empty defaults stay commented out too
+        unset = spec.default is None or spec.default == []
+        if spec.default == []:
+            note += " Empty by default (an empty list cannot be written here)."
         lines.append(f"{indent}# {note}")
         rendered = yaml.safe_dump({parts[-1]: spec.default}, default_flow_style=True,
                                   width=1000).strip()[1:-1]
-        lines.append(f"{indent}{'# ' if spec.default is None else ''}{rendered}")
+        lines.append(f"{indent}{'# ' if unset else ''}{rendered}")
         previous_groups = groups
     return "\n".join(lines) + "\n"
 

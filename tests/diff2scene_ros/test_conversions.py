@@ -250,6 +250,10 @@ def test_rgb_packing_matches_rviz_layout() -> None:
 def test_empty_cloud_round_trip() -> None:
     back = cv.cloud_to_arrays(cv.arrays_to_cloud(np.zeros((0, 3), np.float32)))
     assert back.points_m.shape == (0, 3)
+    assert back.rgb is not None and back.rgb.shape == (0, 3)
+    assert back.labels is not None and back.labels.shape == (0,)
+    assert back.scores is not None and back.scores.shape == (0,)
+    assert cv.cloud_to_arrays(PointCloud2()).points_m.shape == (0, 3)
 
 
 def test_cloud_from_foreign_layout_organised_padded_big_endian() -> None:

@@ -35,6 +35,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from visualization_msgs.msg import MarkerArray
 
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
@@ -185,7 +186,11 @@ def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
     cloud = cv.cloud_to_arrays(mapped.clouds[-1])
     assert mapped.clouds[-1].header.frame_id == "map"
     np.testing.assert_allclose(np.sort(cloud.points_m[:, 2]), np.sort(points[:, 2]), atol=1e-6)
-    assert cloud.labels is not None and not cloud.labels.any()  # no vocabulary yet
+    # labelled with the default vocabulary (ScanNet20) or unknown
+    assert cloud.labels is not None and cloud.scores is not None
+    known = cloud.labels != cv.UNKNOWN_LABEL
+    assert np.all(cloud.labels[known] < 20)
+    assert np.all((cloud.scores >= 0) & (cloud.scores <= 1))
 
     _wait_for(lambda: any(_diag_value(d, "color_msgs") == "8" for d in list(mapped.diagnostics)),
               "diagnostics counting the colour images")
@@ -200,10 +205,15 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     response = mapped.call(SetVocabulary, "set_vocabulary",
                            SetVocabulary.Request(labels=names))
     assert response.success, response.message
+    assert response.message == "labelling with 3 classes"
     cloud = cv.cloud_to_arrays(_fresh_cloud(mapped))
-    assert cloud.labels is not None and cloud.scores is not None
-    assert set(np.unique(cloud.labels)) <= {0, 1, 2}
-    assert cloud.scores.max() > 0.0 and cloud.scores.max() <= 1.0
+    assert cloud.labels is not None
+    assert set(np.unique(cloud.labels).tolist()) <= {0, 1, 2, cv.UNKNOWN_LABEL}
+    labelling = mapped.node.labelling()[1]
+    assert labelling.names == names
+    expected = labelling.labels.astype(np.int64)
+    expected[expected < 0] = cv.UNKNOWN_LABEL
+    np.testing.assert_array_equal(expected, cloud.labels)
 
     bad = mapped.call(SetVocabulary, "set_vocabulary",
                       SetVocabulary.Request(labels=["wall", "wall"]))
@@ -211,13 +221,37 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     unknown = mapped.call(SetVocabulary, "set_vocabulary",
                           SetVocabulary.Request(vocabulary_name="no_such_vocabulary"))
     assert not unknown.success
+    assert mapped.node.labelling_config.classes == tuple(names)  # refused ones changed nothing
 
 
-def test_text_query_says_why_it_cannot_answer(mapped: Harness) -> None:
-    response = mapped.call(TextQuery, "text_query", TextQuery.Request(query="chair"))
-    assert not response.success
-    assert "not available" in response.message
-    assert response.points.width == 0
+def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -> None:
+    markers: list[Any] = []
+    mapped.helper.create_subscription(
+        MarkerArray, "diff2scene/query_markers", markers.append,
+        QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                   durability=DurabilityPolicy.TRANSIENT_LOCAL),
+    )
+    response = mapped.call(TextQuery, "text_query",
+                           TextQuery.Request(query="wall", score_threshold=0.01, top_k=0))
+    assert response.success, response.message
+    node = mapped.node
+    # top_k 0 asks for every instance; compare with the engine's own answer
+    snapshot, engine = node.semantic_state()
+    expected = engine.query("wall", 0.01, 2**31 - 1)
+    assert expected.matched.size > 0  # a low threshold keeps points even with random weights
+    cloud = cv.cloud_to_arrays(response.points)
+    np.testing.assert_array_equal(cloud.points_m, snapshot.points_m[expected.matched])
+    assert cloud.scores is not None
+    np.testing.assert_allclose(cloud.scores, expected.scores[expected.matched])
+    assert [i.label for i in response.instances] == [i.label for i in expected.instances]
+    assert response.message.startswith(f"{expected.matched.size} points")
+    _wait_for(lambda: bool(markers), "query markers")
+    assert len(markers[-1].markers) == 1 + 2 * len(response.instances)
+
+    for text in ("", "x" * 5000):
+        refused = mapped.call(TextQuery, "text_query", TextQuery.Request(query=text))
+        assert not refused.success and refused.message
+        assert refused.points.width == 0
 
 
 def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:

@@ -173,3 +173,24 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def test_empty_list_from_a_parameter_file_is_a_clear_config_error(tmp_path: Path) -> None:
+    """rcl's YAML parser cannot type ``[]``; the node must say which key, not crash."""
+    path = tmp_path / "p.yaml"
+    path.write_text("/**:\n  ros__parameters:\n    labels: []\n")
+    ctx = Context()
+    rclpy.init(context=ctx, args=["--ros-args", "--params-file", str(path)])
+    try:
+        node = _node(ctx)
+        with pytest.raises(ConfigError, match="labels"):
+            params.declare_config(node, Outer())
+        node.destroy_node()
+    finally:
+        ctx.try_shutdown()
+
+
+def test_empty_default_lists_are_commented_out() -> None:
+    text = params.params_yaml(Outer(labels=[]))
+    assert "# labels: []" in text
+    assert "labels" not in yaml.safe_load(text)["/**"]["ros__parameters"]

@@ -132,7 +132,6 @@ def test_shipped_parameter_file_configures_the_node() -> None:
     import rclpy
     from rclpy.context import Context
     from rclpy.node import Node
-    from rclpy.parameter import Parameter
 
     from diff2scene_ros.node import NodeConfig
     from diff2scene_ros.params import declare_config, load_params_yaml, param_specs
@@ -142,11 +141,12 @@ def test_shipped_parameter_file_configures_the_node() -> None:
     unknown = sorted(set(values) - declared)
     assert not unknown, f"parameters the node does not declare: {unknown}"
 
+    # rcl's own YAML parser reads the file, as with `--params-file` from the launch file
     context = Context()
-    rclpy.init(context=context)
+    rclpy.init(context=context, args=["--ros-args", "--params-file",
+                                      str(REPO / "launch" / "config" / "diff2scene.yaml")])
     try:
-        node = Node(f"p{uuid.uuid4().hex[:8]}", context=context,
-                    parameter_overrides=[Parameter(k, value=v) for k, v in values.items()])
+        node = Node("diff2scene", context=context, namespace=f"/p{uuid.uuid4().hex[:8]}")
         config = declare_config(node, NodeConfig())
         node.destroy_node()
     finally:
