@@ -31,11 +31,14 @@ class KernelMap:
     out_idx: torch.Tensor  # (P,) int64
     bounds: tuple[int, ...]
     num_out: int
+    #: Offset whose pairs are exactly (i → i) for every row (a submanifold kernel's centre),
+    #: run as a plain matmul without gather or scatter; -1 if none.
+    identity_offset: int = -1
     _table: list[torch.Tensor] = field(default_factory=list, compare=False, repr=False)
 
     def transposed(self, num_out: int) -> KernelMap:
         """The same pairs read the other way (used by the transposed convolution)."""
-        return KernelMap(self.out_idx, self.in_idx, self.bounds, num_out)
+        return KernelMap(self.out_idx, self.in_idx, self.bounds, num_out, self.identity_offset)
 
     def table(self, num_in: int) -> torch.Tensor:
         """(num_out, K) int64 input row feeding each output per offset, ``num_in`` if none.
@@ -63,11 +66,18 @@ def cube_offsets(kernel_size: int) -> torch.Tensor:
     return torch.tensor(list(itertools.product(rng, rng, rng)), dtype=torch.int64)
 
 
+#: Coordinate boxes up to this many cells find neighbours through a dense int32 lookup volume
+#: (at most 64 MiB, one gather per offset); larger ones through a sorted-key binary search.
+DENSE_LOOKUP_MAX_CELLS = 1 << 24
+
+
 def submanifold_map(coords: torch.Tensor, kernel_size: int) -> KernelMap:
     """Kernel map of a submanifold convolution: outputs are the inputs' own voxels.
 
-    ``coords`` is (M, 4) ``[b, x, y, z]``. Neighbours are found by sorting the linear keys once
-    and running ``searchsorted`` for each offset, without any Python-side hashing.
+    ``coords`` is (M, 4) ``[b, x, y, z]``. Keys are linear in the coordinates, so a neighbour's
+    key is the voxel's key plus a constant per offset; it is looked up in a dense volume of row
+    numbers when the box is small (a room at 2 cm: a few million cells), else by
+    ``searchsorted`` in the sorted keys.
     """
     if kernel_size % 2 != 1:
         raise ValueError(f"submanifold kernels must be odd, got {kernel_size}")
@@ -75,21 +85,40 @@ def submanifold_map(coords: torch.Tensor, kernel_size: int) -> KernelMap:
     r = kernel_size // 2
     lo, extent = key_frame(c64, pad=r)
     keys = linear_keys(c64, lo, extent)
-    sorted_keys, order = torch.sort(keys)
     m = keys.numel()
     rows = torch.arange(m, dtype=torch.int64, device=coords.device)
+    cells = (int(c64[:, 0].max()) + 1) * int(extent.prod())
+    volume: torch.Tensor | None = None
+    sorted_keys = order = None
+    if cells <= DENSE_LOOKUP_MAX_CELLS:
+        volume = torch.full((cells,), -1, dtype=torch.int32, device=coords.device)
+        volume[keys] = rows.to(torch.int32)
+    else:
+        sorted_keys, order = torch.sort(keys)
+    strides = torch.stack([extent[1] * extent[2], extent[2], torch.ones_like(extent[2])])
+    deltas = (cube_offsets(kernel_size).to(coords.device) * strides).sum(dim=1)
     in_parts: list[torch.Tensor] = []
     out_parts: list[torch.Tensor] = []
-    bounds = [0]
-    strides = torch.stack([extent[1] * extent[2], extent[2], torch.ones_like(extent[2])])
-    for offset in cube_offsets(kernel_size).to(coords.device):
-        query = keys + (offset * strides).sum()
-        pos = torch.searchsorted(sorted_keys, query).clamp_(max=m - 1)
-        found = sorted_keys[pos] == query
-        in_parts.append(order[pos[found]])
-        out_parts.append(rows[found])
-        bounds.append(bounds[-1] + int(found.sum()))
-    return KernelMap(torch.cat(in_parts), torch.cat(out_parts), tuple(bounds), m)
+    counts: list[torch.Tensor] = []
+    # Several offsets per vectorised step, bounded to ~8M queries (64 MiB of int64 keys).
+    group = max(1, (1 << 23) // max(m, 1))
+    for start in range(0, deltas.numel(), group):
+        query = keys[None, :] + deltas[start : start + group, None]  # (G, M)
+        if volume is not None:
+            hit = volume[query]
+            found = hit >= 0
+            in_parts.append(hit[found].to(torch.int64))
+        else:
+            assert sorted_keys is not None and order is not None
+            pos = torch.searchsorted(sorted_keys, query.reshape(-1)).clamp_(max=m - 1)
+            pos = pos.reshape(query.shape)
+            found = sorted_keys[pos] == query
+            in_parts.append(order[pos[found]])
+        out_parts.append(rows.expand(query.shape[0], m)[found])
+        counts.append(found.sum(dim=1))
+    bounds = tuple(itertools.accumulate([0, *torch.cat(counts).tolist()]))
+    centre = deltas.numel() // 2  # offset (0, 0, 0): every voxel is its own neighbour
+    return KernelMap(torch.cat(in_parts), torch.cat(out_parts), bounds, m, centre)
 
 
 def downsample_map(coords: torch.Tensor) -> tuple[KernelMap, torch.Tensor]:
@@ -142,18 +171,23 @@ class _PairConv(torch.autograd.Function):
         bounds: tuple[int, ...],
         num_out: int,
         table: torch.Tensor | None,
+        identity: int,
     ) -> torch.Tensor:
         ctx.save_for_backward(feats, weight, in_idx, out_idx)
         ctx.bounds = bounds
         ctx.table = table
+        ctx.identity = identity
         if table is not None:
             padded = torch.cat([feats, feats.new_zeros((1, feats.shape[1]))])
             cols = padded[table].reshape(num_out, -1)
             return cols @ weight.reshape(-1, weight.shape[2])
-        out = feats.new_zeros((num_out, weight.shape[2]))
+        if identity >= 0:
+            out = feats @ weight[identity]
+        else:
+            out = feats.new_zeros((num_out, weight.shape[2]))
         for k in range(weight.shape[0]):
             a, b = bounds[k], bounds[k + 1]
-            if a == b:
+            if a == b or k == identity:
                 continue
             out.index_add_(0, out_idx[a:b], feats[in_idx[a:b]] @ weight[k])
         return out
@@ -179,17 +213,23 @@ class _PairConv(torch.autograd.Function):
                 grad_padded = torch.zeros_like(padded)
                 grad_padded.index_add_(0, table.reshape(-1), gcols.reshape(-1, c_in))
                 grad_feats = grad_padded[:-1]
-            return grad_feats, grad_weight, None, None, None, None, None
+            return grad_feats, grad_weight, None, None, None, None, None, None
+        identity: int = ctx.identity
+        if identity >= 0:
+            if grad_feats is not None:
+                grad_feats += grad_out @ weight[identity].transpose(0, 1)
+            if grad_weight is not None:
+                grad_weight[identity] = feats.transpose(0, 1) @ grad_out
         for k in range(weight.shape[0]):
             a, b = bounds[k], bounds[k + 1]
-            if a == b:
+            if a == b or k == identity:
                 continue
             g = grad_out[out_idx[a:b]]
             if grad_feats is not None:
                 grad_feats.index_add_(0, in_idx[a:b], g @ weight[k].transpose(0, 1))
             if grad_weight is not None:
                 grad_weight[k] = feats[in_idx[a:b]].transpose(0, 1) @ g
-        return grad_feats, grad_weight, None, None, None, None, None
+        return grad_feats, grad_weight, None, None, None, None, None, None
 
 
 def apply_kernel_map(
@@ -207,6 +247,13 @@ def apply_kernel_map(
         im2col = kmap.num_out * k * max(weight.shape[1], weight.shape[2]) <= IM2COL_MAX_ELEMENTS
     table = kmap.table(feats.shape[0]) if im2col else None
     out: torch.Tensor = _PairConv.apply(
-        feats, weight, kmap.in_idx, kmap.out_idx, kmap.bounds, kmap.num_out, table
+        feats,
+        weight,
+        kmap.in_idx,
+        kmap.out_idx,
+        kmap.bounds,
+        kmap.num_out,
+        table,
+        kmap.identity_offset,
     )
     return out
