@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import torch
@@ -62,9 +63,9 @@ def build_map(
         rows = np.flatnonzero(owner == j)
         if by_obj[j].size:
             member_ids[rows] = rng.choice(by_obj[j], size=(rows.size, 8))
-    member_weights = np.where(
-        member_ids >= 0, rng.uniform(0.3, 1.0, member_ids.shape), 0.0
-    ).astype(np.float32)
+    member_weights = np.where(member_ids >= 0, rng.uniform(0.3, 1.0, member_ids.shape), 0.0).astype(
+        np.float32
+    )
     feats: dict[str, np.ndarray] = {}
     for space, e in emb.items():
         proto = np.stack([e[by_obj[j]].mean(axis=0) for j in range(objects)])
@@ -152,7 +153,7 @@ def main() -> None:
     _, label_peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     suffix = "" if not args.quick else "_quick"
-    figures = {
+    figures: dict[str, float | int | str | list[Any]] = {
         "num_voxels": int(coords.shape[0]),
         "num_masks": int(emb["clip"].shape[0]),
         "embedding_dims": f"diffusion {emb['diffusion'].shape[1]}, clip {emb['clip'].shape[1]}",
