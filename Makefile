@@ -16,11 +16,11 @@ IFACE_PREFIX := ros2_ws/install/diff2scene_interfaces
 STAMP_IFACE := $(IFACE_PREFIX)/.built
 DEB_PACKAGES := libusb-1.0-0 libgl1 libegl1 libgomp1
 
-# What the built interfaces need to be importable and loadable inside the venv.
-SITE := $(abspath $(VENV))/lib/python3.11/site-packages
+# What the built interfaces need to be importable and loadable inside the venv (the ROS
+# wheels keep their ament index in the venv's share/).
 RUN_ENV := PYTHONPATH=$(abspath $(IFACE_PREFIX))/lib/python3.11/site-packages$${PYTHONPATH:+:$$PYTHONPATH} \
 	LD_LIBRARY_PATH=$(abspath $(IFACE_PREFIX))/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
-	AMENT_PREFIX_PATH=$(abspath $(IFACE_PREFIX)):$(SITE) \
+	AMENT_PREFIX_PATH=$(abspath $(IFACE_PREFIX)):$(abspath $(VENV)) \
 	RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_LOCALHOST_ONLY=1 \
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=2
 
@@ -59,7 +59,7 @@ $(STAMP_PKG): $(STAMP_DEPS) pyproject.toml
 venv: $(STAMP_DEB) $(STAMP_PKG)
 
 interfaces: $(STAMP_IFACE)
-$(STAMP_IFACE): $(STAMP_PKG) scripts/build_interfaces.sh $(wildcard ros2_ws/src/diff2scene_interfaces/*/* ros2_ws/src/diff2scene_interfaces/*.txt ros2_ws/src/diff2scene_interfaces/*.xml)
+$(STAMP_IFACE): $(STAMP_PKG) scripts/build_interfaces.sh ros2_ws/cmake/ros_wheels_python_includes.cmake $(wildcard ros2_ws/src/diff2scene_interfaces/*/* ros2_ws/src/diff2scene_interfaces/*.txt ros2_ws/src/diff2scene_interfaces/*.xml)
 	bash scripts/build_interfaces.sh $(VENV) $(IFACE_PREFIX)
 	touch $@
 

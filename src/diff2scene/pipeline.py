@@ -155,15 +155,20 @@ class Pipeline:
             _LOG.exception("2D model failed on keyframe %d", frame.index)
             return
         self.stats.segment_s_total += time.perf_counter() - t0
-        with self.lock:
-            # The keyframe's own view was integrated already; make its voxels addressable.
-            self.map.apply_surface_update(self.mapper.update_voxels())
-            unprojection = self.unprojector.unproject(
-                masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera,
-                self.map.points_m,
-            )
-            self.unprojector.accumulate(self.map, unprojection, masks, self._next_keyframe_id)
-            self._next_keyframe_id += 1
+        try:
+            with self.lock:
+                # The keyframe's own view was integrated already; make its voxels addressable.
+                self.map.apply_surface_update(self.mapper.update_voxels())
+                unprojection = self.unprojector.unproject(
+                    masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera,
+                    self.map.points_m,
+                )
+                self.unprojector.accumulate(self.map, unprojection, masks, self._next_keyframe_id)
+                self._next_keyframe_id += 1
+        except Diff2SceneError as exc:  # e.g. masks of the wrong size: skip the keyframe
+            self.stats.segment_errors[type(exc).__name__] += 1
+            _LOG.warning("keyframe %d not added to the map: %s", frame.index, exc)
+            return
         self.stats.keyframes_segmented += 1
 
     def flush(self) -> None:
