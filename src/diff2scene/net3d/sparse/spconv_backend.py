@@ -10,7 +10,8 @@ backend selection never picks it for CPU training.
 
 spconv 2.3.8's CPU kernels are not safe under PyTorch intra-op parallelism: with 2 threads the
 same submanifold convolution gives different, wrong sums from run to run once a few voxels
-share neighbours (measured here against dense ``conv3d``; with 1 thread it is exact). CPU calls
+share neighbours (measured here against dense ``conv3d``; with 1 thread it is exact; reported
+upstream as traveller59/spconv#679, "SubMConv3d output varies with the same input"). CPU calls
 therefore run with one PyTorch thread, restored afterwards.
 """
 
