@@ -278,6 +278,13 @@ class GeometricIndex:
         return out
 
 
+def _rows_of(matrix: sp.csr_matrix, rows: slice) -> sp.csr_matrix:
+    """Row block of a CSR matrix; the whole matrix without a copy when the block is all rows."""
+    if rows.start == 0 and rows.stop == matrix.shape[0]:
+        return matrix
+    return matrix[rows]
+
+
 class EnsembleScorer:
     """Chunked per-voxel class scores of one map for any (K, C) mask class probabilities.
 
@@ -368,12 +375,12 @@ class EnsembleScorer:
             rows = slice(lo, min(self.num_voxels, lo + step))
             out = np.zeros((rows.stop - lo, probs.shape[1]), dtype=np.float32)
             if branch != "geometric" and lam > 0.0:
-                s = self.salient[rows] @ probs
+                s = _rows_of(self.salient, rows) @ probs
                 s /= (self.salient_mass[rows] + tau)[:, None]
                 out += np.float32(1.0 if branch == "salient" else lam) * s
             if branch != "salient" and self.geometric is not None and proto is not None:
                 assert self._geo_mass is not None
-                g = self.geometric.weights[rows] @ proto
+                g = _rows_of(self.geometric.weights, rows) @ proto
                 g += self.geometric.tail_mass[rows, None] * mean_probs[None, :]
                 g /= (self._geo_mass[rows] + tau)[:, None]
                 out += np.float32(1.0 if branch == "geometric" else 1.0 - lam) * g

@@ -1,8 +1,14 @@
 """Connected clusters of matching voxels: the "instances" a query answers with.
 
-Connectivity is on the integer voxel grid (26-neighbourhood, optionally widened to bridge
-small gaps) and computed on the sparse set of matching voxels only: the voxel keys are sorted,
-each neighbour offset is looked up with a binary search, and the resulting edges go to
+Connectivity is 26-neighbourhood on a grid of cells ``connectivity_voxels`` voxels wide: the
+matching voxels are binned into cells, cells that touch (or are the same) are connected, and
+a voxel belongs to its cell's component. Voxels at most ``connectivity_voxels`` cells apart are
+therefore always connected (gaps of up to one cell are bridged, as a depth hole in a chair
+seat should be), and voxels more than ``2·connectivity_voxels − 1`` apart never directly.
+Binning first keeps the neighbour search to 13 offsets over far fewer cells than voxels.
+
+Everything works on the sparse set of matches: cell keys are sorted, each neighbour offset is
+looked up with a binary search, and the edges go to
 ``scipy.sparse.csgraph.connected_components``. No dense grid is allocated, so a 10 m room at
 2 cm costs memory proportional to the matches, not to the room's volume.
 """
@@ -24,7 +30,7 @@ from diff2scene.errors import InputError
 class InstanceConfig:
     """How matching voxels are grouped into instances."""
 
-    #: Voxels at most this many cells apart (Chebyshev distance) are connected; 1 = touching.
+    #: Width of the connectivity cells in voxels (see module doc); 1 = touching voxels only.
     connectivity_voxels: int = 2
     #: Clusters with fewer voxels are dropped as noise.
     min_voxels: int = 10
@@ -62,40 +68,38 @@ class Instance:
         return out
 
 
-def _neighbour_offsets(radius: int) -> NDArray[np.int64]:
-    """Half of the (2r+1)^3 − 1 cube offsets (each undirected edge is found once)."""
-    offs = [o for o in product(range(-radius, radius + 1), repeat=3) if o > (0, 0, 0)]
+def _neighbour_offsets() -> NDArray[np.int64]:
+    """Half of the 26 cube offsets (each undirected edge is found once)."""
+    offs = [o for o in product(range(-1, 2), repeat=3) if o > (0, 0, 0)]
     return np.array(offs, dtype=np.int64)
 
 
 def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -> NDArray[np.int32]:
-    """(N,) int32 component label (0..n−1) of each of N distinct integer voxel coordinates."""
+    """(N,) int32 component label (0..n−1) of each of N integer voxel coordinates."""
     if coords.ndim != 2 or coords.shape[1] != 3:
         raise InputError("voxel coordinates must be (N, 3)", f"got {coords.shape}")
-    n = coords.shape[0]
-    if n == 0:
+    if coords.shape[0] == 0:
         return np.zeros(0, dtype=np.int32)
-    r = int(connectivity_voxels)
-    c = coords.astype(np.int64) - coords.min(axis=0) + r
-    dims = c.max(axis=0) + r + 1
-    keys = (c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2]
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
+    cells = np.floor_divide(coords.astype(np.int64), int(connectivity_voxels))
+    cells, cell_of_voxel = np.unique(cells, axis=0, return_inverse=True)
+    n = cells.shape[0]
+    # Padding by one cell on every side keeps key + offset from wrapping into another row.
+    c = cells - cells.min(axis=0) + 1
+    dims = c.max(axis=0) + 2
+    keys = (c[:, 0] * dims[1] + c[:, 1]) * dims[2] + c[:, 2]  # sorted: np.unique sorted rows
     src: list[NDArray[np.int64]] = []
     dst: list[NDArray[np.int64]] = []
-    for off in _neighbour_offsets(r):
-        # Padding by r on every side keeps key + offset from wrapping into another row.
+    for off in _neighbour_offsets():
         target = keys + (off[0] * dims[1] + off[1]) * dims[2] + off[2]
-        pos = np.searchsorted(sorted_keys, target)
-        pos = np.minimum(pos, n - 1)
-        hit = sorted_keys[pos] == target
+        pos = np.minimum(np.searchsorted(keys, target), n - 1)
+        hit = keys[pos] == target
         src.append(np.flatnonzero(hit))
-        dst.append(order[pos[hit]])
+        dst.append(pos[hit])
     rows = np.concatenate(src)
     cols = np.concatenate(dst)
     graph = sp.coo_matrix((np.ones(rows.shape[0], dtype=np.int8), (rows, cols)), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    out: NDArray[np.int32] = np.asarray(labels, dtype=np.int32)
+    _, labels = connected_components(graph.tocsr(), directed=False)
+    out: NDArray[np.int32] = np.asarray(labels, dtype=np.int32)[cell_of_voxel.reshape(-1)]
     return out
 
 
