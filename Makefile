@@ -68,7 +68,7 @@ lint: venv
 	$(VENV)/bin/mypy src/diff2scene diff2scene_ros
 
 test: setup lint
-	$(RUN_ENV) $(VPY) -m pytest -q tests
+	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
 
 demo: setup
 	$(RUN_ENV) $(VPY) -m diff2scene.demo --out demo_out
