@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map-render": ("diff2scene.mapping.cli", "draw a saved map to a PNG"),
     "convert-odise": ("diff2scene.segmentation.cli", "convert the ODISE head checkpoint"),
     "train": ("diff2scene.net3d.cli", "distil 2D masks into the 3D network"),
+    "eval": ("diff2scene.eval.cli", "score a saved map against ground truth"),
 }
 
 
