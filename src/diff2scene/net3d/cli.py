@@ -15,12 +15,8 @@ A minimal CONFIG (every other field of ``TrainConfig`` has a default)::
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-from diff2scene.errors import Diff2SceneError
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -53,23 +49,3 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Stand-alone entry (``python -m diff2scene.net3d.cli train ...``)."""
-    import logging
-
-    parser = argparse.ArgumentParser(prog="diff2scene")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    try:
-        return int(args.func(args))
-    except Diff2SceneError as exc:
-        print(f"diff2scene {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

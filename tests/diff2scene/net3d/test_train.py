@@ -111,7 +111,7 @@ def test_ddp_with_two_processes_on_cpu(tmp_path, scene_factory) -> None:
             "--standalone",
             "--nproc_per_node=2",
             "-m",
-            "diff2scene.net3d.cli",
+            "diff2scene.cli",
             "train",
             str(cfg_path),
             "--no-progress",
