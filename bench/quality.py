@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -58,6 +59,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=300, help="frames rendered per scene")
     parser.add_argument("--epochs", type=int, default=20, help="3D distillation epochs")
     parser.add_argument("--seeds", type=int, default=0, help="use only the first N seeds")
+    parser.add_argument("--device", default="cpu", help="torch device of the 3D network")
+    parser.add_argument("--jobs", type=int, default=1, help="scenes synthesised in parallel")
     args = parser.parse_args()
     torch.set_num_threads(2)
     seeds = read_seeds()
@@ -66,12 +69,12 @@ def main() -> None:
     t_start = time.perf_counter()
     synth_cfg = SynthConfig()
     synth_cfg.render.n_frames = args.frames
-    scene_dirs = []
-    for seed in seeds:
-        out = args.work / f"scene_{seed:04d}"
-        if not (out / BAG_DIR).is_dir():
-            synthesize(out, seed, synth_cfg)
-        scene_dirs.append(out)
+    scene_dirs = [args.work / f"scene_{seed:04d}" for seed in seeds]
+    todo = [(d, s) for d, s in zip(scene_dirs, seeds, strict=True) if not (d / BAG_DIR).is_dir()]
+    with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        for _ in pool.map(synthesize, [d for d, _ in todo], [s for _, s in todo],
+                          [synth_cfg] * len(todo)):  # fmt: skip
+            pass
 
     replay_cfg = ReplayConfig()
     replay_cfg.segmenter.oracle = OracleConfig(**ORACLE_NOISE)  # type: ignore[arg-type]
@@ -85,6 +88,7 @@ def main() -> None:
         cache_dir=args.work / "net3d" / "cache",
         model=MinkUNetConfig(head_dims=dict(dims)),
         epochs=args.epochs,
+        device=args.device,
         batch_size=min(8, len(scene_dirs)),
         lr=1e-3,
         max_views_per_step=8,
@@ -96,7 +100,7 @@ def main() -> None:
     trained = train(train_cfg, progress=False)
     if trained.checkpoint is None:
         raise RuntimeError("distillation wrote no checkpoint")
-    net = Net3D.from_config(Net3DConfig(checkpoint=trained.checkpoint))
+    net = Net3D.from_config(Net3DConfig(checkpoint=trained.checkpoint, device=args.device))
 
     names = [c.name for c in CLASSES]
     query_cfg = QueryConfig(background_vocabulary="", background_extra=tuple(names))
