@@ -23,12 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from diff2scene.config import to_dict
 from diff2scene.errors import Diff2SceneError, InputError
 from diff2scene.mapping.keyframes import KeyframeConfig, KeyframeSelector
 from diff2scene.mapping.mapper import Mapper, MapperConfig
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig
+from diff2scene.net3d.inference import Net3D, Net3DConfig
 from diff2scene.segmentation.base import Segmenter2D
 from diff2scene.types import Frame
 
@@ -50,12 +53,20 @@ class PipelineConfig:
     threaded: bool = True
     #: Memberships kept per voxel (top-k of (mask id, B3d) pairs).
     members_per_voxel: int = 8
+    #: The 3D network run over the map (its checkpoint comes from ``diff2scene train``);
+    #: None = no geometric branch, queries use the unprojected 2D masks alone.
+    net3d: Net3DConfig | None = None
+    #: Refresh the 3D features after every n-th segmented keyframe (and on flush); 0 = on
+    #: flush only.
+    net3d_every_keyframes: int = 10
 
     def __post_init__(self) -> None:
         if self.keyframe_queue_size < 1:
             raise ValueError("keyframe_queue_size must be >= 1")
         if self.members_per_voxel < 1:
             raise ValueError("members_per_voxel must be >= 1")
+        if self.net3d_every_keyframes < 0:
+            raise ValueError("net3d_every_keyframes must be >= 0")
 
 
 @dataclass
@@ -68,6 +79,8 @@ class PipelineStats:
     segment_errors: Counter[str] = field(default_factory=Counter)
     segment_s_total: float = 0.0
     integrate_s_total: float = 0.0
+    net3d_runs: int = 0
+    net3d_s_total: float = 0.0
 
 
 class Pipeline:
@@ -88,6 +101,7 @@ class Pipeline:
         self.lock = threading.RLock()
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=config.keyframe_queue_size)
         self._next_keyframe_id = 0
+        self.net3d = Net3D.from_config(config.net3d) if config.net3d is not None else None
         self._worker: threading.Thread | None = None
         self._closed = False
         if config.threaded:
@@ -170,13 +184,40 @@ class Pipeline:
             _LOG.warning("keyframe %d not added to the map: %s", frame.index, exc)
             return
         self.stats.keyframes_segmented += 1
+        every = self.config.net3d_every_keyframes
+        if every and self.stats.keyframes_segmented % every == 0:
+            self.refresh_3d()
+
+    def refresh_3d(self) -> None:
+        """Bring the 3D features up to date with the map (new voxels only; no-op without Net3D).
+
+        The network runs on a snapshot outside the lock, so integration and queries go on
+        meanwhile; voxels added during the run get zero features until the next refresh.
+        """
+        if self.net3d is None:
+            return
+        t0 = time.perf_counter()
+        with self.lock:
+            coords, colors = self.map.coords.copy(), self.map.colors.copy()
+        done = self.net3d.num_voxels
+        self.net3d.update(coords, colors, changed=np.arange(done, coords.shape[0]))
+        with self.lock:
+            m = self.map.num_voxels  # >= coords.shape[0]: voxels are only ever appended
+            features = {}
+            for space, f in self.net3d.features.items():
+                pad = np.zeros((m - f.shape[0], f.shape[1]), dtype=f.dtype)
+                features[space] = np.concatenate([f, pad]) if pad.size else f.copy()
+            self.map.features_3d = features
+        self.stats.net3d_runs += 1
+        self.stats.net3d_s_total += time.perf_counter() - t0
 
     def flush(self) -> None:
-        """Wait until every queued keyframe is segmented, then refresh the map's surface."""
+        """Wait until every queued keyframe is segmented, then refresh surface and 3D features."""
         if self._worker is not None:
             self._queue.join()
         with self.lock:
             self.map.apply_surface_update(self.mapper.update_voxels())
+        self.refresh_3d()
 
     def close(self) -> None:
         """Finish queued work and stop the worker. The map stays usable."""
@@ -212,6 +253,13 @@ class Pipeline:
             mapper = Mapper(self.config.mapper)
             mapper.seed_voxels(loaded.coords, loaded.colors)
             self.map, self.mapper = loaded, mapper
+            if self.net3d is not None:  # features of the loaded map, or recompute them all
+                dims = {s: f.shape[1] for s, f in self.net3d.features.items()}
+                fits = {s: f.shape[1] for s, f in loaded.features_3d.items()} == dims
+                self.net3d.features = {
+                    s: (loaded.features_3d[s].copy() if fits else np.zeros((0, d), np.float16))
+                    for s, d in dims.items()
+                }
 
     def stats_dict(self) -> dict[str, Any]:
         s = self.stats
@@ -226,6 +274,8 @@ class Pipeline:
             "masks": self.map.mask_bank.num_masks,
             "integrate_ms_mean": 1e3 * s.integrate_s_total / max(s.frames_in, 1),
             "segment_ms_mean": 1e3 * s.segment_s_total / max(s.keyframes_segmented, 1),
+            "net3d_runs": s.net3d_runs,
+            "net3d_ms_mean": 1e3 * s.net3d_s_total / max(s.net3d_runs, 1),
         }
         out.update({f"frames_skipped_{k}": v for k, v in self.mapper.stats.skipped.items()})
         out.update({f"segment_errors_{k}": v for k, v in s.segment_errors.items()})

@@ -124,3 +124,24 @@ def test_model_failure_keeps_the_map(room) -> None:
     pipe.close()
     assert pipe.stats.segment_errors["RuntimeError"] == pipe.stats.keyframes_selected >= 1
     assert pipe.map.num_voxels > 0
+
+
+def test_3d_features_follow_the_growing_map(room, encoder) -> None:
+    from diff2scene.net3d.inference import Net3DConfig
+
+    frames, table = room
+    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    cfg = _config(threaded=False, net3d=Net3DConfig(backend="reference"), net3d_every_keyframes=1)
+    pipe = Pipeline(cfg, oracle)
+    for frame in frames[:8]:
+        pipe.add_frame(frame)
+    runs = pipe.stats.net3d_runs
+    assert runs >= 1
+    pipe.close()
+    smap = pipe.map
+    assert set(smap.features_3d) == {"diffusion", "clip"}
+    assert all(f.shape == (smap.num_voxels, f.shape[1]) for f in smap.features_3d.values())
+    assert all(f.dtype == np.float16 for f in smap.features_3d.values())
+    # every voxel, early or late, got features (a row of exact zeros = never computed)
+    assert all(np.any(f != 0, axis=1).all() for f in smap.features_3d.values())
+    assert pipe.stats_dict()["net3d_runs"] == pipe.stats.net3d_runs > runs
