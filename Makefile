@@ -71,7 +71,7 @@ test: setup lint
 	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
 
 demo: setup
-	$(RUN_ENV) $(VPY) -m diff2scene.demo --out demo_out
+	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) -m diff2scene.demo --out demo_out
 
 bench: setup
 	$(RUN_ENV) $(VPY) -m bench.run_all
