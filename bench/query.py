@@ -50,7 +50,10 @@ def build_map(
     k_masks = keyframes * masks_per_kf
     mask_obj = rng.integers(0, objects, k_masks)
     templates = QueryConfig().templates or encoder.config.templates
-    text = ensemble_embeddings(encoder, CLASSES, templates)
+    # One class per forward, as a query phrase is encoded: with random weights the class
+    # embeddings are nearly parallel, and batch-dependent float rounding would otherwise decide
+    # whether a class-name query matches its own masks.
+    text = np.concatenate([ensemble_embeddings(encoder, [c], templates) for c in CLASSES])
     clip = text[obj_class[mask_obj]] + 0.02 * rng.standard_normal((k_masks, text.shape[1]))
     clip /= np.linalg.norm(clip, axis=1, keepdims=True)
     diff = clip @ oracle.projection
