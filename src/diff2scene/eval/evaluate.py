@@ -266,8 +266,11 @@ def write_report(report: dict[str, Any], out_dir: str | Path, *, name: str = "ev
     json_path = out / f"{name}.json"
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     branches: dict[str, dict[str, Any]] = report["branches"]
-    split_keys = sorted({k for e in branches.values() for k in e if k.startswith("miou_")},
-                        key=lambda k: (k != "miou_all", k))  # fmt: skip
+    order = {"miou_all": 0, "miou_head": 1, "miou_common": 2, "miou_tail": 3}
+    split_keys = sorted(
+        {k for e in branches.values() for k in e if k.startswith("miou_")},
+        key=lambda k: (order.get(k, 4), k),
+    )
 
     def fmt(v: Any) -> str:
         return "–" if v is None else f"{100 * v:.1f}"
