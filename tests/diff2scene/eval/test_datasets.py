@@ -44,7 +44,7 @@ def write_scannet(directory: Path, scene: str = "scene0000_00") -> None:
                     {"objectId": 1, "label": "wall", "segments": [9]},
                 ]
             }
-        )  # fmt: skip
+        )
     )
 
 
