@@ -53,9 +53,11 @@ class PipelineConfig:
     threaded: bool = True
     #: Memberships kept per voxel (top-k of (mask id, B3d) pairs).
     members_per_voxel: int = 8
-    #: The 3D network run over the map (its checkpoint comes from ``diff2scene train``);
-    #: None = no geometric branch, queries use the unprojected 2D masks alone.
-    net3d: Net3DConfig | None = None
+    #: Run the 3D network over the map (geometric branch); off = queries use the unprojected
+    #: 2D masks alone.
+    net3d_enabled: bool = False
+    #: The 3D network (its checkpoint comes from ``diff2scene train``).
+    net3d: Net3DConfig = field(default_factory=Net3DConfig)
     #: Refresh the 3D features after every n-th segmented keyframe (and on flush); 0 = on
     #: flush only.
     net3d_every_keyframes: int = 10
@@ -101,7 +103,7 @@ class Pipeline:
         self.lock = threading.RLock()
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=config.keyframe_queue_size)
         self._next_keyframe_id = 0
-        self.net3d = Net3D.from_config(config.net3d) if config.net3d is not None else None
+        self.net3d = Net3D.from_config(config.net3d) if config.net3d_enabled else None
         self._worker: threading.Thread | None = None
         self._closed = False
         if config.threaded:

@@ -131,7 +131,12 @@ def test_3d_features_follow_the_growing_map(room, encoder) -> None:
 
     frames, table = room
     oracle = OracleSegmenter(table, encoder, OracleConfig())
-    cfg = _config(threaded=False, net3d=Net3DConfig(backend="reference"), net3d_every_keyframes=1)
+    cfg = _config(
+        threaded=False,
+        net3d_enabled=True,
+        net3d=Net3DConfig(backend="reference"),
+        net3d_every_keyframes=1,
+    )
     pipe = Pipeline(cfg, oracle)
     for frame in frames[:8]:
         pipe.add_frame(frame)
