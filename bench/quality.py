@@ -26,7 +26,7 @@ from diff2scene.eval.datasets import load_synthetic
 from diff2scene.eval.evaluate import EvalConfig, evaluate_scene, summarise, write_report
 from diff2scene.net3d.inference import Net3D, Net3DConfig
 from diff2scene.net3d.model import MinkUNetConfig
-from diff2scene.net3d.train import SegmenterSpec, TrainConfig, train
+from diff2scene.net3d.train import TrainConfig, train
 from diff2scene.query.engine import QueryConfig, QueryEngine
 from diff2scene.query.ensemble import EnsembleConfig
 from diff2scene.replay import ReplayConfig, build_segmenter, replay
@@ -56,19 +56,26 @@ def read_seeds(path: Path = SEEDS_FILE) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--work", type=Path, default=Path("runs/bench_quality"))
-    parser.add_argument("--frames", type=int, default=300, help="frames rendered per scene")
-    parser.add_argument("--epochs", type=int, default=20, help="3D distillation epochs")
+    parser.add_argument("--frames", type=int, default=150, help="frames rendered per scene")
+    parser.add_argument("--epochs", type=int, default=60, help="3D distillation epochs")
+    parser.add_argument("--width", type=int, default=320, help="image width, pixels")
+    parser.add_argument("--height", type=int, default=240, help="image height, pixels")
+    parser.add_argument("--voxel-size-m", type=float, default=0.05, help="map voxel size, m")
+    parser.add_argument("--lr", type=float, default=1e-2, help="distillation learning rate")
+    parser.add_argument("--full-model", action="store_true",
+                        help="train the full MinkUNet18A instead of the narrow preset")
     parser.add_argument("--seeds", type=int, default=0, help="use only the first N seeds")
     parser.add_argument("--device", default="cpu", help="torch device of the 3D network")
     parser.add_argument("--jobs", type=int, default=1, help="scenes synthesised in parallel")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # see tests/conftest.py: more threads were slower on 2 cores
     seeds = read_seeds()
     if args.seeds:
         seeds = seeds[: args.seeds]
     t_start = time.perf_counter()
     synth_cfg = SynthConfig()
     synth_cfg.render.n_frames = args.frames
+    synth_cfg.render.width, synth_cfg.render.height = args.width, args.height
     scene_dirs = [args.work / f"scene_{seed:04d}" for seed in seeds]
     todo = [(d, s) for d, s in zip(scene_dirs, seeds, strict=True) if not (d / BAG_DIR).is_dir()]
     with ProcessPoolExecutor(max_workers=max(1, args.jobs)) as pool:
@@ -77,6 +84,7 @@ def main() -> None:
             pass
 
     replay_cfg = ReplayConfig()
+    replay_cfg.pipeline.mapper.voxel_size_m = args.voxel_size_m
     replay_cfg.segmenter.oracle = OracleConfig(**ORACLE_NOISE)  # type: ignore[arg-type]
     segmenter, encoder = build_segmenter(replay_cfg.segmenter, bag=scene_dirs[0] / BAG_DIR)
     dims = segmenter.embedding_dims
@@ -86,16 +94,16 @@ def main() -> None:
         scenes=scene_dirs,
         out_dir=args.work / "net3d",
         cache_dir=args.work / "net3d" / "cache",
-        model=MinkUNetConfig(head_dims=dict(dims)),
+        model=MinkUNetConfig(head_dims=dict(dims)) if args.full_model
+        else MinkUNetConfig.narrow(dims),
+        mapper=replay_cfg.pipeline.mapper,
         epochs=args.epochs,
         device=args.device,
         batch_size=min(8, len(scene_dirs)),
-        lr=1e-3,
+        lr=args.lr,
         max_views_per_step=8,
         checkpoint_every_epochs=max(1, args.epochs),
-        segmenter=SegmenterSpec(
-            name="oracle", options=dict(ORACLE_NOISE), text_encoder=replay_cfg.segmenter.text
-        ),
+        segmenter=replay_cfg.segmenter,
     )
     trained = train(train_cfg, progress=False)
     if trained.checkpoint is None:
@@ -137,6 +145,9 @@ def main() -> None:
     figures["seeds"] = seeds
     figures["frames_per_scene"] = args.frames
     figures["distillation_epochs"] = args.epochs
+    figures["image_size"] = f"{args.width}x{args.height}"
+    figures["voxel_size_m"] = args.voxel_size_m
+    figures["net3d_model"] = "MinkUNet18A" if args.full_model else "narrow MinkUNet (8-16 ch)"
     figures["wall_s"] = round(time.perf_counter() - t_start, 1)
     figures["process_peak_rss_mb"] = round(peak_rss_mb(), 0)
     write_results(

@@ -49,8 +49,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from diff2scene.query.engine import QueryConfig, QueryEngine
     from diff2scene.query.labelling import LabellingConfig, label_map
     from diff2scene.replay import ReplayConfig, SegmenterConfig, build_segmenter, replay
-    from diff2scene.segmentation.clip import ClipConfig
-    from diff2scene.segmentation.text import TextEncoderConfig
     from diff2scene.synth.dataset import SynthConfig, synthesize
     from diff2scene.synth.render import RenderConfig
 
@@ -87,17 +85,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     summary["pipeline"] = stats
     _done(t0)
 
-    t0 = _step(f"3/5 mask distillation into the 3D network ({args.train_epochs} epochs, CPU)")
+    t0 = _step(f"3/5 mask distillation into a narrow MinkUNet ({args.train_epochs} epochs, CPU)")
     train_cfg = TrainConfig(
         scenes=[scene_dir],
         out_dir=out / "net3d",
         cache_dir=out / "net3d" / "cache",
-        # A narrow MinkUNet (same layout, 8-16 channels): the full MinkUNet18A takes about a
-        # minute per training step on a 2-core CPU (bench/results/net3d.md).
-        model=MinkUNetConfig(
-            init_dim=8, stem_kernel=3, planes=(8, 16, 16, 16, 16, 16, 16, 16), layers=(1,) * 8,
-            head_dims=dict(segmenter.embedding_dims),
-        ),
+        model=MinkUNetConfig.narrow(segmenter.embedding_dims),
         max_views_per_step=8,
         epochs=args.train_epochs,
         batch_size=1,
@@ -106,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         checkpoint_every_epochs=args.train_epochs,
         holdout_every=4,
     )
-    train_cfg.segmenter.text_encoder = TextEncoderConfig(clip=ClipConfig.tiny_profile())
+    train_cfg.segmenter = cfg.segmenter
     result = train(train_cfg, progress=False)
     iou0, iou1 = (result.metrics.get(k, {}) for k in ("heldout_iou_initial", "heldout_iou_final"))
     print(f"   distillation loss {result.losses[0]:.3f} → {result.losses[-1]:.3f}")

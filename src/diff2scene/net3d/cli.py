@@ -9,7 +9,7 @@ A minimal CONFIG (every other field of ``TrainConfig`` has a default)::
     out_dir: runs/net3d
     epochs: 200
     batch_size: 8
-    segmenter: {name: oracle, options: {boundary_px: 2, embedding_noise: 0.2}}
+    segmenter: {kind: oracle, oracle: {boundary_px: 2, embedding_noise: 0.2}}
 """
 
 from __future__ import annotations

@@ -47,6 +47,18 @@ class MinkUNetConfig:
     #: Add a bias to the heads (OpenScene's final 1×1 convolution has none).
     head_bias: bool = False
 
+    @classmethod
+    def narrow(cls, head_dims: dict[str, int]) -> MinkUNetConfig:
+        """MinkUNet18A's layout at 8-16 channels and one block per stage (~1/50 of the compute).
+
+        For CPU-only demos and benchmarks: the full network takes about a minute per training
+        step on a 2-core CPU (bench/results/net3d.md).
+        """
+        return cls(
+            init_dim=8, stem_kernel=3, planes=(8, 16, 16, 16, 16, 16, 16, 16),
+            layers=(1,) * 8, head_dims=dict(head_dims),
+        )
+
     def __post_init__(self) -> None:
         if len(self.planes) != 8 or len(self.layers) != 8:
             raise ConfigError("planes and layers need 8 entries (4 down + 4 up stages)")

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
-from diff2scene.config import from_dict, to_dict
+from diff2scene.config import to_dict
 from diff2scene.errors import ConfigError, DataFormatError
 from diff2scene.io.bag import BagSourceConfig
 from diff2scene.mapping import KeyframeConfig, MapperConfig, UnprojectConfig
@@ -46,27 +46,11 @@ from diff2scene.net3d.data import (
 from diff2scene.net3d.loss import ViewBatch, distillation_loss, mask_iou
 from diff2scene.net3d.model import MinkUNet, MinkUNetConfig, count_parameters
 from diff2scene.net3d.sparse import make_sparse_tensor, resolve_backend
-from diff2scene.segmentation.base import Segmenter2D
-from diff2scene.segmentation.text import TextEncoderConfig
+from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
 
 _LOG = logging.getLogger(__name__)
 
 #: 2D segmenters that can build scene caches.
-SEGMENTERS: tuple[str, ...] = ("oracle",)
-
-
-@dataclass
-class SegmenterSpec:
-    """Which 2D segmenter labels the keyframes when a scene cache is built."""
-
-    #: One of :data:`SEGMENTERS`.
-    name: str = "oracle"
-    #: Fields of that segmenter's config (``OracleConfig`` for the oracle; strictly checked).
-    options: dict[str, Any] = field(default_factory=dict)
-    #: Text encoder giving the oracle's class-name embeddings.
-    text_encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-
-
 @dataclass
 class TrainConfig:
     """Everything a distillation run needs; YAML keys are these field names."""
@@ -105,8 +89,8 @@ class TrainConfig:
     seed: int = 0
     #: Write a checkpoint every this many epochs (and always after the last one).
     checkpoint_every_epochs: int = 10
-    #: 2D segmenter for building caches from bags.
-    segmenter: SegmenterSpec = field(default_factory=SegmenterSpec)
+    #: 2D segmenter for building caches from bags (the oracle needs synthetic scene dirs).
+    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     #: Bag reading (topics, sync) for scenes given as bags.
     bag: BagSourceConfig = field(default_factory=BagSourceConfig)
     #: Voxel fusion for scenes given as bags.
@@ -125,10 +109,6 @@ class TrainConfig:
             raise ConfigError("holdout_every and max_views_per_step must be >= 0")
         if self.checkpoint_every_epochs < 1:
             raise ConfigError("checkpoint_every_epochs must be >= 1")
-        if self.segmenter.name not in SEGMENTERS:
-            raise ConfigError(
-                f"unknown segmenter {self.segmenter.name!r}; known: {list(SEGMENTERS)}"
-            )
 
 
 @dataclass
@@ -139,25 +119,6 @@ class TrainResult:
     step: int
     metrics: dict[str, Any]
     checkpoint: Path | None = None
-
-
-def build_segmenter(spec: SegmenterSpec, scene: Path) -> Segmenter2D:
-    """The segmenter that labels ``scene``'s keyframes (the oracle reads its ground truth).
-
-    The oracle needs the scene's instance → class table, i.e. a synthetic dataset directory
-    with ``scene.json`` (``diff2scene.synth``); a bare bag cannot be oracle-segmented.
-    """
-    if spec.name == "oracle":
-        from diff2scene.segmentation.oracle import OracleConfig, OracleSegmenter
-        from diff2scene.segmentation.text import ClipTextEncoder
-        from diff2scene.synth.groundtruth import GroundTruth
-
-        return OracleSegmenter(
-            GroundTruth.load(scene).instance_classes(),
-            ClipTextEncoder.from_config(spec.text_encoder),
-            from_dict(OracleConfig, spec.options, where="segmenter.options"),
-        )
-    raise ConfigError(f"unknown segmenter {spec.name!r}; known: {list(SEGMENTERS)}")
 
 
 def _cache_path(config: TrainConfig, scene: Path) -> Path:
@@ -188,11 +149,11 @@ def prepare_scene(config: TrainConfig, scene: Path) -> Path:
     source = BagFrameSource(bag, config.bag)
     data = build_scene(
         source,
-        build_segmenter(config.segmenter, scene),
+        build_segmenter(config.segmenter, bag=bag)[0],
         mapper_config=config.mapper,
         keyframe_config=config.keyframes,
         unproject_config=config.unproject,
-        segmenter_name=config.segmenter.name,
+        segmenter_name=config.segmenter.kind,
     )
     if not data.views:
         raise DataFormatError(f"{scene}: no keyframe produced distillation targets")

@@ -184,9 +184,9 @@ def test_training_from_a_synthetic_dataset_builds_the_cache_once(
             "epochs": 2,
             "batch_size": 1,
             "segmenter": {
-                "name": "oracle",
-                "options": {"boundary_px": 1},
-                "text_encoder": {"clip": to_dict(ClipConfig.tiny_profile())},
+                "kind": "oracle",
+                "oracle": {"boundary_px": 1},
+                "text": {"clip": to_dict(ClipConfig.tiny_profile())},
             },
             "mapper": {"voxel_size_m": 0.05, "device": "CPU:0"},
             "keyframes": {"min_translation_m": 0.05, "min_rotation_deg": 5.0},
