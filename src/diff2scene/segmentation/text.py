@@ -12,6 +12,7 @@ import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -164,7 +165,7 @@ class ClipTextEncoder:
         with self._model_lock, torch.inference_mode():
             for start in range(0, len(texts), self.config.batch_size):
                 tokens = self._bundle.tokenizer(texts[start : start + self.config.batch_size])
-                feats = model.encode_text(tokens.to(device)).float()
+                feats = _encode_text_truncated(model, tokens.to(device)).float()
                 feats = torch.nn.functional.normalize(feats, dim=-1)
                 chunks.append(feats.cpu().numpy().astype(np.float32, copy=False))
         return np.concatenate(chunks, axis=0)
@@ -209,3 +210,31 @@ def default_templates(encoder: TextEncoder) -> tuple[str, ...]:
     if isinstance(encoder, ClipTextEncoder):
         return encoder.config.templates
     return DEFAULT_TEMPLATES
+
+
+def _encode_text_truncated(model: Any, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text`` run on only the tokens up to the batch's last end-of-text token.
+
+    CLIP's text tower is causal and reads its output at the end-of-text token (the largest
+    token id), so the padding after it cannot change the result; dropping it makes a short
+    query several times cheaper than the full 77-token pass. Models that pool differently or
+    have no causal mask go through ``encode_text`` unchanged.
+    """
+    mask = getattr(model, "attn_mask", None)
+    if getattr(model, "text_pool_type", None) != "argmax" or mask is None:
+        return model.encode_text(tokens)  # type: ignore[no-any-return]
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    tokens = tokens[:, :length]
+    cast_dtype = model.transformer.get_cast_dtype()
+    x = model.token_embedding(tokens).to(cast_dtype)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=mask[:length, :length])
+    x = model.ln_final(x)
+    pooled: torch.Tensor = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+    projection = model.text_projection
+    if projection is None:
+        return pooled
+    out: torch.Tensor = (
+        projection(pooled) if isinstance(projection, torch.nn.Linear) else pooled @ projection
+    )
+    return out

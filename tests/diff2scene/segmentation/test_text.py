@@ -127,3 +127,17 @@ def test_concurrent_callers_get_consistent_results(bundle) -> None:
 def test_from_config_builds_tiny(bundle) -> None:
     enc = ClipTextEncoder.from_config(TextEncoderConfig(clip=ClipConfig.tiny_profile()))
     np.testing.assert_allclose(enc.encode(["door"]), make(bundle).encode(["door"]), atol=1e-6)
+
+
+def test_truncated_text_pass_equals_the_full_one() -> None:
+    import torch
+
+    from diff2scene.segmentation.clip import ClipConfig, build_clip
+    from diff2scene.segmentation.text import _encode_text_truncated
+
+    bundle = build_clip(ClipConfig.tiny_profile(seed=3))
+    tokens = bundle.tokenizer(["a chair", "the white sneaker closest to the desk chair", ""])
+    with torch.inference_mode():
+        full = bundle.model.encode_text(tokens)
+        short = _encode_text_truncated(bundle.model, tokens)
+    torch.testing.assert_close(short, full, rtol=1e-5, atol=1e-5)
