@@ -48,7 +48,7 @@ $(VENV)/bin/python:
 # on this machine's disk, DESIGN §4) so a fresh machine gets the same set.
 $(STAMP_DEPS): requirements.lock | $(VENV)/bin/python
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" || true
-	$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy" 2>/dev/null || \
+	@$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy" 2>/dev/null || \
 	  { echo "dependency install failed"; exit 1; }
 	touch $@
 

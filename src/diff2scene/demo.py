@@ -150,7 +150,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res = engine.query(text, top_k=3)
         best = res.instances[0] if res.instances else None
         line = (f"   {text!r:<40} → {len(res.instances)} instance(s)"
-                + (f", best score {best.score:.2f} at {np.round(best.centroid_m, 2).tolist()}"
+                + (f", best score {best.score:.2f} at ("
+                   + ", ".join(f"{c:.2f}" for c in np.asarray(best.centroid_m)) + ") m"
                    if best else ""))
         print(line)
         answers.append({
@@ -168,6 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             render_map(smap.points_m, out / "query.png", labels=labels, title=f"query: {text}",
                        config=room_view)
     summary["queries"] = answers
+    print("   (the text tower is tiny and random here: class names match the oracle's masks, but")
+    print("    attribute words like colours carry no meaning without real CLIP weights)")
     _done(t0)
     return summary
 
@@ -184,11 +187,15 @@ def _demo_queries(gt: Any, report: dict[str, Any]) -> list[str]:
     for inst in objects:
         counts[inst.class_name] = counts.get(inst.class_name, 0) + 1
     common = sorted(counts, key=lambda n: (-counts[n], n))
-    queries = [common[0]] if common else ["chair"]
+    queries = common[:2] if common else ["chair"]
     if objects:
         first = objects[0]
         queries.append(f"{first.colour_name} {first.class_name}")
-    relations = [q["query"] for q in report.get("queries", []) if " the " in q["query"]]
+    structure = ("wall", "floor", "ceiling")
+    relations = [
+        q["query"] for q in report.get("queries", [])
+        if " the " in q["query"] and not any(w in q["query"] for w in structure)
+    ]
     queries += relations[:2]
     queries.append("grand piano")
     return queries
