@@ -218,30 +218,21 @@ class QueryEngine:
         t1 = time.perf_counter()
         scores = self.phrase_scores(phrases, branch)
         t2 = time.perf_counter()
-        target_scores = np.ascontiguousarray(scores[:, 0])
-        matched = np.flatnonzero(target_scores >= threshold).astype(np.int64)
         cfg = self.config.instances
-        targets = find_instances(
-            parsed.target,
-            matched,
-            target_scores,
-            coords=self.coords,
-            points_m=self.points_m,
-            config=cfg,
-        )
+
+        def instances_of(label: str, column: int) -> tuple[NDArray[np.float32], list[Instance]]:
+            col_scores = np.ascontiguousarray(scores[:, column])
+            hits = np.flatnonzero(col_scores >= threshold).astype(np.int64)
+            found = find_instances(
+                label, hits, col_scores, coords=self.coords, points_m=self.points_m, config=cfg
+            )
+            return col_scores, found
+
+        target_scores, targets = instances_of(parsed.target, 0)
+        matched = np.flatnonzero(target_scores >= threshold).astype(np.int64)
         anchors: list[Instance] = []
         if parsed.relation is not None and parsed.anchor is not None:
-            a_col = 0 if parsed.anchor == parsed.target else 1
-            a_scores = np.ascontiguousarray(scores[:, a_col])
-            a_matched = np.flatnonzero(a_scores >= threshold).astype(np.int64)
-            anchors = find_instances(
-                parsed.anchor,
-                a_matched,
-                a_scores,
-                coords=self.coords,
-                points_m=self.points_m,
-                config=cfg,
-            )
+            _, anchors = instances_of(parsed.anchor, 0 if parsed.anchor == parsed.target else 1)
             targets = rerank(
                 parsed.relation, targets, anchors, self.config.relations, self.viewpoint_m
             )
