@@ -137,6 +137,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         LabellingConfig(classes=tuple(eval_scene.class_names)),
     )
     render_map(smap.points_m, out / "map_labels.png", labels=labelling.labels,
+               label_names=labelling.names,
                title="ensemble labels", config=room_view)
     render_map(smap.points_m, out / "map_rgb.png", colors=smap.colors, title="fused colour",
                config=room_view)

@@ -6,12 +6,14 @@ headless robot or CI machine; Open3D's offscreen renderer needs EGL, which is no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from numpy.typing import NDArray
 
 from diff2scene.errors import InputError
@@ -78,13 +80,15 @@ def render_map(
     *,
     colors: NDArray[np.uint8] | None = None,
     labels: NDArray[np.integer] | None = None,
+    label_names: Sequence[str] | None = None,
     title: str = "",
     config: RenderConfig | None = None,
 ) -> Path:
     """Draw a top-down and a perspective view of ``points_m`` (M, 3) to a PNG at ``path``.
 
     Points are coloured by ``colors`` (M, 3) uint8, or by ``labels`` (M,) through
-    :func:`label_palette`; exactly one of the two must be given.
+    :func:`label_palette`; exactly one of the two must be given. With ``label_names``
+    (name of label i), a legend names the labels present, so a reader can tell the classes.
     """
     cfg = config or RenderConfig()
     pts = np.asarray(points_m, dtype=np.float32)
@@ -116,6 +120,18 @@ def render_map(
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         persp.set_box_aspect(tuple(np.maximum(hi - lo, 1e-3).tolist()))
     persp.set_title("perspective")
+    if labels is not None and label_names is not None:
+        present = np.unique(np.asarray(labels))
+        present = present[(present >= 0) & (present < len(label_names))]
+        palette = label_palette(int(present.max()) + 1) if present.size else None
+        handles = [
+            Line2D([], [], ls="", marker="o", color=palette[i] / 255.0, label=label_names[i])
+            for i in present.tolist()
+            if palette is not None
+        ]
+        if handles:
+            fig.legend(handles=handles, loc="center right", fontsize="small", frameon=False)
+            fig.subplots_adjust(right=0.85)
     if title:
         fig.suptitle(title)
     path = Path(path)

@@ -37,3 +37,14 @@ def test_render_labelled_and_coloured_maps(tmp_path):
         render_map(pts, tmp_path / "x.png", config=cfg)
     with pytest.raises(InputError):
         render_map(pts, tmp_path / "x.png", labels=np.zeros(5, int), config=cfg)
+
+
+def test_legend_names_the_labels_present(tmp_path):
+    pts = np.random.default_rng(1).random((500, 3)).astype(np.float32)
+    labels = np.where(pts[:, 0] < 0.5, 2, -1)
+    cfg = RenderConfig(figure_size_in=(6.0, 3.0), dots_per_inch=50)
+    plain = np.asarray(Image.open(render_map(pts, tmp_path / "a.png", labels=labels, config=cfg)))
+    named = np.asarray(Image.open(render_map(
+        pts, tmp_path / "b.png", labels=labels, label_names=["wall", "floor", "chair"], config=cfg
+    )))
+    assert plain.shape == named.shape and not np.array_equal(plain, named)
