@@ -38,7 +38,7 @@ class Net3DConfig:
 
     #: Checkpoint with the trained network (training or weights-only); None = untrained.
     checkpoint: Path | None = None
-    #: Sparse backend: auto (spconv if installed, else reference), reference or spconv.
+    #: Sparse backend: auto (spconv on CUDA, reference on CPU), reference or spconv.
     backend: str = "auto"
     #: Torch device ("cpu", "cuda", ...).
     device: str = "cpu"

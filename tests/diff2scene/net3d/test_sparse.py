@@ -140,8 +140,9 @@ def test_backend_resolution() -> None:
     assert resolve_backend("reference", training=False, device=cpu) == "reference"
     with pytest.raises(ConfigError):
         resolve_backend("dense", training=False, device=cpu)
+    assert resolve_backend("auto", training=False, device=cpu) == "reference"
     if spconv_backend.available():
-        assert resolve_backend("auto", training=False, device=cpu) == "spconv"
+        assert resolve_backend("spconv", training=False, device=cpu) == "spconv"
         with pytest.raises(ConfigError, match="CPU"):
             resolve_backend("spconv", training=True, device=cpu)
 

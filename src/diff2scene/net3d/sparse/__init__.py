@@ -30,9 +30,10 @@ BackendChoice = Literal["auto", "reference", "spconv"]
 def resolve_backend(choice: str, *, training: bool, device: torch.device) -> Backend:
     """The backend to run, given what was asked for and what the run needs.
 
-    ``auto`` takes spconv wherever it works (inference anywhere, training on CUDA: it is the
-    faster one, see ``bench/net3d.py``) and the reference backend otherwise (CPU training, or
-    spconv not installed).
+    ``auto`` takes spconv on CUDA and the reference backend on CPU: spconv cannot train on CPU,
+    and its CPU kernels must run on one thread (they race with more), which made them slower
+    than the reference backend at inference too (200k voxels on a quiet 2-core CPU: 6.4 s vs
+    5.1 s, ``bench/results/net3d.json``).
     """
     if choice not in ("auto", "reference", "spconv"):
         raise ConfigError(f"unknown sparse backend {choice!r}; use auto, reference or spconv")
@@ -48,9 +49,7 @@ def resolve_backend(choice: str, *, training: bool, device: torch.device) -> Bac
                 "spconv cannot train on CPU (its backward calls CUDA); use 'reference' or 'auto'"
             )
         return "spconv"
-    if spconv_ok and (not training or spconv_trains):
-        return "spconv"
-    return "reference"
+    return "spconv" if spconv_ok and device.type == "cuda" else "reference"
 
 
 __all__ = [
