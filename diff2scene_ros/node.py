@@ -625,13 +625,15 @@ def _palette(num_labels: int) -> NDArray[np.uint8]:
 
 def build_models(config: NodeConfig) -> tuple[Segmenter2D, TextEncoder]:
     """The 2D model and text encoder of ``config.segmenter_profile`` (CLIP text tower)."""
-    from diff2scene.segmentation.profiles import build_segmenter, load_profile
-    from diff2scene.segmentation.text import ClipTextEncoder, TextEncoderConfig
+    from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
 
-    profile = load_profile(_profile_path(config.segmenter_profile))
-    segmenter = build_segmenter(profile, device=config.segmenter_device)
-    clip = profile.tiny.clip if profile.tiny is not None else profile.weights.clip  # type: ignore[union-attr]
-    return segmenter, ClipTextEncoder.from_config(TextEncoderConfig(clip=clip))
+    return build_segmenter(
+        SegmenterConfig(
+            kind="diffusion",
+            profile=_profile_path(config.segmenter_profile),
+            device=config.segmenter_device,
+        )
+    )
 
 
 def _profile_path(name: str) -> str:
