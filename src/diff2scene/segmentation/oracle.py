@@ -11,8 +11,9 @@ knob, so a benchmark can ask how the 3D map degrades with it:
 * label confusion between similar classes (desk ↔ table, ...);
 * embedding noise.
 
-Embeddings come from the text encoder used for queries: the ``clip`` space holds the (possibly
-confused) class name's text embedding; the ``diffusion`` space holds a fixed, seeded random
+Embeddings come from the text encoder used for queries: the ``clip`` space holds the text
+embedding of the instance's colour and (possibly confused) class name, "<colour> <class>" (just
+"<class>" when no colour is known); the ``diffusion`` space holds a fixed, seeded random
 projection of it to 256-d (or the text width when that is smaller). The projection matrix has
 orthonormal columns — when the text width is ≤ 256 it is a pure rotation and preserves all
 cosines; when it is larger it keeps a random 256-d subspace, so cosines differ from the CLIP
@@ -145,6 +146,13 @@ class MaskProvenance:
     emitted_class: str
     #: Boundary radius applied, pixels (negative = eroded).
     boundary_px: int
+    #: Colour word embedded with the class ("<colour> <class>"), or None when none is known.
+    colour: str | None = None
+
+    @property
+    def emitted_text(self) -> str:
+        """The text whose embedding the mask carries."""
+        return f"{self.colour} {self.emitted_class}" if self.colour else self.emitted_class
 
 
 @dataclass
@@ -164,10 +172,12 @@ class OracleStats:
 
 
 class OracleSegmenter(Segmenter2D):
-    """Ground-truth instance masks + class-name text embeddings, degraded per :class:`OracleConfig`.
+    """Ground-truth instance masks + "<colour> <class>" text embeddings, degraded per
+    :class:`OracleConfig`.
 
     ``instance_classes`` maps the synthetic scene's instance ids to class names (the
-    ground truth's instance → class table).
+    ground truth's instance → class table); ``instance_colours`` maps them to colour words
+    (instances without one are embedded by class name alone).
     """
 
     def __init__(
@@ -175,6 +185,8 @@ class OracleSegmenter(Segmenter2D):
         instance_classes: Mapping[int, str],
         encoder: TextEncoder,
         config: OracleConfig | None = None,
+        *,
+        instance_colours: Mapping[int, str] | None = None,
     ) -> None:
         self.config = config or OracleConfig()
         self._encoder = encoder
@@ -182,7 +194,8 @@ class OracleSegmenter(Segmenter2D):
         self._class_embeddings: dict[str, NDArray[np.float32]] = {}
         self.stats = OracleStats()
         self._instance_classes: dict[int, str] = {}
-        self.set_instance_classes(instance_classes)
+        self._instance_colours: dict[int, str] = {}
+        self.set_instance_classes(instance_classes, instance_colours)
         self._diff_dim = min(self.config.diffusion_dim, encoder.dim)
         # Orthonormal columns: QR of a seeded Gaussian (D_text, D_diff) matrix.
         proj_rng = np.random.default_rng([self.config.projection_seed, _PROJECTION_SEED_SALT])
@@ -190,13 +203,22 @@ class OracleSegmenter(Segmenter2D):
         # Fix QR's sign ambiguity so the matrix depends on the seed alone.
         self._projection = (q * np.sign(np.diag(r))[None, :]).astype(np.float32)
 
-    def set_instance_classes(self, instance_classes: Mapping[int, str]) -> None:
-        """Replace the instance → class table (e.g. for the next synthetic scene)."""
+    def set_instance_classes(
+        self,
+        instance_classes: Mapping[int, str],
+        instance_colours: Mapping[int, str] | None = None,
+    ) -> None:
+        """Replace the instance → class and colour tables (e.g. for the next synthetic scene)."""
         table = {int(k): str(v) for k, v in instance_classes.items()}
+        colours = {int(k): str(v) for k, v in (instance_colours or {}).items() if str(v)}
         if any(k <= 0 for k in table):
             raise InputError("instance ids must be positive (0 means no instance)")
+        unknown = sorted(set(colours) - set(table))
+        if unknown:
+            raise InputError("colours given for instances without a class", str(unknown[:5]))
         with self._lock:
             self._instance_classes = table
+            self._instance_colours = colours
 
     @property
     def embedding_dims(self) -> dict[str, int]:
@@ -219,6 +241,7 @@ class OracleSegmenter(Segmenter2D):
         rng = np.random.default_rng([cfg.seed, frame.index % (1 << 63)])
         with self._lock:
             table = dict(self._instance_classes)
+            colour_of = dict(self._instance_colours)
         stats = OracleStats(frames=1)
 
         values, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
@@ -250,19 +273,23 @@ class OracleSegmenter(Segmenter2D):
                 stats.eroded_away += 1
                 continue
             masks.append(soft)
-            provenance.append(MaskProvenance(tuple(group), true_class, emitted, radius))
+            provenance.append(
+                MaskProvenance(tuple(group), true_class, emitted, radius, colour_of.get(largest))
+            )
 
         classes = sorted(set(table.values()))
+        palette = sorted(set(colour_of.values()))
         for _ in range(int(rng.binomial(cfg.max_spurious, cfg.spurious_prob))):
             blob = self._spurious_blob(height, width, rng)
             if blob is None or not classes:
                 continue
             emitted = classes[int(rng.integers(len(classes)))]
+            colour = palette[int(rng.integers(len(palette)))] if palette else None
             masks.append(blob)
-            provenance.append(MaskProvenance((), None, emitted, 0))
+            provenance.append(MaskProvenance((), None, emitted, 0, colour))
             stats.spurious += 1
 
-        clean = self._embed_classes([p.emitted_class for p in provenance])
+        clean = self._embed_classes([p.emitted_text for p in provenance])
         clip = self._noisy(clean, rng)
         diffusion = self._noisy(clean @ self._projection, rng)
         mask_array = (
@@ -373,7 +400,7 @@ class OracleSegmenter(Segmenter2D):
         return degrade_mask(blob, 0, self.config.edge_softness_px)
 
     def _embed_classes(self, names: list[str]) -> NDArray[np.float32]:
-        """(len(names), D_text) text embeddings, built once per class name."""
+        """(len(names), D_text) text embeddings, built once per text ("<colour> <class>")."""
         with self._lock:
             missing = sorted({n for n in names if n not in self._class_embeddings})
         if missing:

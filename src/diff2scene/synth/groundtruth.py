@@ -78,6 +78,10 @@ class GroundTruth:
         """Instance id → class name (what the oracle segmenter needs)."""
         return {inst.instance_id: inst.class_name for inst in self.instances}
 
+    def instance_colours(self) -> dict[int, str]:
+        """Instance id → colour name (the oracle segmenter embeds "<colour> <class>")."""
+        return {inst.instance_id: inst.colour_name for inst in self.instances}
+
     def class_tiers(self) -> dict[str, Tier]:
         """Class name → frequency tier (for the head/common/tail mIoU split)."""
         return {c.name: c.tier for c in self.classes}

@@ -269,3 +269,23 @@ def test_config_validation() -> None:
     cfg = from_dict(OracleConfig, {"boundary_px": 2, "similar_classes": {"mug": ["cup"]}})
     assert cfg.similar_classes == {"cup": ["mug"], "mug": ["cup"]}
     assert from_dict(OracleConfig, to_dict(cfg)) == cfg
+
+
+def test_instances_embedded_as_colour_and_class() -> None:
+    from diff2scene.segmentation.synthetic_text import SyntheticTextEncoder
+
+    text = SyntheticTextEncoder()
+    colours = {1: "red", 2: "brown", 3: "white", 4: "blue"}  # the desk (5) has no colour
+    oracle = OracleSegmenter(CLASSES, text, OracleConfig(), instance_colours=colours)
+    masks, prov = oracle.segment_with_provenance(make_frame())
+    assert [p.emitted_text for p in prov] == [
+        "red chair", "brown table", "white lamp", "blue sofa", "desk"
+    ]
+    expected = text.encode([p.emitted_text for p in prov])
+    np.testing.assert_allclose(masks.embeddings[SPACE_CLIP], expected, atol=1e-5)
+    # Attribute queries tell instances of one class apart by colour in both spaces.
+    vocab = build_vocabulary(["red chair", "blue chair", "table", "desk"], text, seen=set())
+    probs = oracle.classify(masks.embeddings, vocab)
+    assert int(np.argmax(probs[0])) == 0  # the red chair mask → "red chair"
+    with pytest.raises(InputError, match="without a class"):
+        OracleSegmenter(CLASSES, text, instance_colours={9: "red"})
