@@ -28,3 +28,23 @@ class DataFormatError(Diff2SceneError):
 
 class WeightsUnavailableError(Diff2SceneError):
     """Model weights cannot be found locally and cannot be downloaded."""
+
+
+class NotAMapError(DataFormatError):
+    """A file offered as a map is something else (text, a pickle, an unrelated archive)."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        self.why = why
+        super().__init__(f"{path} is not a diff2scene map: {why}")
+
+
+class MapPathError(Diff2SceneError):
+    """A map path from a request is refused: it leaves the map directory, names something that
+    must not be overwritten, or is malformed. ``why`` says which rule it broke."""
+
+    def __init__(self, path: str, why: str) -> None:
+        self.path = path
+        self.why = why
+        shown = path if len(path) <= 120 else path[:117] + "..."
+        super().__init__(f"map path {shown!r} refused: {why}")

@@ -9,8 +9,8 @@ nothing in a map file can execute code when loaded.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from diff2scene.errors import DataFormatError, InputError
+from diff2scene.atomic_file import atomic_write
+from diff2scene.errors import DataFormatError, InputError, NotAMapError
 from diff2scene.mapping.mapper import SurfaceUpdate, voxel_centres
 from diff2scene.types import MaskSet
 
@@ -30,6 +31,55 @@ FORMAT_NAME = "diff2scene-semantic-map"
 FORMAT_VERSION = 1
 
 _HEADER_KEY = "header_json"
+#: A header holds configs and run statistics: kilobytes. Far more means a hostile archive.
+_MAX_HEADER_BYTES = 16 << 20
+#: What reading a foreign file can raise inside zipfile/numpy; all mean "not a map".
+_FOREIGN_FILE_ERRORS = (
+    zipfile.BadZipFile, EOFError, ValueError, NotImplementedError, RuntimeError, zlib.error,
+)
+
+
+def read_map_header(path: str | Path) -> dict[str, Any]:
+    """The JSON header of the map file at ``path``, read without reading its arrays.
+
+    Cheap enough to decide whether a file may be overwritten: it reads the archive's directory
+    and the header member only. The header's ``"format"`` entry is the file's magic; maps of
+    every version carry it, so older maps are recognised too.
+
+    Raises :class:`~diff2scene.errors.NotAMapError` (in our words, never numpy's) when the file
+    is something else, :class:`~diff2scene.errors.DataFormatError` when it cannot be read.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.exists():
+        raise DataFormatError(f"{path}: map file not found")
+    if not path.is_file():
+        raise NotAMapError(where, "it is not a regular file")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            try:
+                info = archive.getinfo(f"{_HEADER_KEY}.npy")
+            except KeyError:
+                raise NotAMapError(
+                    where, "it is an archive without a map header (arrays of something else)"
+                ) from None
+            if info.file_size > _MAX_HEADER_BYTES:
+                raise NotAMapError(where, f"its header claims {info.file_size} bytes")
+            raw = archive.read(info)
+    except OSError as exc:
+        raise DataFormatError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    except _FOREIGN_FILE_ERRORS:
+        raise NotAMapError(
+            where, "it is not a zip archive (a map is an .npz archive), or it is truncated"
+        ) from None
+    try:
+        arr = np.lib.format.read_array(io.BytesIO(raw), allow_pickle=False)
+        header = json.loads(bytes(arr).decode("utf-8")) if arr.dtype == np.uint8 else None
+    except (*_FOREIGN_FILE_ERRORS, UnicodeDecodeError):
+        header = None
+    if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
+        raise NotAMapError(where, f"its header does not name the format {FORMAT_NAME!r}")
+    return header
 
 
 def _crc32(arr: NDArray[Any]) -> int:
@@ -277,36 +327,35 @@ class SemanticMap:
         # The zip CRC is only checked when a member is read to its end, which np.load does not
         # guarantee, so every array carries its own checksum in the header.
         header["crc32"] = {name: _crc32(arr) for name, arr in arrays.items()}
-        arrays[_HEADER_KEY] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with tmp.open("wb") as fh:
-                np.savez(fh, **arrays)  # type: ignore[arg-type]
-                fh.flush()
-                os.fsync(fh.fileno())
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        # The header goes first in the archive so that it sits at the start of the file.
+        members = {
+            _HEADER_KEY: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
+            **arrays,
+        }
+        return atomic_write(path, lambda fh: np.savez(fh, **members))  # type: ignore[arg-type]
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticMap:
-        """Read a map written by :meth:`save`; corrupt, truncated or foreign files raise
-        :class:`~diff2scene.errors.DataFormatError`."""
+        """Read a map written by :meth:`save`.
+
+        A file that is not a map at all raises :class:`~diff2scene.errors.NotAMapError`;
+        corrupt, truncated or newer maps raise :class:`~diff2scene.errors.DataFormatError`
+        (its base class). Nothing in the file is unpickled.
+        """
         path = Path(path)
-        if not path.is_file():
-            raise DataFormatError(f"{path}: map file not found")
+        header = read_map_header(path)  # refuses foreign files in our words before numpy reads
         try:
             with np.load(path, allow_pickle=False) as npz:
                 data = {name: npz[name] for name in npz.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as exc:
-            raise DataFormatError(f"{path}: not a readable map file ({exc})") from exc
-        try:
-            header = json.loads(bytes(data.pop(_HEADER_KEY)).decode("utf-8"))
-        except (KeyError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataFormatError(f"{path}: missing or corrupt header ({exc})") from exc
-        if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
-            raise DataFormatError(f"{path}: not a {FORMAT_NAME} file")
+        except ValueError as exc:
+            if "pickle" in str(exc):  # numpy's words for an array of Python objects
+                raise NotAMapError(
+                    str(path), "it holds Python objects, which a map never contains"
+                ) from exc
+            raise DataFormatError(f"{path}: map file is corrupt ({exc})") from exc
+        except (zipfile.BadZipFile, OSError, EOFError, KeyError, zlib.error) as exc:
+            raise DataFormatError(f"{path}: map file is corrupt or truncated ({exc})") from exc
+        data.pop(_HEADER_KEY, None)
         if header.get("version") != FORMAT_VERSION:
             raise DataFormatError(
                 f"{path}: map format version {header.get('version')!r}, this code reads "
