@@ -31,7 +31,7 @@ from diff2scene.mapping.keyframes import KeyframeConfig, KeyframeSelector
 from diff2scene.mapping.mapper import Mapper, MapperConfig
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig
-from diff2scene.net3d.inference import Net3D, Net3DConfig
+from diff2scene.net3d.inference import Net3D, Net3DConfig, refresh_map_features
 from diff2scene.segmentation.base import Segmenter2D
 from diff2scene.types import Frame
 
@@ -199,17 +199,7 @@ class Pipeline:
         if self.net3d is None:
             return
         t0 = time.perf_counter()
-        with self.lock:
-            coords, colors = self.map.coords.copy(), self.map.colors.copy()
-        done = self.net3d.num_voxels
-        self.net3d.update(coords, colors, changed=np.arange(done, coords.shape[0]))
-        with self.lock:
-            m = self.map.num_voxels  # >= coords.shape[0]: voxels are only ever appended
-            features = {}
-            for space, f in self.net3d.features.items():
-                pad = np.zeros((m - f.shape[0], f.shape[1]), dtype=f.dtype)
-                features[space] = np.concatenate([f, pad]) if pad.size else f.copy()
-            self.map.features_3d = features
+        refresh_map_features(self.net3d, self.map, lock=self.lock)
         self.stats.net3d_runs += 1
         self.stats.net3d_s_total += time.perf_counter() - t0
 

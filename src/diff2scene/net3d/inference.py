@@ -13,8 +13,10 @@ map that changed a lot is simply recomputed in full.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -171,6 +173,65 @@ class Net3D:
         """B'3d (N, V) = sigmoid(<F3d, f_i>) of N mask embeddings on the given voxels."""
         feats = torch.from_numpy(self.features[space][voxel_index].astype(np.float32))
         return predicted_masks(feats, torch.from_numpy(embeddings)).numpy()
+
+
+class FeatureMap(Protocol):
+    """What :func:`refresh_map_features` needs of a map (``SemanticMap`` has it)."""
+
+    @property
+    def coords(self) -> NDArray[np.int32]: ...
+
+    @property
+    def colors(self) -> NDArray[np.uint8]: ...
+
+    @property
+    def num_voxels(self) -> int: ...
+
+    @property
+    def features_3d(self) -> dict[str, NDArray[np.float16]]: ...
+
+    @features_3d.setter
+    def features_3d(self, value: dict[str, NDArray[np.float16]]) -> None: ...
+
+
+def refresh_map_features(
+    net: Net3D,
+    semantic_map: FeatureMap,
+    *,
+    lock: AbstractContextManager[object] | None = None,
+    full: bool = False,
+) -> int:
+    """Run the 3D network over ``semantic_map`` and store its per-voxel features in the map.
+
+    The one way every tool (the online pipeline, the demo, the benchmarks) turns a map into
+    ``features_3d``, so all of them see the same features. Only voxels the network has not
+    seen yet are computed (the map's voxel numbering is append-only), unless ``full`` — then
+    ``net`` forgets earlier features first, e.g. when it is reused for another map. The map's
+    arrays are copied under ``lock`` and the network runs outside it, so writers go on
+    meanwhile; voxels added during the run get zero features until the next call. Returns the
+    number of voxels computed.
+    """
+    guard: AbstractContextManager[object] = lock if lock is not None else nullcontext()
+    with guard:
+        coords, colors = semantic_map.coords.copy(), semantic_map.colors.copy()
+    if full:
+        net.features = {s: f[:0] for s, f in net.features.items()}
+    done = net.num_voxels
+    if coords.shape[0] < done:
+        raise InputError(
+            "the 3D features belong to another map",
+            f"map has {coords.shape[0]} voxels, features {done}; pass full=True",
+        )
+    net.update(coords, colors, changed=np.arange(done, coords.shape[0]))
+    computed = net.last_update_size
+    with guard:
+        m = semantic_map.num_voxels  # >= coords.shape[0]: voxels are only ever appended
+        features = {}
+        for space, f in net.features.items():
+            pad = np.zeros((m - f.shape[0], f.shape[1]), dtype=f.dtype)
+            features[space] = np.concatenate([f, pad]) if pad.size else f.copy()
+        semantic_map.features_3d = features
+    return computed
 
 
 def _rows_in(keys: NDArray[np.int64], table: NDArray[np.int64]) -> NDArray[np.bool_]:

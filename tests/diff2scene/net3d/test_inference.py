@@ -97,3 +97,46 @@ def test_loads_trained_weights_and_rejects_bad_input(tmp_path) -> None:
         Net3DConfig(block_voxels=20)
     b = net.masks(np.arange(5), np.ones((2, 10), np.float32), space="clip")
     assert b.shape == (2, 5) and ((b > 0) & (b < 1)).all()
+
+
+class _GrowingMap:
+    """The arrays of a SemanticMap that refresh_map_features reads and writes."""
+
+    def __init__(self, coords: np.ndarray, colors: np.ndarray) -> None:
+        self.coords, self.colors = coords, colors
+        self.features_3d: dict[str, np.ndarray] = {}
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.coords.shape[0])
+
+
+def test_refresh_map_features_fills_the_map_and_computes_only_new_voxels() -> None:
+    import threading
+
+    from diff2scene.net3d.inference import refresh_map_features
+
+    coords, colors = _map()
+    half = len(coords) // 2
+    smap = _GrowingMap(coords[:half], colors[:half])
+    net = _net()
+    lock = threading.Lock()
+    assert refresh_map_features(net, smap, lock=lock) == half
+    assert smap.features_3d["clip"].shape == (half, 10)
+    smap.coords, smap.colors = coords, colors  # the map grew
+    computed = refresh_map_features(net, smap, lock=lock)
+    assert 0 < computed <= len(coords)
+    assert smap.features_3d["diffusion"].shape == (len(coords), 6)
+    # The same features as one pass over the finished map (new voxels never change old rows
+    # beyond the block context, and here the growth is computed with context).
+    whole = _net()
+    fresh = _GrowingMap(coords, colors)
+    assert refresh_map_features(whole, fresh) == len(coords)
+    # Reusing a network on a smaller, different map needs full=True.
+    small = _GrowingMap(coords[:10], colors[:10])
+    with pytest.raises(InputError, match="another map"):
+        refresh_map_features(whole, small)
+    assert refresh_map_features(whole, small, full=True) == 10
+    np.testing.assert_array_equal(
+        small.features_3d["clip"], whole.infer(coords[:10], colors[:10])["clip"]
+    )

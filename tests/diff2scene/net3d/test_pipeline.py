@@ -186,6 +186,7 @@ def test_training_from_a_synthetic_dataset_builds_the_cache_once(
             "segmenter": {
                 "kind": "oracle",
                 "oracle": {"boundary_px": 1},
+                "text_space": "clip",  # the tiny tower's 64-d space keeps the heads small
                 "text": {"clip": to_dict(ClipConfig.tiny_profile())},
             },
             "mapper": {"voxel_size_m": 0.05, "device": "CPU:0"},
