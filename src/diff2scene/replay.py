@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from diff2scene.config import from_dict, load_yaml
 from diff2scene.io.bag import BagFrameSource, BagSourceConfig
+from diff2scene.io.cli import add_topic_flags, apply_topic_flags
 from diff2scene.pipeline import Pipeline, PipelineConfig
 from diff2scene.segmentation.base import Segmenter2D
 from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
@@ -60,7 +61,7 @@ def replay(
     for frame in tqdm(source, desc="replay", unit="frame", disable=not progress):
         pipeline.add_frame(frame)
     pipeline.close()
-    pipeline.map.metadata["frame_source_stats"] = source.stats.as_dict()
+    pipeline.map.metadata["frame_source_stats"] = source.assembler.counters()
     return pipeline
 
 
@@ -70,11 +71,18 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--out", type=Path, required=True, help="map file to write (.npz)")
     parser.add_argument("--config", type=Path, default=None, help="ReplayConfig YAML")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_topic_flags(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     config = load_replay_config(args.config)
+    config.source = apply_topic_flags(config.source, args)
+    layout = BagFrameSource(args.bag, config.source).layout
+    print(f"reading {layout.color_topic} + {layout.depth_topic} + {layout.camera_info_topic}, "
+          f"pose from {layout.pose_topic or 'TF'}")
+    for note in layout.notes:
+        print(f"  (auto) {note}")
     segmenter, _ = build_segmenter(config.segmenter, bag=args.bag)
     t0 = time.perf_counter()
     pipeline = replay(args.bag, config, segmenter=segmenter, progress=not args.no_progress)

@@ -1,129 +1,237 @@
 """Frames from a ROS 2 bag (sqlite3 or MCAP), read with ``rosbags`` — no ROS install needed.
 
-The bag is streamed in log order through the same steps a live node takes: decode and
-validate each message, pair colour with depth by approximate time, attach the latest camera
-intrinsics and the camera pose at the image stamp (from a pose topic or ``/tf``), and hand out
-:class:`~diff2scene.types.Frame` objects. Bad messages are skipped and counted, never fatal.
+The bag is only a message source: each message is read into a record
+(:mod:`diff2scene.io.messages`) and pushed, in log order, into the same
+:class:`~diff2scene.io.assembler.FrameAssembler` the live node uses, so a replay builds the
+frames a robot would have built from the same messages.
+
+Camera layouts differ between drivers (``/camera/color/image_raw``,
+``/camera/camera/color/image_raw``, ``…/aligned_depth_to_color/…``, ``…/compressed``), so
+when a configured topic is absent the source picks the colour/depth/calibration topics by type
+and name (preferring depth aligned to colour) and the pose source (the configured pose topic,
+else the bag's single pose topic, else TF), and says what it chose in :attr:`BagFrameSource.layout`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
-from numpy.typing import NDArray
+from typing import Any
 
 from diff2scene.errors import DataFormatError, InputError
+from diff2scene.io.assembler import FrameAssembler, InputConfig, RawFrame
 from diff2scene.io.base import FrameSource
-from diff2scene.io.image_codec import decode_color, decode_depth, decode_int_image
-from diff2scene.io.sync import ApproximateSync
-from diff2scene.io.transforms import T_BODY_OPTICAL, TransformBuffer, pose_to_matrix
-from diff2scene.types import CameraIntrinsics, Frame
+from diff2scene.io.messages import (
+    read_any_image,
+    read_camera_info,
+    read_image,
+    read_pose,
+    read_transforms,
+)
+from diff2scene.types import Frame
 
 _LOG = logging.getLogger(__name__)
 
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 POSE_TYPES = (
     "geometry_msgs/msg/PoseStamped",
     "nav_msgs/msg/Odometry",
     "geometry_msgs/msg/TransformStamped",
 )
 TF_TYPE = "tf2_msgs/msg/TFMessage"
+TF_TOPICS = ("/tf", "/tf_static")
 
 
 @dataclass
 class BagSourceConfig:
-    """Where the frames are in a bag and how to assemble them."""
+    """Which topics of a bag hold the frames, and how they are assembled."""
 
-    #: Colour image topic (rgb8/bgr8/rgba8/bgra8).
+    #: Colour topic (sensor_msgs/Image, or CompressedImage from image_transport's
+    #: ``compressed``); if absent from the bag, one is chosen by type and name.
     color_topic: str = "/camera/color/image_raw"
-    #: Depth image topic registered to the colour camera (16UC1 mm or 32FC1 m).
+    #: Depth topic registered to the colour camera (Image 16UC1/32FC1, or ``compressedDepth``);
+    #: if absent, one is chosen (aligned depth preferred).
     depth_topic: str = "/camera/depth/image_rect_raw"
-    #: CameraInfo of the colour camera.
+    #: CameraInfo of the colour camera; if absent, the one beside the colour topic.
     camera_info_topic: str = "/camera/color/camera_info"
-    #: Where the camera pose comes from: a pose topic, TF, or whichever the bag has ("auto").
-    pose_source: Literal["auto", "topic", "tf"] = "auto"
-    #: PoseStamped / Odometry / TransformStamped topic with the camera pose in the world frame.
+    #: PoseStamped / Odometry / TransformStamped topic of the camera pose; if absent, the bag's
+    #: only pose topic, else TF.
     pose_topic: str = "/camera/pose"
-    #: Convention of the pose-topic's child frame: "optical" (z forward) or "body" (x forward).
-    pose_frame_convention: Literal["optical", "body"] = "optical"
-    #: World (map) frame for TF lookups.
-    world_frame: str = "map"
-    #: Camera frame for TF lookups; empty = the colour image's header frame_id.
-    camera_frame: str = ""
-    #: Ground-truth instance image topic (synthetic bags); empty = none.
+    #: Ground-truth instance image topic (synthetic bags); read when present.
     instance_topic: str = "/camera/instance/image_raw"
-    #: Maximum colour/depth stamp difference to pair them, seconds.
-    sync_slop_s: float = 0.02
-    #: Longest pose gap to interpolate across, seconds.
-    max_pose_gap_s: float = 0.5
-    #: Frames waiting for a pose before the oldest is dropped.
-    max_pending_frames: int = 60
-    #: Deliver every n-th synchronised frame (1 = all).
+    #: Assembly of the messages into frames (shared with the live node).
+    input: InputConfig = field(default_factory=InputConfig)
+    #: Deliver every n-th frame (1 = all).
     frame_stride: int = 1
     #: Stop after this many delivered frames (0 = no limit).
     max_frames: int = 0
 
     def __post_init__(self) -> None:
-        if self.sync_slop_s < 0 or self.max_pose_gap_s <= 0:
-            raise ValueError("sync_slop_s must be >= 0 and max_pose_gap_s > 0")
-        if self.frame_stride < 1 or self.max_frames < 0 or self.max_pending_frames < 1:
-            raise ValueError("frame_stride >= 1, max_frames >= 0, max_pending_frames >= 1")
+        if self.frame_stride < 1 or self.max_frames < 0:
+            raise ValueError("frame_stride must be >= 1 and max_frames >= 0")
 
 
-def stamp_to_ns(header: Any) -> int:
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+@dataclass(frozen=True)
+class BagLayout:
+    """The topics a replay reads, and why (``notes`` says what was chosen automatically)."""
+
+    color_topic: str
+    depth_topic: str
+    camera_info_topic: str
+    #: The pose topic read, or "" when the pose comes from TF only.
+    pose_topic: str
+    #: "topic" or "tf" (what the bag offers; the assembler prefers TF when both can serve).
+    pose_source: str
+    instance_topic: str = ""
+    notes: tuple[str, ...] = ()
+
+    def as_config(self, base: BagSourceConfig) -> BagSourceConfig:
+        """``base`` with this layout's topics written in (what ``bag-info`` proposes)."""
+        input_config = base.input
+        if input_config.pose_source == "auto" and self.pose_source == "tf":
+            input_config = replace(input_config, pose_source="tf")
+        return replace(
+            base,
+            color_topic=self.color_topic,
+            depth_topic=self.depth_topic,
+            camera_info_topic=self.camera_info_topic,
+            pose_topic=self.pose_topic or base.pose_topic,
+            instance_topic=self.instance_topic or base.instance_topic,
+            input=input_config,
+        )
 
 
-def intrinsics_from_camera_info(msg: Any) -> CameraIntrinsics:
-    """Pinhole intrinsics from a CameraInfo (``k`` row-major 3×3); rejects unusable ones."""
-    k = np.asarray(msg.k, dtype=np.float64).reshape(-1)
-    if k.size != 9 or not np.all(np.isfinite(k)):
-        raise InputError("bad_camera_info", f"K={k.tolist()}")
-    if k[0] <= 0 or k[4] <= 0 or int(msg.width) <= 0 or int(msg.height) <= 0:
-        raise InputError("bad_camera_info", f"fx={k[0]} fy={k[4]} size={msg.width}x{msg.height}")
-    return CameraIntrinsics(
-        width=int(msg.width),
-        height=int(msg.height),
-        fx=float(k[0]),
-        fy=float(k[4]),
-        cx=float(k[2]),
-        cy=float(k[5]),
+def _namespace(topic: str) -> str:
+    return topic.rsplit("/", 1)[0]
+
+
+def _image_candidates(topics: dict[str, str]) -> list[str]:
+    return sorted(t for t, ty in topics.items() if ty in IMAGE_TYPES)
+
+
+def _is_depth(topic: str) -> bool:
+    return "depth" in topic.lower()
+
+
+def _is_other_image(topic: str) -> bool:
+    """Instance/label, infrared and other non-colour images."""
+    low = topic.lower()
+    return any(w in low for w in ("instance", "label", "segment", "infra", "/ir", "confidence",
+                                  "disparity", "mask"))
+
+
+def _rank_color(topic: str) -> tuple[int, int, str]:
+    low = topic.lower()
+    named = 0 if any(w in low for w in ("color", "colour", "rgb")) else 1
+    return (named, 0 if low.endswith(("image_raw", "image_rect_color", "compressed")) else 1, topic)
+
+
+def _rank_depth(topic: str, color_topic: str) -> tuple[int, int, int, str]:
+    low = topic.lower()
+    aligned = 0 if ("aligned" in low or "registered" in low) else 1
+    raw_first = 1 if "compresseddepth" in low else 0  # same stream, cheaper to read raw
+    shared = len(
+        [a for a, b in zip(topic.split("/"), color_topic.split("/"), strict=False) if a == b]
     )
+    return (aligned, -shared, raw_first, topic)
 
 
-def pose_msg_to_matrix(msg: Any, msgtype: str) -> tuple[str, str, int, NDArray[np.float64]]:
-    """(parent frame, child frame, stamp_ns, T_parent_child) from a pose-like message."""
-    if msgtype == "geometry_msgs/msg/PoseStamped":
-        p, q = msg.pose.position, msg.pose.orientation
-        child = ""
-    elif msgtype == "nav_msgs/msg/Odometry":
-        p, q = msg.pose.pose.position, msg.pose.pose.orientation
-        child = msg.child_frame_id
-    elif msgtype == "geometry_msgs/msg/TransformStamped":
-        p, q = msg.transform.translation, msg.transform.rotation
-        child = msg.child_frame_id
+def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
+    """Pick the topics to read from ``topics`` (name → type); :class:`DataFormatError` when the
+    bag cannot provide frames, naming what is missing and what the bag has."""
+    notes: list[str] = []
+
+    def typed(role: str, topic: str, accepted: tuple[str, ...]) -> None:
+        found = topics[topic]
+        if found not in accepted:
+            raise DataFormatError(
+                f"{role} topic {topic!r} has type {found}; accepted: {', '.join(accepted)}"
+            )
+
+    images = _image_candidates(topics)
+    if config.color_topic in topics:
+        color = config.color_topic
+        typed("colour", color, IMAGE_TYPES)
     else:
-        raise InputError("bad_pose_type", msgtype)
-    T = pose_to_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w))
-    return msg.header.frame_id, child, stamp_to_ns(msg.header), T
+        options = sorted((t for t in images if not _is_depth(t) and not _is_other_image(t)),
+                         key=_rank_color)
+        if not options:
+            raise DataFormatError(
+                f"no colour image topic: {config.color_topic!r} is absent and no other "
+                f"Image/CompressedImage topic looks like colour (bag has {sorted(topics)})"
+            )
+        color = options[0]
+        notes.append(f"colour: {color} ({config.color_topic} absent)")
+    if config.depth_topic in topics:
+        depth = config.depth_topic
+        typed("depth", depth, IMAGE_TYPES)
+    else:
+        options = sorted((t for t in images if _is_depth(t)),
+                         key=lambda t: _rank_depth(t, color))
+        if not options:
+            raise DataFormatError(
+                f"no depth image topic: {config.depth_topic!r} is absent and no "
+                f"Image/CompressedImage topic has 'depth' in its name (bag has {sorted(topics)})"
+            )
+        depth = options[0]
+        notes.append(f"depth: {depth} ({config.depth_topic} absent)")
+    if config.camera_info_topic in topics:
+        info = config.camera_info_topic
+        typed("camera_info", info, (CAMERA_INFO_TYPE,))
+    else:
+        infos = [t for t, ty in topics.items() if ty == CAMERA_INFO_TYPE]
+        # the calibration beside the colour image (…/color/camera_info), else one with colour
+        ns = _namespace(color.removesuffix("/compressed"))
+        beside = [t for t in infos if _namespace(t) == ns]
+        coloured = [t for t in infos if not _is_depth(t) and _rank_color(t)[0] == 0]
+        options = beside or coloured or sorted(infos)
+        if not options:
+            raise DataFormatError(
+                f"no CameraInfo topic: {config.camera_info_topic!r} is absent "
+                f"(bag has {sorted(topics)})"
+            )
+        info = sorted(options)[0]
+        notes.append(f"camera_info: {info} ({config.camera_info_topic} absent)")
 
-
-@dataclass
-class _Image:
-    frame_id: str
-    array: NDArray[Any]
+    has_tf = any(t in topics and topics[t] == TF_TYPE for t in TF_TOPICS)
+    wanted = config.input.pose_source
+    pose_topic = ""
+    if wanted != "tf":
+        if config.pose_topic in topics:
+            typed("pose", config.pose_topic, POSE_TYPES)
+            pose_topic = config.pose_topic
+        else:
+            poses = sorted(t for t, ty in topics.items() if ty in POSE_TYPES)
+            if len(poses) == 1:
+                pose_topic = poses[0]
+                notes.append(f"pose: {pose_topic} ({topics[pose_topic]}; "
+                             f"{config.pose_topic} absent)")
+            elif len(poses) > 1 and not has_tf:
+                raise DataFormatError(
+                    f"pose topic {config.pose_topic!r} absent and several candidates "
+                    f"{poses}: choose one with --pose-topic"
+                )
+    if not pose_topic and not has_tf:
+        raise DataFormatError(
+            f"no pose source: neither a pose topic ({config.pose_topic!r}, or any "
+            f"PoseStamped/Odometry/TransformStamped) nor /tf in the bag (has {sorted(topics)})"
+        )
+    if wanted in ("pose", "odometry") and not pose_topic:
+        raise DataFormatError(f"pose_source is {wanted!r} but the bag has no pose topic")
+    source = "topic" if pose_topic else "tf"
+    if not pose_topic:
+        notes.append("pose: TF (/tf, /tf_static)")
+    instance = config.instance_topic if config.instance_topic in topics else ""
+    if instance:
+        typed("instance", instance, ("sensor_msgs/msg/Image",))
+    return BagLayout(color, depth, info, pose_topic, source, instance, tuple(notes))
 
 
 class BagFrameSource(FrameSource):
     """Synchronised frames from a rosbag2 directory or file (sqlite3 or MCAP)."""
-
-    #: Child frame name used for poses from a PoseStamped topic (it has no child_frame_id).
-    POSE_CHILD = "diff2scene_pose_topic_camera"
 
     def __init__(self, path: str | Path, config: BagSourceConfig | None = None) -> None:
         super().__init__()
@@ -131,6 +239,9 @@ class BagFrameSource(FrameSource):
         self.config = config or BagSourceConfig()
         if not self.path.exists():
             raise DataFormatError(f"bag not found: {self.path}")
+        #: The assembler of the last (or current) pass over the bag: counters live here.
+        self.assembler = FrameAssembler(self.config.input)
+        self._layout: BagLayout | None = None
 
     def _reader(self) -> Any:
         from rosbags.highlevel import AnyReader
@@ -155,201 +266,85 @@ class BagFrameSource(FrameSource):
         finally:
             reader.close()
 
+    @property
+    def layout(self) -> BagLayout:
+        """The topics this source reads (chosen on first use)."""
+        if self._layout is None:
+            self._layout = choose_layout(
+                {t: ty for t, (ty, _) in self.topics().items()}, self.config
+            )
+        return self._layout
+
     def __iter__(self) -> Iterator[Frame]:
-        cfg = self.config
         reader = self._reader()
         try:
-            yield from self._frames(reader, cfg)
+            if self._layout is None:
+                types = {c.topic: c.msgtype for c in reader.connections}
+                self._layout = choose_layout(types, self.config)
+            self.assembler = FrameAssembler(
+                self.config.input, expect_instances=bool(self._layout.instance_topic)
+            )
+            self.stats = self.assembler.stats
+            yield from self._frames(reader, self._layout)
         finally:
             reader.close()
 
-    def _pose_mode(self, topics: dict[str, str]) -> str:
+    def _frames(self, reader: Any, layout: BagLayout) -> Iterator[Frame]:
         cfg = self.config
-        if cfg.pose_source != "auto":
-            return cfg.pose_source
-        if topics.get(cfg.pose_topic) in POSE_TYPES:
-            return "topic"
-        if "/tf" in topics or "/tf_static" in topics:
-            return "tf"
-        raise DataFormatError(
-            f"{self.path}: no pose source: neither {cfg.pose_topic!r} (pose topic) nor /tf found"
-        )
+        asm = self.assembler
+        handlers = {
+            layout.color_topic: lambda m: asm.add_color(read_any_image(m)),
+            layout.depth_topic: lambda m: asm.add_depth(read_any_image(m)),
+            layout.camera_info_topic: lambda m: asm.add_camera_info(read_camera_info(m)),
+        }
+        if layout.pose_topic:
+            handlers[layout.pose_topic] = lambda m: asm.add_pose(read_pose(m))
+        if layout.pose_source == "tf" or cfg.input.pose_source in ("auto", "tf"):
+            handlers["/tf"] = lambda m: asm.add_transforms(read_transforms(m))
+            handlers["/tf_static"] = lambda m: asm.add_transforms(read_transforms(m), static=True)
+        if layout.instance_topic:
+            handlers[layout.instance_topic] = lambda m: asm.add_instances(read_image(m))
+        connections = [c for c in reader.connections if c.topic in handlers]
+        ready = 0
+        delivered = 0
 
-    def _frames(self, reader: Any, cfg: BagSourceConfig) -> Iterator[Frame]:
-        stats = self.stats
-        topics = {c.topic: c.msgtype for c in reader.connections}
-        for needed in (cfg.color_topic, cfg.depth_topic, cfg.camera_info_topic):
-            if needed not in topics:
-                raise DataFormatError(
-                    f"{self.path}: topic {needed!r} missing; has {sorted(topics)}"
-                )
-        mode = self._pose_mode(topics)
-        wanted = {cfg.color_topic, cfg.depth_topic, cfg.camera_info_topic}
-        if mode == "topic":
-            wanted.add(cfg.pose_topic)
-        else:
-            wanted |= {"/tf", "/tf_static"} & set(topics)
-        has_instances = bool(cfg.instance_topic) and cfg.instance_topic in topics
-        if has_instances:
-            wanted.add(cfg.instance_topic)
-        connections = [c for c in reader.connections if c.topic in wanted]
-
-        tf = TransformBuffer(max_interpolation_gap_ns=int(cfg.max_pose_gap_s * 1e9))
-        sync: ApproximateSync[_Image, _Image] = ApproximateSync(
-            slop_ns=int(cfg.sync_slop_s * 1e9), stats=stats
-        )
-        intrinsics: CameraIntrinsics | None = None
-        instances: deque[tuple[int, NDArray[np.int32]]] = deque(maxlen=64)
-        pending: deque[tuple[int, _Image, _Image, CameraIntrinsics]] = deque()
-        latest_pose_ns = -1
-        latest_instance_ns = -1
-        last_color_ns = -1
-        last_delivered_ns = -1
-        n_synced = 0
-
-        def resolve(final: bool) -> Iterator[Frame]:
-            nonlocal last_delivered_ns, n_synced
-            while pending:
-                stamp, color, depth, K = pending[0]
-                waiting = stamp > latest_pose_ns or (has_instances and stamp > latest_instance_ns)
-                if not final and waiting and len(pending) <= cfg.max_pending_frames:
-                    return  # its pose (or ground-truth image) may still arrive
-                pending.popleft()
-                try:
-                    T = self._camera_pose(tf, mode, color.frame_id, stamp)
-                except InputError as exc:
-                    stats.skip(exc.reason, exc.detail)
+        def take(raws: list[RawFrame]) -> Iterator[Frame]:
+            nonlocal ready, delivered
+            for raw in raws:
+                ready += 1
+                if (ready - 1) % cfg.frame_stride:
+                    asm.stats.skip("frame_stride", "")
                     continue
-                if stamp <= last_delivered_ns:
-                    stats.skip("non_monotonic_stamp", f"t={stamp} after {last_delivered_ns}")
-                    continue
-                n_synced += 1
-                if (n_synced - 1) % cfg.frame_stride:
-                    continue
-                inst = next((a for t, a in instances if abs(t - stamp) <= sync.slop_ns), None)
-                frame = Frame(
-                    stamp_ns=stamp,
-                    rgb=color.array,
-                    depth_m=depth.array,
-                    intrinsics=K,
-                    T_world_camera=T,
-                    index=stats.delivered,
-                    instance_ids=inst,
-                )
-                last_delivered_ns = stamp
-                stats.delivered += 1
-                yield frame
+                frame = asm.finish(raw)
+                if frame is not None:
+                    delivered += 1
+                    yield frame
 
-        def enqueue(matched: list[tuple[int, _Image, _Image]]) -> None:
-            for match in matched:
-                try:
-                    pending.append(self._checked(match, intrinsics))
-                except InputError as exc:
-                    stats.skip(exc.reason, exc.detail)
-
-        def done() -> bool:
-            return cfg.max_frames > 0 and stats.delivered >= cfg.max_frames
-
-        for conn, _log_ns, raw in reader.messages(connections=connections):
+        for conn, _log_ns, payload in reader.messages(connections=connections):
             try:
-                msg = reader.deserialize(raw, conn.msgtype)
+                msg = reader.deserialize(payload, conn.msgtype)
             except Exception as exc:  # a corrupt payload must not end the replay
-                stats.skip("undecodable_message", f"{conn.topic}: {exc}")
+                self._count_bad(conn.topic, layout, "undecodable_message", f"{conn.topic}: {exc}")
                 continue
             try:
-                if conn.topic == cfg.camera_info_topic:
-                    intrinsics = intrinsics_from_camera_info(msg)
-                elif conn.topic == cfg.color_topic:
-                    stamp = stamp_to_ns(msg.header)
-                    if stamp <= last_color_ns:
-                        raise InputError("non_monotonic_stamp", f"colour t={stamp}")
-                    rgb = decode_color(
-                        msg.data,
-                        height=msg.height,
-                        width=msg.width,
-                        step=msg.step,
-                        encoding=msg.encoding,
-                    )
-                    last_color_ns = stamp
-                    enqueue(sync.add_a(stamp, _Image(cfg.camera_frame or msg.header.frame_id, rgb)))
-                elif conn.topic == cfg.depth_topic:
-                    depth, n_bad = decode_depth(
-                        msg.data,
-                        height=msg.height,
-                        width=msg.width,
-                        step=msg.step,
-                        encoding=msg.encoding,
-                        is_bigendian=bool(msg.is_bigendian),
-                    )
-                    if n_bad:
-                        stats.skipped["nonfinite_depth_pixels"] += n_bad
-                    if not np.any(depth > 0):
-                        raise InputError("no_valid_depth", f"depth t={stamp_to_ns(msg.header)}")
-                    enqueue(sync.add_b(stamp_to_ns(msg.header), _Image(msg.header.frame_id, depth)))
-                elif conn.topic == cfg.instance_topic:
-                    instances.append(
-                        (
-                            stamp_to_ns(msg.header),
-                            decode_int_image(
-                                msg.data,
-                                height=msg.height,
-                                width=msg.width,
-                                step=msg.step,
-                                encoding=msg.encoding,
-                            ),
-                        )
-                    )
-                elif conn.msgtype in POSE_TYPES:
-                    parent, child, stamp, T = pose_msg_to_matrix(msg, conn.msgtype)
-                    tf.add(parent or cfg.world_frame, self.POSE_CHILD, stamp, T)
-                    latest_pose_ns = max(latest_pose_ns, stamp)
-                elif conn.msgtype == TF_TYPE:
-                    static = conn.topic == "/tf_static"
-                    for ts in msg.transforms:
-                        parent, child, stamp, T = pose_msg_to_matrix(
-                            ts, "geometry_msgs/msg/TransformStamped"
-                        )
-                        tf.add(parent, child, stamp, T, static=static)
-                        if not static:
-                            latest_pose_ns = max(latest_pose_ns, stamp)
+                raws = handlers[conn.topic](msg)
             except InputError as exc:
-                stats.skip(exc.reason, f"{conn.topic}: {exc.detail}")
+                self._count_bad(conn.topic, layout, exc.reason, f"{conn.topic}: {exc.detail}")
                 continue
-            for frame in resolve(final=False):
+            for frame in take(raws):
                 yield frame
-                if done():
+                if cfg.max_frames and delivered >= cfg.max_frames:
                     return
-        enqueue(sync.flush())
-        for frame in resolve(final=True):
+        for frame in take(asm.flush()):
             yield frame
-            if done():
+            if cfg.max_frames and delivered >= cfg.max_frames:
                 return
 
-    @staticmethod
-    def _checked(
-        match: tuple[int, _Image, _Image], intrinsics: CameraIntrinsics | None
-    ) -> tuple[int, _Image, _Image, CameraIntrinsics]:
-        stamp, color, depth = match
-        if intrinsics is None:
-            raise InputError("missing_camera_info", f"frame t={stamp} before any CameraInfo")
-        h, w = depth.array.shape
-        if color.array.shape[:2] != (h, w):
-            raise InputError("size_mismatch", f"colour {color.array.shape[:2]} vs depth {(h, w)}")
-        if (intrinsics.height, intrinsics.width) != (h, w):
-            raise InputError(
-                "size_mismatch",
-                f"depth {w}x{h} vs camera_info {intrinsics.width}x{intrinsics.height}",
-            )
-        return stamp, color, depth, intrinsics
-
-    def _camera_pose(
-        self, tf: TransformBuffer, mode: str, frame_id: str, stamp_ns: int
-    ) -> NDArray[np.float64]:
-        cfg = self.config
-        if mode == "topic":
-            world = tf.parent_of(self.POSE_CHILD) or cfg.world_frame
-            T = tf.lookup(world, self.POSE_CHILD, stamp_ns)
-            if cfg.pose_frame_convention == "body":
-                T = T @ T_BODY_OPTICAL
-            return T
-        return tf.lookup(cfg.world_frame, frame_id, stamp_ns)
+    def _count_bad(self, topic: str, layout: BagLayout, reason: str, detail: str) -> None:
+        """A message that could not be read: a lost frame if it was a colour image."""
+        if topic == layout.color_topic:
+            self.assembler.received["color"] += 1
+            self.assembler.stats.skip(reason, detail)
+        else:
+            self.assembler.rejected[reason] += 1
+            _LOG.debug("message refused (%s): %s", reason, detail)

@@ -35,7 +35,10 @@ class ApproximateSync(Generic[A, B]):
         self._a: deque[_Stamped[A]] = deque()
         self._b: deque[_Stamped[B]] = deque()
         self._max_queue = max_queue
+        #: Skips of stream-A items (each A item is one camera frame, so these are frame losses).
         self.stats = stats if stats is not None else SkipStats()
+        #: Stream-B items pushed out of a full queue (unused, but no frame is lost by it).
+        self.b_overflow = 0
 
     def add_a(self, stamp_ns: int, item: A) -> list[tuple[int, A, B]]:
         self._a.append(_Stamped(stamp_ns, item))
@@ -48,8 +51,20 @@ class ApproximateSync(Generic[A, B]):
         self._b.append(_Stamped(stamp_ns, item))
         if len(self._b) > self._max_queue:
             self._b.popleft()
-            self.stats.skip("sync_queue_overflow", "depth queue full")
+            self.b_overflow += 1
         return self._match(final=False)
+
+    @property
+    def waiting(self) -> int:
+        """Stream-A items still waiting for a partner."""
+        return len(self._a)
+
+    def clear(self) -> None:
+        """Drop everything queued, counting the A items as frame losses."""
+        for _ in self._a:
+            self.stats.skip("no_depth_match", "queue cleared")
+        self._a.clear()
+        self._b.clear()
 
     def flush(self) -> list[tuple[int, A, B]]:
         """Match what can still be matched at the end of a stream; count the rest."""

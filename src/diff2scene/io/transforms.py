@@ -174,7 +174,15 @@ class TransformBuffer:
             return None
         return None if edge.static else edge.stamps_ns[-1]
 
-    def _edge_at(self, parent: str, child: str, stamp_ns: int) -> Matrix4:
+    def clear_dynamic(self) -> None:
+        """Forget every dynamic transform (static ones stay), e.g. after a time jump."""
+        for key in [k for k, e in self._edges.items() if not e.static]:
+            del self._edges[key]
+        self._parent_of = {child: parent for parent, child in self._edges}
+
+    def _edge_at(
+        self, parent: str, child: str, stamp_ns: int, max_extrapolation_ns: int = 0
+    ) -> Matrix4:
         edge = self._edges[(parent, child)]
         if edge.static:
             return edge.poses[0]
@@ -183,9 +191,14 @@ class TransformBuffer:
         if i < len(stamps) and stamps[i] == stamp_ns:
             return edge.poses[i]
         if i == 0 or i == len(stamps):
+            # Outside the samples: hold the nearest one only if it is close enough in time.
+            nearest = 0 if i == 0 else len(stamps) - 1
+            if abs(stamps[nearest] - stamp_ns) <= max_extrapolation_ns:
+                return edge.poses[nearest]
             raise InputError(
                 "missing_pose",
-                f"{parent}->{child} has no sample around t={stamp_ns} (extrapolation refused)",
+                f"{parent}->{child} has no sample around t={stamp_ns} "
+                f"(samples {stamps[0]}..{stamps[-1]}; extrapolation refused)",
             )
         t0, t1 = stamps[i - 1], stamps[i]
         if t1 - t0 > self._max_gap_ns:
@@ -194,13 +207,15 @@ class TransformBuffer:
             )
         return interpolate(edge.poses[i - 1], edge.poses[i], (stamp_ns - t0) / (t1 - t0))
 
-    def _compose_up(self, chain: list[str], ancestor: str, stamp_ns: int) -> Matrix4:
+    def _compose_up(
+        self, chain: list[str], ancestor: str, stamp_ns: int, max_extrapolation_ns: int
+    ) -> Matrix4:
         """T_ancestor_chain[0] by composing the edges of ``chain`` up to ``ancestor``."""
         T = np.eye(4)
         for child, parent in itertools.pairwise(chain):
             if child == ancestor:
                 break
-            T = self._edge_at(parent, child, stamp_ns) @ T
+            T = self._edge_at(parent, child, stamp_ns, max_extrapolation_ns) @ T
         return T
 
     def _chain_to_root(self, frame: str) -> list[str]:
@@ -214,8 +229,25 @@ class TransformBuffer:
             seen.add(parent)
         return chain
 
-    def lookup(self, target: str, source: str, stamp_ns: int) -> Matrix4:
-        """``T_target_source`` at ``stamp_ns`` (maps points in ``source`` to ``target``)."""
+    def connected(self, target: str, source: str) -> bool:
+        """Whether a chain of transforms joins the two frames (at some time)."""
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if target == source:
+            return True
+        try:
+            up_tgt = set(self._chain_to_root(target))
+            return any(f in up_tgt for f in self._chain_to_root(source))
+        except InputError:
+            return False
+
+    def lookup(
+        self, target: str, source: str, stamp_ns: int, *, max_extrapolation_ns: int = 0
+    ) -> Matrix4:
+        """``T_target_source`` at ``stamp_ns`` (maps points in ``source`` to ``target``).
+
+        Each dynamic edge is interpolated between its samples; outside them the nearest sample
+        is held for at most ``max_extrapolation_ns``, else :class:`InputError` is raised.
+        """
         target, source = target.lstrip("/"), source.lstrip("/")
         if target == source:
             return np.eye(4)
@@ -224,6 +256,6 @@ class TransformBuffer:
         common = next((f for f in up_src if f in set(up_tgt)), None)
         if common is None:
             raise InputError("missing_pose", f"no transform chain between {target} and {source}")
-        T_common_source = self._compose_up(up_src, common, stamp_ns)
-        T_common_target = self._compose_up(up_tgt, common, stamp_ns)
+        T_common_source = self._compose_up(up_src, common, stamp_ns, max_extrapolation_ns)
+        T_common_target = self._compose_up(up_tgt, common, stamp_ns, max_extrapolation_ns)
         return np.linalg.inv(T_common_target) @ T_common_source

@@ -69,12 +69,17 @@ class MapperConfig:
     #: A zero crossing counts only if the closer sample lies within this many voxels of it;
     #: larger jumps are artefacts at object silhouettes (free space meets occluded space).
     surface_band_voxels: float = 2.0
-    #: Largest camera translation between consecutive frames before the pose counts as a jump,
-    #: in metres.
-    max_translation_jump_m: float = 0.5
-    #: Largest camera rotation between consecutive frames before the pose counts as a jump,
-    #: in degrees.
-    max_rotation_jump_deg: float = 45.0
+    #: Camera speed above which the motion between two consecutive frames counts as a pose
+    #: jump, in m/s. A speed (not a distance) so that frames after an input gap are not refused
+    #: for ordinary motion.
+    max_speed_m_s: float = 2.0
+    #: Camera rotation rate above which the motion counts as a pose jump, in degrees/s.
+    max_angular_speed_deg_s: float = 180.0
+    #: Motion allowed on top of the speed limit whatever the time step (pose noise between
+    #: frames close in time), in metres.
+    pose_jump_tolerance_m: float = 0.05
+    #: Rotation allowed on top of the rate limit whatever the time step, in degrees.
+    pose_jump_tolerance_deg: float = 5.0
     #: Lower corner (x, y, z) of the mapped region in the world frame, in metres; None = unbounded.
     bounds_min_m: tuple[float, float, float] | None = None
     #: Upper corner (x, y, z) of the mapped region in the world frame, in metres; None = unbounded.
@@ -87,13 +92,15 @@ class MapperConfig:
             "voxel_size_m": self.voxel_size_m,
             "depth_max_m": self.depth_max_m,
             "trunc_voxel_multiplier": self.trunc_voxel_multiplier,
-            "max_translation_jump_m": self.max_translation_jump_m,
-            "max_rotation_jump_deg": self.max_rotation_jump_deg,
+            "max_speed_m_s": self.max_speed_m_s,
+            "max_angular_speed_deg_s": self.max_angular_speed_deg_s,
             "surface_band_voxels": self.surface_band_voxels,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"MapperConfig.{name} must be > 0, got {value}")
+        if self.pose_jump_tolerance_m < 0 or self.pose_jump_tolerance_deg < 0:
+            raise ConfigError("MapperConfig: pose jump tolerances must be >= 0")
         if self.block_resolution < 2 or self.block_count < 1:
             raise ConfigError("MapperConfig: block_resolution must be >= 2, block_count >= 1")
         if not 0 <= self.depth_min_m < self.depth_max_m:
@@ -282,13 +289,20 @@ class Mapper:
             return self._skip(
                 SKIP_OUT_OF_ORDER, f"stamp {frame.stamp_ns} < previous {self._last_stamp_ns}"
             )
-        self._last_stamp_ns = frame.stamp_ns
+        prev_stamp_ns, self._last_stamp_ns = self._last_stamp_ns, frame.stamp_ns
         prev, self._prev_pose = self._prev_pose, T
-        if prev is not None:
+        if prev is not None and prev_stamp_ns is not None:
+            dt_s = (frame.stamp_ns - prev_stamp_ns) / 1e9
             jump_m = float(np.linalg.norm(T[:3, 3] - prev[:3, 3]))
             jump_deg = rotation_angle_deg(prev[:3, :3].T @ T[:3, :3])
-            if jump_m > cfg.max_translation_jump_m or jump_deg > cfg.max_rotation_jump_deg:
-                return self._skip(SKIP_POSE_JUMP, f"moved {jump_m:.3f} m, {jump_deg:.1f} deg")
+            limit_m = cfg.max_speed_m_s * dt_s + cfg.pose_jump_tolerance_m
+            limit_deg = cfg.max_angular_speed_deg_s * dt_s + cfg.pose_jump_tolerance_deg
+            if jump_m > limit_m or jump_deg > limit_deg:
+                return self._skip(
+                    SKIP_POSE_JUMP,
+                    f"moved {jump_m:.3f} m, {jump_deg:.1f} deg in {dt_s:.3f} s "
+                    f"(limits {limit_m:.3f} m, {limit_deg:.1f} deg)",
+                )
         if self._bounds is not None:
             lo, hi = self._bounds
             if np.any(T[:3, 3] < lo) or np.any(T[:3, 3] > hi):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from diff2scene.errors import DataFormatError
+from diff2scene.io.assembler import InputConfig
 from diff2scene.io.bag import BagFrameSource, BagSourceConfig
 from diff2scene.io.transforms import quat_to_matrix
 
@@ -44,7 +45,7 @@ def test_pose_from_tf_chain_with_static_optical_frame(tmp_path: Path) -> None:
     path = tmp_path / "b"
     with bag(path) as b:
         write_sequence(b, 4, pose="tf")
-    frames = list(BagFrameSource(path, BagSourceConfig(pose_source="tf")))
+    frames = list(BagFrameSource(path, BagSourceConfig(input=InputConfig(pose_source="tf"))))
     assert len(frames) == 4
     T = frames[1].T_world_camera
     x = frames[1].stamp_ns * 1e-9
@@ -60,9 +61,9 @@ def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
     dt = 33_333_333
     with bag(path) as b:
         write_sequence(b, 3)  # frames 0..2 are good
-        # wrong colour encoding
+        # unsupported colour encoding
         t3 = t + 3 * dt
-        b.write("/camera/color/image_raw", t3, image(t3, np.zeros((6, 8), np.uint8), "mono8"))
+        b.write("/camera/color/image_raw", t3, image(t3, np.zeros((6, 8, 2), np.uint8), "yuv422"))
         b.write(
             "/camera/depth/image_rect_raw", t3, image(t3, np.full((6, 8), 900, np.uint16), "16UC1")
         )
@@ -104,18 +105,18 @@ def test_bad_messages_are_counted_not_fatal(tmp_path: Path) -> None:
         b.write("/camera/depth/image_rect_raw", t9, image(t9, depth, "32FC1"))
     source = BagFrameSource(path)
     frames = list(source)
-    assert [f.stamp_ns for f in frames] == [t, t + dt, t + 2 * dt, t8]
+    # the all-NaN depth frame is assembled (all pixels invalid); the mapper skips it
+    assert [f.stamp_ns for f in frames] == [t, t + dt, t + 2 * dt, t5, t8]
+    assert not np.any(frames[3].depth_m > 0)
     assert frames[-1].depth_m[0, 0] == 0.0 and frames[-1].depth_m[0, 1] == 2.0
     s = source.stats.skipped
     assert s["bad_color_encoding"] == 1
-    assert s["size_mismatch"] == 1
-    assert s["no_valid_depth"] == 1
-    assert s["non_monotonic_stamp"] == 1
-    assert s["undecodable_message"] == 1
+    assert s["camera_info_size_mismatch"] == 1
+    assert s["stale_stamp"] == 1
     assert s["missing_pose"] == 1
-    assert s["nonfinite_depth_pixels"] == 48 + 2
-    # colour images left without depth (bad encoding paired none; NaN depth dropped) are counted
-    assert s["no_depth_match"] >= 1
+    assert source.assembler.rejected["undecodable_message"] == 1
+    # every colour image is accounted for: a frame or one skip reason
+    assert source.assembler.received["color"] == len(frames) + source.stats.total_skipped
 
 
 def test_frames_before_camera_info_are_skipped(tmp_path: Path) -> None:
@@ -154,7 +155,7 @@ def test_missing_or_corrupt_bag_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "b"
     with bag(path) as b:
         b.write("/camera/pose", 1, pose_stamped(1, (0, 0, 0)))
-    with pytest.raises(DataFormatError, match="missing"):
+    with pytest.raises(DataFormatError, match="no colour image topic"):
         list(BagFrameSource(path))
 
 

@@ -189,7 +189,7 @@ def test_a_loaded_map_keeps_growing_with_a_seeded_mapper(orbit_frames, tmp_path)
         first.integrate(frame)
     smap = SemanticMap(VOXEL_M)
     smap.apply_surface_update(first.update_voxels())
-    smap.view_counts[:] = 1
+    smap.view_counts = np.ones(smap.num_voxels, dtype=np.int32)
     loaded = SemanticMap.load(smap.save(tmp_path / "map.npz"))
 
     resumed = Mapper(small_config())
@@ -202,3 +202,17 @@ def test_a_loaded_map_keeps_growing_with_a_seeded_mapper(orbit_frames, tmp_path)
     assert np.all(loaded.view_counts[: smap.num_voxels] == 1)
     with pytest.raises(InputError):
         resumed.seed_voxels(loaded.coords, loaded.colors)
+
+
+def test_pose_jump_gate_is_on_speed_so_motion_after_a_gap_is_kept(orbit_frames):
+    mapper = Mapper(small_config())
+    good = orbit_frames[0]
+    assert mapper.integrate(good)
+    moved = good.T_world_camera.copy()
+    moved[:3, 3] += (0.5, 0.0, 0.0)
+    # 0.5 m after a 1 s gap (0.5 m/s) is ordinary motion; 0.5 m in 33 ms is a jump
+    after_gap = dataclasses.replace(good, stamp_ns=good.stamp_ns + 10**9, T_world_camera=moved)
+    assert mapper.integrate(after_gap)
+    back = dataclasses.replace(good, stamp_ns=after_gap.stamp_ns + 33_000_000)
+    assert not mapper.integrate(back)
+    assert mapper.stats.last_skip_reason == SKIP_POSE_JUMP
