@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import array
 import dataclasses
+import difflib
+import fnmatch
 import inspect
 import re
 import types
@@ -229,9 +231,34 @@ def _insert(tree: dict[str, Any], path: list[str], value: Any) -> None:
     tree[path[-1]] = value
 
 
-def params_yaml(config: Any, *, node_name: str = "/**", prefix: str = "") -> str:
-    """A ROS 2 parameter file of ``config`` with each parameter's description as a comment."""
+def writable(spec: ParamSpec) -> bool:
+    """True if a parameter file can state ``spec``'s default: rcl's parser cannot type an empty
+    list and has no "unset", so those defaults are written commented out."""
+    return spec.default is not None and spec.default != []
+
+
+def group_docs(config: Any, *, prefix: str = "") -> dict[str, str]:
+    """Dotted name of each nested config (``pipeline.mapper``) → its field comment, if any."""
+    cls = type(config)
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    out: dict[str, str] = {}
+    for f in dataclasses.fields(cls):
+        if f.init and dataclasses.is_dataclass(hints[f.name]):
+            name = f"{prefix}{f.name}"
+            if f.name in docs:
+                out[name] = docs[f.name]
+            out.update(group_docs(getattr(config, f.name), prefix=f"{name}."))
+    return out
+
+
+def params_yaml(
+    config: Any, *, node_name: str = "/**", prefix: str = "", with_group_docs: bool = False
+) -> str:
+    """A ROS 2 parameter file of ``config`` with each parameter's description as a comment
+    (and, with ``with_group_docs``, each nested config's description above its key)."""
     specs = param_specs(config, prefix=prefix)
+    groups_doc = group_docs(config, prefix=prefix) if with_group_docs else {}
     lines = [f"{node_name}:", "  ros__parameters:"]
     previous_groups: list[str] = []
     for spec in specs:
@@ -239,6 +266,9 @@ def params_yaml(config: Any, *, node_name: str = "/**", prefix: str = "") -> str
         groups = parts[:-1]
         for depth in range(len(groups)):
             if previous_groups[: depth + 1] != groups[: depth + 1]:
+                doc = groups_doc.get(".".join(groups[: depth + 1]))
+                if doc:
+                    lines.append(f"{'  ' * (depth + 2)}# {doc}")
                 lines.append(f"{'  ' * (depth + 2)}{groups[depth]}:")
         indent = "  " * (len(parts) + 1)
         note = spec.description + (f" [{spec.unit}]" if spec.unit else "")
@@ -246,8 +276,7 @@ def params_yaml(config: Any, *, node_name: str = "/**", prefix: str = "") -> str
             note += f" One of {', '.join(spec.choices)}."
         if spec.optional:
             note += " Leave commented out for none."
-        # rcl's parser cannot type an empty list, so empty defaults stay commented out too
-        unset = spec.default is None or spec.default == []
+        unset = not writable(spec)
         if spec.default == []:
             note += " Empty by default (an empty list cannot be written here)."
         lines.append(f"{indent}# {note}")
@@ -268,6 +297,129 @@ def load_params_yaml(path: str | Path, node_name: str = "/**") -> Mapping[str, A
     if not isinstance(params, Mapping):
         raise ConfigError(f"{path}: ros__parameters must be a mapping")
     return params
+
+
+#: Parameters every rclpy node declares by itself; a parameter file may set them too.
+RCLPY_BUILTIN_PARAMETERS: tuple[str, ...] = ("use_sim_time", "start_type_description_service")
+
+
+def flatten_params(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Dotted name → value of a nested ``ros__parameters`` mapping."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten_params(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def node_name_matches(pattern: str, node_fqn: str) -> bool:
+    """True if a parameter file's node key (``/**``, ``diff2scene``, ``/*/diff2scene``,
+    ``/**/diff2scene``) applies to the node with fully qualified name ``node_fqn``.
+
+    As in rcl: a key without a leading slash is absolute, ``*`` stands for one name and ``**``
+    for any number of namespace levels, none included.
+    """
+
+    def match(pat: list[str], name: list[str]) -> bool:
+        if not pat:
+            return not name
+        if pat[0] == "**":
+            return any(match(pat[1:], name[i:]) for i in range(len(name) + 1))
+        return bool(name) and fnmatch.fnmatchcase(name[0], pat[0]) and match(pat[1:], name[1:])
+
+    return match([p for p in pattern.split("/") if p], [p for p in node_fqn.split("/") if p])
+
+
+@dataclass(frozen=True)
+class ParamsFileCheck:
+    """How a parameter file's keys for one node compare with what the node declares."""
+
+    path: Path
+    #: Node keys of the file that apply to the node, in file order.
+    sections: tuple[str, ...]
+    #: Keys the node does not declare (a typo here would be silently ignored by rclpy).
+    unknown: tuple[str, ...]
+    #: Declared parameters the file does not set (they keep their defaults).
+    missing: tuple[str, ...]
+    #: Every parameter the node declares for the config, rclpy's own included.
+    declared: tuple[str, ...]
+
+    def raise_for_unknown(self) -> None:
+        """:class:`ConfigError` naming each unknown key and the declared names closest to it."""
+        if not self.sections:
+            raise ConfigError(
+                f"{self.path}: no section applies to this node (a section is a node name, "
+                "e.g. /**: or /diff2scene:, holding ros__parameters:)"
+            )
+        if self.unknown:
+            raise ConfigError(f"{self.path}: the node declares no parameter " + "; ".join(
+                _with_suggestion(key, self.declared) for key in self.unknown
+            ))
+
+
+def _with_suggestion(key: str, declared: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, declared, n=1, cutoff=0.6)
+    return f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def check_params_file(
+    path: str | Path, config: Any, *, node_fqn: str, prefix: str = ""
+) -> ParamsFileCheck:
+    """Compare the keys a ROS 2 parameter file sets for ``node_fqn`` with the parameters
+    :func:`declare_config` declares for ``config``; :class:`ConfigError` if the file is not a
+    parameter file."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read parameter file: {exc}") from exc
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a parameter file maps node names to ros__parameters")
+    declared = [spec.name for spec in param_specs(config, prefix=prefix)]
+    sections: list[str] = []
+    values: dict[str, Any] = {}
+    for key, section in data.items():
+        if not node_name_matches(str(key), node_fqn):
+            continue
+        params = section.get("ros__parameters") if isinstance(section, Mapping) else None
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{path}: {key}: has no ros__parameters: mapping")
+        sections.append(str(key))
+        values.update(flatten_params(params))
+    known = set(declared) | set(RCLPY_BUILTIN_PARAMETERS)
+    return ParamsFileCheck(
+        path=path,
+        sections=tuple(sections),
+        unknown=tuple(k for k in values if k not in known),
+        missing=tuple(name for name in declared if name not in values),
+        declared=(*declared, *RCLPY_BUILTIN_PARAMETERS),
+    )
+
+
+#: The command that writes the node's parameter file (``launch/config/diff2scene.yaml``).
+GENERATOR_COMMAND = "python scripts/gen_params_yaml.py"
+
+
+def node_params_file_text() -> str:
+    """The node's parameter file with every default, generated from ``NodeConfig``.
+
+    ``launch/config/diff2scene.yaml`` is exactly this text (a test compares them); rerun
+    :data:`GENERATOR_COMMAND` after changing ``NodeConfig`` or a config inside it.
+    """
+    from diff2scene_ros.node import NodeConfig
+
+    header = (
+        "# Parameters of the diff2scene node with their defaults, one per field of\n"
+        "# diff2scene_ros.node.NodeConfig and the configs inside it; each comment is the field's\n"
+        "# description, its unit in [brackets].\n"
+        f"# Generated by `{GENERATOR_COMMAND}`: do not edit, rerun it after changing the configs.\n"
+        "# For a robot, pass a file with only the keys you change (see sensors/ beside this\n"
+        "# file): keys left out keep these defaults, unknown keys are refused by\n"
+        "# `diff2scene bringup`, and bad values stop the node with the offending name.\n"
+    )
+    return header + params_yaml(NodeConfig(), with_group_docs=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,9 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+# The two tables below are plain literals: `diff2scene bringup` reads them without `launch`.
+#: Name of the mapping node (its services are /<namespace>/diff2scene/text_query, ...).
+NODE_NAME = "diff2scene"
 #: (launch argument, node-relative topic it remaps, default) of each input.
 INPUT_TOPICS = (
     ("color_topic", "camera/color/image_raw", "/camera/color/image_raw"),
@@ -52,7 +55,7 @@ def generate_launch_description() -> LaunchDescription:
     mapper = Node(
         package="diff2scene",
         executable="diff2scene_node",
-        name="diff2scene",
+        name=NODE_NAME,
         namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),

@@ -26,6 +26,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert-odise": ("diff2scene.segmentation.cli", "convert the ODISE head checkpoint"),
     "train": ("diff2scene.net3d.cli", "distil 2D masks into the 3D network"),
     "eval": ("diff2scene.eval.cli", "score a saved map against ground truth"),
+    # the ROS 2 tools: their module imports rclpy only when the command runs
+    "query": ("diff2scene_ros.cli", "ask a running node where something is (~/text_query)"),
+    "bringup": ("diff2scene_ros.cli", "start the node as `ros2 launch diff2scene bringup` does"),
 }
 
 

@@ -1,0 +1,48 @@
+"""Write the node's parameter file, launch/config/diff2scene.yaml, from NodeConfig.
+
+    python scripts/gen_params_yaml.py           # rewrite the file
+    python scripts/gen_params_yaml.py --check   # exit 1 if the file is out of date
+
+Run it in the Makefile's environment (the ROS 2 wheels and the built interfaces importable)
+after changing NodeConfig or any config inside it; a test fails while the file is stale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TARGET = REPO / "launch" / "config" / "diff2scene.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true",
+                        help="only compare; print a diff and exit 1 if the file is stale")
+    parser.add_argument("--out", type=Path, default=TARGET, help="file to write or check")
+    args = parser.parse_args(argv)
+    sys.path[:0] = [str(REPO), str(REPO / "src")]
+    from diff2scene_ros.params import node_params_file_text
+
+    text = node_params_file_text()
+    current = args.out.read_text() if args.out.is_file() else ""
+    if args.check:
+        if current == text:
+            print(f"{args.out} is up to date")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(
+            current.splitlines(keepends=True), text.splitlines(keepends=True),
+            fromfile=str(args.out), tofile="generated",
+        ))
+        print(f"\n{args.out} is stale: run python scripts/gen_params_yaml.py", file=sys.stderr)
+        return 1
+    args.out.write_text(text)
+    print(f"wrote {args.out} ({len(text.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
