@@ -12,6 +12,7 @@ to put it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -295,14 +296,17 @@ def resolve_sd_dir(weights: WeightsConfig) -> Path:
     )
 
 
-def sd_empty_prompt_embedding(sd_dir: Path, *, num_heads: int = 12) -> torch.Tensor:
+def sd_empty_prompt_embedding(sd_dir: Path, *, num_heads: int | None = None) -> torch.Tensor:
     """SD's text encoding of the empty caption, (1, 77, 768): the captioner's base conditioning.
 
     Computed from ``text_encoder/`` (OpenAI CLIP ViT-L/14 text tower, Hugging Face layout)
     with plain tensor ops, so neither ``transformers`` nor the tokenizer is needed: the empty
-    prompt is BOS followed by EOS padding.
+    prompt is BOS followed by EOS padding. The head count is not in the weights' shapes: it
+    comes from ``num_heads``, else ``text_encoder/config.json``, else SD v1.x's 12.
     """
     folder = sd_dir / "text_encoder"
+    if num_heads is None:
+        num_heads = _text_encoder_heads(folder / "config.json")
     path = folder / "model.safetensors"
     if path.is_file():
         from safetensors.torch import load_file
@@ -314,6 +318,18 @@ def sd_empty_prompt_embedding(sd_dir: Path, *, num_heads: int = 12) -> torch.Ten
         except Exception as exc:
             raise DataFormatError(f"cannot read SD text encoder in {folder}: {exc}") from exc
     return clip_text_hidden_states(state, [49406] + [49407] * 76, num_heads=num_heads)
+
+
+def _text_encoder_heads(config_path: Path, default: int = 12) -> int:
+    if not config_path.is_file():
+        return default
+    try:
+        heads = json.loads(config_path.read_text()).get("num_attention_heads", default)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataFormatError(f"cannot read SD text-encoder config {config_path}: {exc}") from exc
+    if not isinstance(heads, int) or heads < 1:
+        raise DataFormatError(f"{config_path}: num_attention_heads must be a positive integer")
+    return heads
 
 
 def clip_text_hidden_states(
