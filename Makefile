@@ -12,24 +12,34 @@ VPY := $(VENV)/bin/python
 STAMP_DEPS := $(VENV)/.deps-installed
 STAMP_PKG := $(VENV)/.pkg-installed
 STAMP_DEB := build/.debian-installed
-IFACE_PREFIX := ros2_ws/install/diff2scene_interfaces
-STAMP_IFACE := $(IFACE_PREFIX)/.built
+WS := ros2_ws
+WS_INSTALL := $(WS)/install
+# The colcon build keeps one prefix per package (install/<package>/). This stamp sits in the
+# prefix the tests import most, so a fresh clone builds before anything imports it.
+STAMP_WS := $(WS_INSTALL)/diff2scene_interfaces/.built
+# Message packages the tests and tools import from the workspace: tf2_msgs and vision_msgs are
+# built from ros2_ws/compat only where the ROS 2 in use lacks them (the PyPI wheels); a missing
+# prefix on these paths is harmless.
+WS_MSG_PKGS := diff2scene_interfaces tf2_msgs vision_msgs
+WS_PREFIXES := $(foreach p,$(WS_MSG_PKGS),$(abspath $(WS_INSTALL)/$(p)))
+empty :=
+space := $(empty) $(empty)
 DEB_PACKAGES := libusb-1.0-0 libgl1 libegl1 libgomp1
 
-# What the built interfaces need to be importable and loadable inside the venv (the ROS
-# wheels keep their ament index in the venv's share/).
-RUN_ENV := PYTHONPATH=$(abspath $(IFACE_PREFIX))/lib/python3.11/site-packages$${PYTHONPATH:+:$$PYTHONPATH} \
-	LD_LIBRARY_PATH=$(abspath $(IFACE_PREFIX))/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
-	AMENT_PREFIX_PATH=$(abspath $(IFACE_PREFIX)):$(abspath $(VENV)) \
+# What the built message packages need to be importable and loadable inside the venv (the ROS
+# wheels keep their ament index in the venv's share/). /work/tools/d2s_env.sh mirrors this.
+RUN_ENV := PYTHONPATH=$(subst $(space),:,$(addsuffix /lib/python3.11/site-packages,$(WS_PREFIXES)))$${PYTHONPATH:+:$$PYTHONPATH} \
+	LD_LIBRARY_PATH=$(subst $(space),:,$(addsuffix /lib,$(WS_PREFIXES)))$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH} \
+	AMENT_PREFIX_PATH=$(subst $(space),:,$(WS_PREFIXES)):$(abspath $(VENV)) \
 	RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_LOCALHOST_ONLY=1 \
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=2
 
-.PHONY: help setup venv debs interfaces lint test demo bench bench-quality clean lock
+.PHONY: help setup venv debs ws interfaces lint test demo bench bench-quality clean lock
 
 help:
 	@echo "make demo | make test | make bench | make bench-quality | make setup | make clean"
 
-setup: venv interfaces
+setup: venv ws
 
 debs: $(STAMP_DEB)
 $(STAMP_DEB):
@@ -48,7 +58,7 @@ $(VENV)/bin/python:
 # on this machine's disk, DESIGN §4) so a fresh machine gets the same set.
 $(STAMP_DEPS): requirements.lock | $(VENV)/bin/python
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" || true
-	@$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy" 2>/dev/null || \
+	@$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy, colcon_core" 2>/dev/null || \
 	  { echo "dependency install failed"; exit 1; }
 	touch $@
 
@@ -58,9 +68,17 @@ $(STAMP_PKG): $(STAMP_DEPS) pyproject.toml
 
 venv: $(STAMP_DEB) $(STAMP_PKG)
 
-interfaces: $(STAMP_IFACE)
-$(STAMP_IFACE): $(STAMP_PKG) scripts/build_interfaces.sh ros2_ws/cmake/ros_wheels_python_includes.cmake $(wildcard ros2_ws/src/diff2scene_interfaces/*/* ros2_ws/src/diff2scene_interfaces/*.txt ros2_ws/src/diff2scene_interfaces/*.xml)
-	bash scripts/build_interfaces.sh $(VENV) $(IFACE_PREFIX)
+# The ROS 2 workspace, built with colcon against the venv's ROS 2 wheels (scripts/build_ws.sh
+# says how). The installed diff2scene package holds a copy of the Python sources, so they are
+# prerequisites too; colcon rebuilds incrementally.
+WS_SOURCES := $(shell find $(WS)/src/ $(WS)/compat $(WS)/cmake src/diff2scene diff2scene_ros launch models \
+	-type f \( -name '*.py' -o -name '*.msg' -o -name '*.srv' -o -name '*.xml' -o -name '*.txt' \
+	-o -name '*.cmake' -o -name '*.yaml' -o -name '*.rviz' -o -name '*.cfg' \) \
+	-not -path '*/__pycache__/*' 2>/dev/null)
+ws: $(STAMP_WS)
+interfaces: ws
+$(STAMP_WS): $(STAMP_PKG) scripts/build_ws.sh $(WS_SOURCES)
+	bash scripts/build_ws.sh $(VENV)
 	touch $@
 
 lint: venv
@@ -92,4 +110,4 @@ lock:
 	} > requirements.lock.new && mv requirements.lock.new requirements.lock
 
 clean:
-	rm -rf build ros2_ws/build ros2_ws/install demo_out
+	rm -rf build $(WS)/build $(WS)/install $(WS)/log demo_out

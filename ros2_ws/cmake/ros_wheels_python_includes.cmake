@@ -1,5 +1,6 @@
-# Injected by scripts/build_interfaces.sh (CMAKE_PROJECT_INCLUDE) when building against the
-# ROS 2 wheels from PyPI; a colcon build on a system ROS 2 install does not load it.
+# Injected by scripts/build_ws.sh (colcon --cmake-args -DCMAKE_PROJECT_INCLUDE=...) when
+# building against the ROS 2 wheels from PyPI; a colcon build on a system ROS 2 does not load it
+# (and it would change nothing there: it only touches include directories that do not exist).
 #
 # Why: the wheels export their `<pkg>::<pkg>__rosidl_generator_py` targets with the include
 # directories of the machine that built them (/opt/python/cp311-cp311/include/python3.11 and
