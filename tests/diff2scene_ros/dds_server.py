@@ -1,7 +1,8 @@
 """A TextQuery server run as its own process by test_interfaces_dds.py.
 
 It answers from a fixed, tiny synthetic "map" so the test can check that every request field
-reached the server and every response field came back intact across DDS:
+reached the server and every response field came back intact across DDS (test_client.py uses
+it as a stand-in node for the query client):
 ``python -m tests.diff2scene_ros.dds_server SERVICE_NAME MAX_LIFETIME_S``.
 """
 
@@ -49,6 +50,8 @@ def main() -> None:
     service_name, lifetime_s = sys.argv[1], float(sys.argv[2])
 
     def answer(req: TextQuery.Request, res: TextQuery.Response) -> TextQuery.Response:
+        if req.query.startswith("slow:"):  # "slow:S" answers after S seconds (client timeouts)
+            time.sleep(float(req.query.removeprefix("slow:")))
         if not req.query.strip():
             res.success, res.message = False, "empty query"
             return res
