@@ -10,6 +10,7 @@ from diff2scene.mapping.mapper import (
 )
 from diff2scene.mapping.render import RenderConfig, colors_for_labels, label_palette, render_map
 from diff2scene.mapping.semantic_map import FORMAT_VERSION, MaskBank, SemanticMap
+from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig, Unprojection
 from diff2scene.mapping.voxel_index import VoxelIndex
 
@@ -17,6 +18,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KeyframeConfig",
     "KeyframeSelector",
+    "MapSnapshot",
     "Mapper",
     "MapperConfig",
     "MapperStats",

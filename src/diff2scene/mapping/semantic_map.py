@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import io
 import json
+import time
 import zipfile
 import zlib
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from numpy.typing import NDArray
 from diff2scene.atomic_file import atomic_write
 from diff2scene.errors import DataFormatError, InputError, NotAMapError
 from diff2scene.mapping.mapper import SurfaceUpdate, voxel_centres
+from diff2scene.mapping.snapshot import MapSnapshot, RowBlocks, next_version, read_only
 from diff2scene.types import MaskSet
 
 #: Identifies a diff2scene map file.
@@ -222,45 +225,182 @@ class SemanticMap:
     ``member_ids[v]`` / ``member_weights[v]`` hold voxel v's k strongest (mask id, B3d) pairs,
     strongest first, -1 / 0 in unused slots. ``view_counts[v]`` counts the keyframes in which
     the voxel was visible, so unseen voxels can be told from voxels seen but in no mask.
+
+    Readers in other threads take a :meth:`snapshot` (cheap: views and block references, see
+    :mod:`diff2scene.mapping.snapshot`). The per-voxel tables are therefore read through
+    read-only properties and changed only through the map's methods or by assigning a whole
+    array; every change bumps :attr:`version`.
     """
 
     def __init__(self, voxel_size_m: float, *, members_per_voxel: int = 8) -> None:
         if voxel_size_m <= 0 or members_per_voxel < 1:
             raise InputError("semantic_map_args", "voxel_size_m > 0 and members_per_voxel >= 1")
         self.voxel_size_m = float(voxel_size_m)
-        self.coords = np.empty((0, 3), dtype=np.int32)
-        self.colors = np.empty((0, 3), dtype=np.uint8)
-        self.member_ids = np.empty((0, members_per_voxel), dtype=np.int32)
-        self.member_weights = np.empty((0, members_per_voxel), dtype=np.float32)
-        self.view_counts = np.empty(0, dtype=np.int32)
+        k = members_per_voxel
+        # coords / points: append-only buffers (rows < num_voxels are never rewritten).
+        self._coords_buf = np.empty((0, 3), dtype=np.int32)
+        self._points_buf = np.empty((0, 3), dtype=np.float32)
+        self._num_voxels = 0
+        # colours are replaced wholesale on every surface update, never written in place.
+        self._colors = np.empty((0, 3), dtype=np.uint8)
+        self._member_ids = RowBlocks((k,), np.int32, -1)
+        self._member_weights = RowBlocks((k,), np.float32, 0.0)
+        self._view_counts = RowBlocks((), np.int32, 0)
         self.mask_bank = MaskBank()
-        #: Space name → (M, D) float16 per-voxel 3D-branch features (filled by the 3D branch).
-        self.features_3d: dict[str, NDArray[np.float16]] = {}
+        self._features_3d: dict[str, NDArray[np.float16]] = {}
         #: JSON-serialisable facts about the map (configs used, source, ...).
         self.metadata: dict[str, Any] = {}
+        self._version = next_version()
+        self._last_snapshot: MapSnapshot | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def version(self) -> int:
+        """Changes with every mutation (voxels, memberships, masks, features); see snapshot."""
+        return self._version
+
+    def mark_changed(self) -> None:
+        """Take a new version (the map's methods call it; so must anyone changing the bank)."""
+        self._version = next_version()
 
     @property
     def num_voxels(self) -> int:
-        return int(self.coords.shape[0])
+        return self._num_voxels
 
     @property
     def members_per_voxel(self) -> int:
-        return int(self.member_ids.shape[1])
+        return int(self._member_ids.row_shape[0])
+
+    @property
+    def coords(self) -> NDArray[np.int32]:
+        """(M, 3) int32 integer voxel coordinates (read-only view)."""
+        return read_only(self._coords_buf[: self._num_voxels])
+
+    @coords.setter
+    def coords(self, value: NDArray[np.int32]) -> None:
+        coords = np.array(value, dtype=np.int32)
+        self._coords_buf = coords
+        self._points_buf = voxel_centres(coords, self.voxel_size_m)
+        self._num_voxels = int(coords.shape[0])
+        self.mark_changed()
 
     @property
     def points_m(self) -> NDArray[np.float32]:
-        """(M, 3) float32 voxel centres in the world frame, metres."""
-        return voxel_centres(self.coords, self.voxel_size_m)
+        """(M, 3) float32 voxel centres in the world frame, metres (read-only view)."""
+        return read_only(self._points_buf[: self._num_voxels])
+
+    @property
+    def colors(self) -> NDArray[np.uint8]:
+        """(M, 3) uint8 fused colours (read-only view)."""
+        return read_only(self._colors)
+
+    @colors.setter
+    def colors(self, value: NDArray[np.uint8]) -> None:
+        self._colors = np.array(value, dtype=np.uint8)
+        self.mark_changed()
+
+    @property
+    def member_ids(self) -> NDArray[np.int32]:
+        """(M, k) int32 read-only copy of the membership ids (assign a whole array to change)."""
+        out: NDArray[np.int32] = self._member_ids.to_array()
+        return out
+
+    @member_ids.setter
+    def member_ids(self, value: NDArray[np.int32]) -> None:
+        self._member_ids = RowBlocks((np.shape(value)[1],), np.int32, -1)
+        self._member_ids.assign(value)
+        self.mark_changed()
+
+    @property
+    def member_weights(self) -> NDArray[np.float32]:
+        """(M, k) float32 read-only copy of the memberships B3d."""
+        out: NDArray[np.float32] = self._member_weights.to_array()
+        return out
+
+    @member_weights.setter
+    def member_weights(self, value: NDArray[np.float32]) -> None:
+        self._member_weights = RowBlocks((np.shape(value)[1],), np.float32, 0.0)
+        self._member_weights.assign(value)
+        self.mark_changed()
+
+    @property
+    def view_counts(self) -> NDArray[np.int32]:
+        """(M,) int32 read-only copy of the view counts."""
+        out: NDArray[np.int32] = self._view_counts.to_array()
+        return out
+
+    @view_counts.setter
+    def view_counts(self, value: NDArray[np.int32]) -> None:
+        self._view_counts = RowBlocks((), np.int32, 0)
+        self._view_counts.assign(value)
+        self.mark_changed()
+
+    @property
+    def features_3d(self) -> dict[str, NDArray[np.float16]]:
+        """Space name → (M, D) float16 per-voxel 3D-branch features (filled by the 3D branch).
+
+        Replace the whole dict to change them (that bumps the version); never write into the
+        arrays, snapshots share them.
+        """
+        return self._features_3d
+
+    @features_3d.setter
+    def features_3d(self, value: Mapping[str, NDArray[np.float16]]) -> None:
+        self._features_3d = dict(value)
+        self.mark_changed()
 
     @property
     def semantic_nbytes(self) -> int:
         """Per-voxel semantic state (memberships, view counts, 3D features), in bytes."""
         return int(
-            self.member_ids.nbytes
-            + self.member_weights.nbytes
-            + self.view_counts.nbytes
-            + sum(f.nbytes for f in self.features_3d.values())
+            self._member_ids.nbytes
+            + self._member_weights.nbytes
+            + self._view_counts.nbytes
+            + sum(f.nbytes for f in self._features_3d.values())
         )
+
+    @property
+    def copy_on_write_blocks(self) -> int:
+        """Membership blocks copied so far because a snapshot still held them."""
+        return (
+            self._member_ids.cow_copies
+            + self._member_weights.cow_copies
+            + self._view_counts.cow_copies
+        )
+
+    def snapshot(self) -> MapSnapshot:
+        """A frozen view of the map as it is now; O(blocks), no per-voxel copy.
+
+        Unchanged maps return the snapshot taken before (so asking often costs nothing and
+        does not make later writes copy blocks). The caller must hold whatever lock serialises
+        writers of this map (the pipeline's).
+        """
+        last = self._last_snapshot
+        if last is not None and last.version == self._version:
+            return last
+        bank = self.mask_bank
+        self._last_snapshot = MapSnapshot(
+            version=self._version,
+            voxel_size_m=self.voxel_size_m,
+            coords=self.coords,
+            points_m=self.points_m,
+            colors=self.colors,
+            bank_embeddings=MappingProxyType(
+                {s: read_only(e) for s, e in bank.embeddings.items()}
+            ),
+            bank_keyframe_ids=read_only(bank.keyframe_ids),
+            features_3d=MappingProxyType(
+                {s: read_only(f) for s, f in self._features_3d.items()}
+            ),
+            taken_monotonic_s=time.monotonic(),
+            _member_ids=self._member_ids.freeze(),
+            _member_weights=self._member_weights.freeze(),
+            _view_counts=self._view_counts.freeze(),
+        )
+        return self._last_snapshot
+
+    # ------------------------------------------------------------------ mutation
 
     def apply_surface_update(self, update: SurfaceUpdate) -> None:
         """Take in the mapper's voxels: append new ones (empty semantic state), refresh colours.
@@ -274,21 +414,52 @@ class SemanticMap:
         if m and not np.array_equal(update.coords[:m], self.coords):
             raise InputError("surface_update_mismatch", "existing voxels changed coordinates")
         grow = update.num_voxels - m
-        self.coords = np.array(update.coords, dtype=np.int32)
-        self.colors = np.array(update.colors, dtype=np.uint8)
+        # The update's arrays belong to the receiver: no copy of the colours.
+        self._colors = np.asarray(update.colors, dtype=np.uint8)
         if grow:
-            k = self.members_per_voxel
-            self.member_ids = np.concatenate(
-                [self.member_ids, np.full((grow, k), -1, dtype=np.int32)]
-            )
-            self.member_weights = np.concatenate(
-                [self.member_weights, np.zeros((grow, k), dtype=np.float32)]
-            )
-            self.view_counts = np.concatenate([self.view_counts, np.zeros(grow, dtype=np.int32)])
-            self.features_3d = {
+            new = np.asarray(update.coords[m:], dtype=np.int32)
+            if self._coords_buf.shape[0] < m + grow:
+                cap = max(m + grow, 2 * self._coords_buf.shape[0], 1024)
+                coords = np.empty((cap, 3), dtype=np.int32)
+                points = np.empty((cap, 3), dtype=np.float32)
+                coords[:m] = self._coords_buf[:m]
+                points[:m] = self._points_buf[:m]
+                self._coords_buf, self._points_buf = coords, points
+            self._coords_buf[m : m + grow] = new
+            self._points_buf[m : m + grow] = voxel_centres(new, self.voxel_size_m)
+            self._num_voxels = m + grow
+            self._member_ids.append(grow)
+            self._member_weights.append(grow)
+            self._view_counts.append(grow)
+            self._features_3d = {
                 s: np.concatenate([f, np.zeros((grow, f.shape[1]), dtype=np.float16)])
-                for s, f in self.features_3d.items()
+                for s, f in self._features_3d.items()
             }
+        self.mark_changed()
+
+    def gather_memberships(
+        self, voxels: NDArray[np.int64]
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
+        """(V, k) int32 ids and (V, k) float32 weights of the given voxels (copies)."""
+        ids: NDArray[np.int32] = self._member_ids.gather(voxels)
+        weights: NDArray[np.float32] = self._member_weights.gather(voxels)
+        return ids, weights
+
+    def write_memberships(
+        self,
+        voxels: NDArray[np.int64],
+        ids: NDArray[np.int32],
+        weights: NDArray[np.float32],
+    ) -> None:
+        """Overwrite the (V, k) memberships of ``voxels`` (copy-on-write against snapshots)."""
+        self._member_ids.scatter(voxels, ids)
+        self._member_weights.scatter(voxels, weights)
+        self.mark_changed()
+
+    def count_views(self, voxels: NDArray[np.int64]) -> None:
+        """Add one to the view count of each of the (V,) distinct ``voxels``."""
+        self._view_counts.scatter(voxels, self._view_counts.gather(voxels) + 1)
+        self.mark_changed()
 
     def strongest_mask(self) -> NDArray[np.int32]:
         """(M,) int32 id of each voxel's strongest mask, -1 where it has none."""

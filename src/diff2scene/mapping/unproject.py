@@ -180,7 +180,7 @@ class MaskUnprojector:
             raise InputError("unprojection_mismatch", "voxel index beyond the map")
         ids = smap.mask_bank.append(mask_set, keyframe_id)
         vox = unprojection.voxel_index
-        smap.view_counts[vox] += 1
+        smap.count_views(vox)
         if n == 0 or vox.size == 0:
             return ids
         k = smap.members_per_voxel
@@ -193,11 +193,15 @@ class MaskUnprojector:
         weak = new_w < self.config.min_weight
         new_w = np.where(weak, np.float32(0.0), new_w)
         new_id = np.where(weak, np.int32(-1), new_id)
-        cand_w = np.concatenate([smap.member_weights[vox], new_w], axis=1)
-        cand_id = np.concatenate([smap.member_ids[vox], new_id], axis=1)
+        old_id, old_w = smap.gather_memberships(vox)
+        cand_w = np.concatenate([old_w, new_w], axis=1)
+        cand_id = np.concatenate([old_id, new_id], axis=1)
         # Empty slots (id -1) must lose against any stored membership, even a zero-weight one.
         key = np.where(cand_id < 0, np.float32(-1.0), cand_w)
         order = np.argsort(-key, axis=1, kind="stable")[:, :k]
-        smap.member_weights[vox] = np.take_along_axis(cand_w, order, axis=1)
-        smap.member_ids[vox] = np.take_along_axis(cand_id, order, axis=1)
+        smap.write_memberships(
+            vox,
+            np.take_along_axis(cand_id, order, axis=1),
+            np.take_along_axis(cand_w, order, axis=1),
+        )
         return ids

@@ -1,6 +1,6 @@
 """Open-vocabulary labelling and text queries over a semantic map (DESIGN §1 ensemble)."""
 
-from diff2scene.query.engine import MaskClassifier, QueryConfig, QueryEngine, QueryResult
+from diff2scene.query.engine import QueryConfig, QueryEngine, QueryResult
 from diff2scene.query.ensemble import (
     BRANCHES,
     EnsembleConfig,
@@ -10,7 +10,7 @@ from diff2scene.query.ensemble import (
 )
 from diff2scene.query.grammar import RELATIONS, ParsedQuery, parse_query
 from diff2scene.query.instances import Instance, InstanceConfig, cluster_voxels, find_instances
-from diff2scene.query.labelling import Labelling, LabellingConfig, label_map
+from diff2scene.query.labelling import Labelling, LabellingConfig, MaskClassifier, label_map
 from diff2scene.query.relations import RelationConfig
 
 __all__ = [

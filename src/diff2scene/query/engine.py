@@ -15,29 +15,23 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from diff2scene.errors import ConfigError, InputError
-from diff2scene.query.ensemble import Branch, EnsembleConfig, EnsembleScorer
+from diff2scene.errors import InputError
+from diff2scene.mapping.semantic_map import SemanticMap
+from diff2scene.mapping.snapshot import MapSnapshot
+from diff2scene.query.ensemble import Branch, EnsembleConfig, EnsembleScorer, GeometricIndex
 from diff2scene.query.grammar import ParsedQuery, parse_query
 from diff2scene.query.instances import Instance, InstanceConfig, find_instances
+from diff2scene.query.labelling import Labelling, LabellingConfig, MaskClassifier, label_map
 from diff2scene.query.relations import RelationConfig, rerank
 from diff2scene.segmentation.base import TextEncoder, Vocabulary
 from diff2scene.segmentation.text import default_templates, ensemble_embeddings
 
 #: Stuff classes every background has, so walls and floors do not answer object queries.
 DEFAULT_BACKGROUND_EXTRA: tuple[str, ...] = ("wall", "floor", "ceiling", "object")
-
-
-class MaskClassifier(Protocol):
-    """What the engine needs of a segmenter: ``Segmenter2D.classify``."""
-
-    def classify(
-        self, embeddings: dict[str, NDArray[np.float32]], vocabulary: Vocabulary
-    ) -> NDArray[np.float32]: ...
 
 
 @dataclass
@@ -92,32 +86,32 @@ class QueryResult:
 
 
 class QueryEngine:
-    """Answers text queries over one map (arrays of a ``SemanticMap``; see :meth:`from_map`)."""
+    """Answers text queries over one frozen :class:`~diff2scene.mapping.snapshot.MapSnapshot`.
+
+    Nothing per request is stored on the engine (the viewpoint of a relation is an argument of
+    :meth:`query`), so one engine serves concurrent queries from several threads.
+    """
 
     def __init__(
         self,
+        snapshot: MapSnapshot,
         scorer: EnsembleScorer,
         *,
-        coords: NDArray[np.int32],
-        points_m: NDArray[np.float32],
-        bank_embeddings: Mapping[str, NDArray[np.float32]],
         encoder: TextEncoder,
         classifier: MaskClassifier,
         config: QueryConfig | None = None,
     ) -> None:
         self.config = config or QueryConfig()
-        if coords.shape != (scorer.num_voxels, 3) or points_m.shape != coords.shape:
-            raise InputError("map arrays disagree", f"{coords.shape}, {points_m.shape}")
+        if scorer.num_voxels != snapshot.num_voxels or scorer.num_masks != snapshot.num_masks:
+            raise InputError(
+                "scorer_snapshot_mismatch",
+                f"scorer has {scorer.num_voxels} voxels / {scorer.num_masks} masks, snapshot "
+                f"{snapshot.num_voxels} / {snapshot.num_masks}",
+            )
+        self.snapshot = snapshot
         self.scorer = scorer
-        self.coords = coords
-        self.points_m = points_m
-        self.bank_embeddings = {
-            s: np.asarray(e, dtype=np.float32) for s, e in bank_embeddings.items()
-        }
         self.encoder = encoder
         self.classifier = classifier
-        #: Viewpoint (3,) for left/right relations, e.g. the last camera position; None = +y.
-        self.viewpoint_m: NDArray[np.float64] | None = None
         self._templates = (
             tuple(self.config.templates) if self.config.templates else default_templates(encoder)
         )
@@ -134,37 +128,67 @@ class QueryEngine:
         )
 
     @classmethod
+    def from_snapshot(
+        cls,
+        snapshot: MapSnapshot,
+        encoder: TextEncoder,
+        classifier: MaskClassifier,
+        config: QueryConfig | None = None,
+        *,
+        ensemble: EnsembleConfig | None = None,
+        geometric: GeometricIndex | None = None,
+    ) -> QueryEngine:
+        """Engine over a snapshot; the geometric index is built unless an up-to-date one is
+        given (a :class:`~diff2scene.query.session.QuerySession` keeps one incrementally)."""
+        scorer = EnsembleScorer.from_arrays(
+            snapshot.member_ids,
+            snapshot.member_weights,
+            snapshot.bank_embeddings,
+            snapshot.features_3d,
+            ensemble,
+            geometric=geometric,
+        )
+        return cls(snapshot, scorer, encoder=encoder, classifier=classifier, config=config)
+
+    @classmethod
     def from_map(
         cls,
-        semantic_map: object,
+        semantic_map: SemanticMap,
         encoder: TextEncoder,
         classifier: MaskClassifier,
         config: QueryConfig | None = None,
         *,
         ensemble: EnsembleConfig | None = None,
     ) -> QueryEngine:
-        """Engine over a :class:`~diff2scene.mapping.SemanticMap` (builds the 3D index once)."""
-        try:
-            bank = semantic_map.mask_bank.embeddings  # type: ignore[attr-defined]
-            scorer = EnsembleScorer.from_arrays(
-                semantic_map.member_ids,  # type: ignore[attr-defined]
-                semantic_map.member_weights,  # type: ignore[attr-defined]
-                bank,
-                semantic_map.features_3d,  # type: ignore[attr-defined]
-                ensemble,
-            )
-            coords = semantic_map.coords  # type: ignore[attr-defined]
-            points = semantic_map.points_m  # type: ignore[attr-defined]
-        except AttributeError as exc:
-            raise ConfigError(f"not a semantic map: {exc}") from exc
-        return cls(
-            scorer,
-            coords=coords,
-            points_m=points,
-            bank_embeddings=bank,
-            encoder=encoder,
-            classifier=classifier,
-            config=config,
+        """Engine over the map as it is now (a snapshot; the map may go on changing)."""
+        return cls.from_snapshot(
+            semantic_map.snapshot(), encoder, classifier, config, ensemble=ensemble
+        )
+
+    @property
+    def map_version(self) -> int:
+        """Version of the map state the engine answers from."""
+        return self.snapshot.version
+
+    @property
+    def coords(self) -> NDArray[np.int32]:
+        """(M, 3) int32 voxel coordinates of the snapshot."""
+        return self.snapshot.coords
+
+    @property
+    def points_m(self) -> NDArray[np.float32]:
+        """(M, 3) float32 voxel centres of the snapshot, metres."""
+        return self.snapshot.points_m
+
+    @property
+    def bank_embeddings(self) -> Mapping[str, NDArray[np.float32]]:
+        """Space → (K, D) float32 mask embeddings of the snapshot."""
+        return self.snapshot.bank_embeddings
+
+    def label(self, config: LabellingConfig | None = None) -> Labelling:
+        """Every voxel of the snapshot labelled with a vocabulary (see :func:`label_map`)."""
+        return label_map(
+            self.scorer, self.bank_embeddings, self.encoder, self.classifier, config
         )
 
     @property
@@ -200,8 +224,13 @@ class QueryEngine:
         top_k: int | None = None,
         *,
         branch: Branch | None = None,
+        viewpoint_m: NDArray[np.floating] | None = None,
     ) -> QueryResult:
-        """Answer ``text``; raises :class:`InputError` for malformed queries or arguments."""
+        """Answer ``text``; raises :class:`InputError` for malformed queries or arguments.
+
+        ``viewpoint_m`` (3,) is where left/right relations are seen from (e.g. the latest camera
+        position); None = looking along +y.
+        """
         t0 = time.perf_counter()
         threshold = (
             self.config.score_threshold if score_threshold is None else float(score_threshold)
@@ -211,6 +240,11 @@ class QueryEngine:
             raise InputError("score_threshold must be in [0, 1]", str(score_threshold))
         if k < 1:
             raise InputError("top_k must be >= 1", str(top_k))
+        viewpoint = None
+        if viewpoint_m is not None:
+            viewpoint = np.asarray(viewpoint_m, dtype=np.float64)
+            if viewpoint.shape != (3,) or not np.all(np.isfinite(viewpoint)):
+                raise InputError("viewpoint_m must be 3 finite numbers", str(viewpoint_m))
         parsed = parse_query(text, max_chars=self.config.max_query_chars)
         phrases = [parsed.target]
         if parsed.anchor is not None and parsed.anchor != parsed.target:
@@ -234,7 +268,7 @@ class QueryEngine:
         if parsed.relation is not None and parsed.anchor is not None:
             _, anchors = instances_of(parsed.anchor, 0 if parsed.anchor == parsed.target else 1)
             targets = rerank(
-                parsed.relation, targets, anchors, self.config.relations, self.viewpoint_m
+                parsed.relation, targets, anchors, self.config.relations, viewpoint
             )
         t3 = time.perf_counter()
         return QueryResult(

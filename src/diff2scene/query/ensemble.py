@@ -328,12 +328,15 @@ class EnsembleScorer:
         embeddings: Mapping[str, NDArray[np.float32]],
         features_3d: Mapping[str, NDArray[np.floating]],
         config: EnsembleConfig | None = None,
+        *,
+        geometric: GeometricIndex | None = None,
     ) -> EnsembleScorer:
-        """Scorer over a map's arrays; builds the geometric index when 3D features exist."""
+        """Scorer over a map's arrays; builds the geometric index when 3D features exist
+        (unless ``geometric``, an index already up to date with these arrays, is given)."""
         cfg = config or EnsembleConfig()
         num_masks = int(next(iter(embeddings.values())).shape[0]) if embeddings else 0
-        geo = None
-        if features_3d and set(features_3d) & set(embeddings):
+        geo = geometric
+        if geo is None and features_3d and set(features_3d) & set(embeddings):
             geo = GeometricIndex.build(features_3d, embeddings, cfg)
         return cls(member_ids, member_weights, num_masks, geometric=geo, config=cfg)
 

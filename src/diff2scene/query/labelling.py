@@ -12,15 +12,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from diff2scene.errors import InputError
-from diff2scene.query.engine import MaskClassifier
 from diff2scene.query.ensemble import Branch, EnsembleScorer
-from diff2scene.segmentation.base import TextEncoder
+from diff2scene.segmentation.base import TextEncoder, Vocabulary
 from diff2scene.segmentation.vocabularies import build_vocabulary, get_vocabulary_names
+
+
+class MaskClassifier(Protocol):
+    """What labelling and queries need of a segmenter: ``Segmenter2D.classify``."""
+
+    def classify(
+        self, embeddings: dict[str, NDArray[np.float32]], vocabulary: Vocabulary
+    ) -> NDArray[np.float32]: ...
 
 
 @dataclass

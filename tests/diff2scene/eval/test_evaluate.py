@@ -9,7 +9,7 @@ import pytest
 from diff2scene.eval.datasets import EvalScene
 from diff2scene.eval.evaluate import EvalConfig, evaluate_scene, summarise, write_report
 from diff2scene.query.engine import QueryConfig, QueryEngine
-from diff2scene.query.ensemble import EnsembleConfig, EnsembleScorer
+from diff2scene.query.ensemble import EnsembleConfig
 from diff2scene.query.instances import InstanceConfig
 from diff2scene.segmentation.clip import ClipConfig, build_clip
 from diff2scene.segmentation.oracle import OracleSegmenter
@@ -25,18 +25,12 @@ def engine() -> QueryEngine:
     encoder = ClipTextEncoder(build_clip(cfg.clip), cfg)
     oracle = OracleSegmenter({}, encoder)
     toy = build_toy_map(encoder, oracle)
-    scorer = EnsembleScorer.from_arrays(
-        toy.member_ids, toy.member_weights, toy.embeddings, toy.features_3d,
-        EnsembleConfig(num_prototypes=0),
-    )  # fmt: skip
-    return QueryEngine(
-        scorer,
-        coords=toy.coords,
-        points_m=toy.points_m,
-        bank_embeddings=toy.embeddings,
-        encoder=encoder,
-        classifier=oracle,
-        config=QueryConfig(instances=InstanceConfig(min_voxels=5)),
+    return QueryEngine.from_snapshot(
+        toy.snapshot(),
+        encoder,
+        oracle,
+        QueryConfig(instances=InstanceConfig(min_voxels=5)),
+        ensemble=EnsembleConfig(num_prototypes=0),
     )
 
 

@@ -33,7 +33,9 @@ def test_info_and_render(tmp_path, capsys):
                 embeddings={SPACE_CLIP: np.ones((1, 4), np.float32)}),
         keyframe_id=0,
     )
-    smap.member_ids[:10, 0] = 0
+    ids = smap.member_ids.copy()
+    ids[:10, 0] = 0
+    smap.member_ids = ids
     smap.metadata = {"source": "test"}
     path = smap.save(tmp_path / "map.npz")
     assert run(["map-info", str(path)]) == 0

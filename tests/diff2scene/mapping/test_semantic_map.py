@@ -39,10 +39,10 @@ def filled_map(rng: np.random.Generator) -> SemanticMap:
     for kf in range(3):
         smap.mask_bank.append(random_mask_set(rng, 4 + kf), kf)
     k = smap.mask_bank.num_masks
-    smap.member_ids[:] = rng.integers(-1, k, size=smap.member_ids.shape).astype(np.int32)
-    smap.member_weights[:] = rng.random(smap.member_weights.shape, dtype=np.float32)
-    smap.view_counts[:] = rng.integers(0, 9, size=50).astype(np.int32)
-    smap.features_3d[SPACE_CLIP] = rng.standard_normal((50, 24)).astype(np.float16)
+    smap.member_ids = rng.integers(-1, k, size=smap.member_ids.shape).astype(np.int32)
+    smap.member_weights = rng.random(smap.member_weights.shape, dtype=np.float32)
+    smap.view_counts = rng.integers(0, 9, size=50).astype(np.int32)
+    smap.features_3d = {SPACE_CLIP: rng.standard_normal((50, 24)).astype(np.float16)}
     smap.metadata = {"mapper": {"voxel_size_m": 0.02, "device": "CPU:0"}, "source": "test"}
     return smap
 

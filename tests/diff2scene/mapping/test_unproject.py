@@ -147,8 +147,9 @@ def test_logits_and_low_resolution_masks():
 
 def test_accumulate_keeps_the_k_strongest_across_keyframes():
     smap = SemanticMap(0.1, members_per_voxel=2)
-    smap.coords = np.zeros((3, 3), dtype=np.int32)
-    smap.coords[:, 0] = [0, 1, 2]
+    coords = np.zeros((3, 3), dtype=np.int32)
+    coords[:, 0] = [0, 1, 2]
+    smap.coords = coords
     smap.colors = np.zeros((3, 3), dtype=np.uint8)
     smap.member_ids = np.full((3, 2), -1, dtype=np.int32)
     smap.member_weights = np.zeros((3, 2), dtype=np.float32)

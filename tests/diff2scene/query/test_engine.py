@@ -33,21 +33,12 @@ def toy(encoder: ClipTextEncoder, oracle: OracleSegmenter) -> ToyMap:
 def make_engine(
     toy: ToyMap, encoder: ClipTextEncoder, oracle: OracleSegmenter, **kw: object
 ) -> QueryEngine:
-    scorer = EnsembleScorer.from_arrays(
-        toy.member_ids,
-        toy.member_weights,
-        toy.embeddings,
-        toy.features_3d,
-        EnsembleConfig(num_prototypes=0),
-    )
-    return QueryEngine(
-        scorer,
-        coords=toy.coords,
-        points_m=toy.points_m,
-        bank_embeddings=toy.embeddings,
-        encoder=encoder,
-        classifier=oracle,
-        config=QueryConfig(instances=InstanceConfig(min_voxels=5), **kw),  # type: ignore[arg-type]
+    return QueryEngine.from_snapshot(
+        toy.snapshot(),
+        encoder,
+        oracle,
+        QueryConfig(instances=InstanceConfig(min_voxels=5), **kw),  # type: ignore[arg-type]
+        ensemble=EnsembleConfig(num_prototypes=0),
     )
 
 
@@ -122,8 +113,7 @@ def test_relation_queries_rerank_targets(
         tuple(object_voxels(toy, "chair_a"))
     ]
     # Seen from +x looking towards -x, left is -y: the sides swap.
-    engine.viewpoint_m = np.array([5.0, 0.4, 1.0])
-    seen = engine.query("chair left of the table")
+    seen = engine.query("chair left of the table", viewpoint_m=np.array([5.0, 0.4, 1.0]))
     assert [tuple(i.voxel_indices) for i in seen.instances] == [
         tuple(object_voxels(toy, "chair_a"))
     ]

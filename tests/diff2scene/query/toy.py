@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.segmentation.base import TextEncoder
 from diff2scene.segmentation.oracle import OracleSegmenter
 from diff2scene.segmentation.text import default_templates, ensemble_embeddings
@@ -43,6 +44,16 @@ class ToyMap:
     @property
     def points_m(self) -> NDArray[np.float32]:
         return (self.coords.astype(np.float64) * self.voxel_size_m).astype(np.float32)
+
+    def snapshot(self) -> MapSnapshot:
+        return MapSnapshot.from_arrays(
+            voxel_size_m=self.voxel_size_m,
+            coords=self.coords,
+            member_ids=self.member_ids,
+            member_weights=self.member_weights,
+            bank_embeddings=self.embeddings,
+            features_3d=self.features_3d,
+        )
 
 
 def _box(lo: tuple[float, ...], hi: tuple[float, ...]) -> NDArray[np.int32]:

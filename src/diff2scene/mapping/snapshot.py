@@ -1,0 +1,358 @@
+"""Frozen, versioned views of a :class:`~diff2scene.mapping.semantic_map.SemanticMap`.
+
+Queries and labelling read the map while mapping goes on in another thread. Copying the whole
+map for every reader (1M voxels: ~70 MB of memberships, ~2 GB of 3D features) is what this
+module avoids:
+
+* Voxel coordinates, voxel centres and the mask bank only ever grow, and rows that exist are
+  never rewritten, so a snapshot holds views of their first M (or K) rows.
+* Colours and 3D features are replaced wholesale by the map (never written in place), so a
+  snapshot holds the arrays it saw.
+* Memberships and view counts are written in place for the voxels a keyframe sees. They live
+  in :class:`RowBlocks`: fixed-size row blocks, copied on write. A snapshot keeps references
+  to the blocks; the map copies a block only when it writes into one that a snapshot holds,
+  so a keyframe costs the blocks it touches, not the whole table.
+
+Every mutation of a map takes a fresh number from one process-wide counter, so a version
+identifies the state of one map uniquely (a map loaded in place of another never reuses an old
+version) and a larger version is always newer.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+from numpy.typing import DTypeLike, NDArray
+
+from diff2scene.errors import InputError
+
+#: Rows per block of :class:`RowBlocks` (64 Ki rows: 2 MiB of int32 ids at k = 8).
+DEFAULT_BLOCK_ROWS = 1 << 16
+
+_VERSIONS = itertools.count(1)
+_VERSIONS_LOCK = threading.Lock()
+
+
+def next_version() -> int:
+    """A process-wide, strictly increasing map version."""
+    with _VERSIONS_LOCK:
+        return next(_VERSIONS)
+
+
+def read_only(arr: NDArray[Any]) -> NDArray[Any]:
+    """A read-only view of ``arr`` (the array itself stays writable for its owner)."""
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+@dataclass(frozen=True, eq=False)
+class FrozenRows:
+    """The first ``num_rows`` rows of a :class:`RowBlocks` at the time it was frozen."""
+
+    blocks: tuple[NDArray[Any], ...]
+    num_rows: int
+    block_rows: int
+    row_shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+    def to_array(self) -> NDArray[Any]:
+        """(num_rows, *row_shape) contiguous copy (read-only)."""
+        parts = []
+        for j, block in enumerate(self.blocks):
+            lo = j * self.block_rows
+            if lo >= self.num_rows:
+                break
+            parts.append(block[: min(self.block_rows, self.num_rows - lo)])
+        out = (
+            np.concatenate(parts)
+            if parts
+            else np.empty((0, *self.row_shape), dtype=self.dtype)
+        )
+        return read_only(out)
+
+
+class RowBlocks:
+    """A growable (N, *row_shape) table stored in blocks, copy-on-write against snapshots.
+
+    Appending never touches existing rows; :meth:`scatter` copies a block first when a
+    :class:`FrozenRows` taken by :meth:`freeze` still references it. Not thread-safe by
+    itself: the map's owner serialises writers (the pipeline's lock); frozen views may be read
+    from any thread.
+    """
+
+    def __init__(
+        self,
+        row_shape: tuple[int, ...],
+        dtype: DTypeLike,
+        fill: float | int,
+        *,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ) -> None:
+        if block_rows < 1 or block_rows & (block_rows - 1):
+            raise InputError("block_rows", f"must be a power of two, got {block_rows}")
+        self.row_shape = tuple(row_shape)
+        self.dtype: np.dtype[Any] = np.dtype(dtype)
+        self.fill = fill
+        self.block_rows = block_rows
+        self._shift = block_rows.bit_length() - 1
+        self._blocks: list[NDArray[Any]] = []
+        self._shared: list[bool] = []
+        self._count = 0
+        #: Blocks copied because a snapshot held them (for benchmarks).
+        self.cow_copies = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    @property
+    def nbytes(self) -> int:
+        per_row = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        return self._count * per_row
+
+    def _new_block(self, rows: int) -> NDArray[Any]:
+        return np.full((rows, *self.row_shape), self.fill, dtype=self.dtype)
+
+    def append(self, n: int) -> None:
+        """Add ``n`` rows holding the fill value."""
+        if n < 0:
+            raise InputError("row_count", f"cannot append {n} rows")
+        target = self._count + n
+        while n:
+            j = self._count >> self._shift
+            lo = j * self.block_rows
+            if j == len(self._blocks):
+                self._blocks.append(self._new_block(min(self.block_rows, max(256, n))))
+                self._shared.append(False)
+            block = self._blocks[j]
+            want = min(self.block_rows, target - lo)
+            if block.shape[0] < want:
+                # Grow the last block by doubling; a snapshot keeps the old one.
+                grown = self._new_block(min(self.block_rows, max(want, 2 * block.shape[0])))
+                grown[: self._count - lo] = block[: self._count - lo]
+                self._blocks[j] = grown
+                self._shared[j] = False
+            step = min(want, self.block_rows) - (self._count - lo)
+            self._count += step
+            n -= step
+
+    def assign(self, values: NDArray[Any]) -> None:
+        """Replace the whole table by ``values`` (N, *row_shape)."""
+        values = np.asarray(values, dtype=self.dtype)
+        if values.shape[1:] != self.row_shape:
+            raise ValueError(f"rows of shape {values.shape[1:]}, expected {self.row_shape}")
+        self._blocks, self._shared, self._count = [], [], 0
+        self.append(values.shape[0])
+        for j, block in enumerate(self._blocks):
+            lo = j * self.block_rows
+            hi = min(values.shape[0], lo + block.shape[0])
+            block[: hi - lo] = values[lo:hi]
+
+    def _check_rows(self, rows: NDArray[np.int64]) -> None:
+        if rows.size and (int(rows.min()) < 0 or int(rows.max()) >= self._count):
+            raise InputError("row_index", f"rows outside [0, {self._count})")
+
+    def _groups(self, rows: NDArray[np.int64]) -> list[tuple[int, NDArray[np.int64] | None]]:
+        """(block, positions in ``rows``) per touched block; None = all of ``rows``."""
+        blk = rows >> self._shift
+        if rows.size == 0:
+            return []
+        first, last = int(blk.min()), int(blk.max())
+        if first == last:
+            return [(first, None)]
+        touched = np.flatnonzero(np.bincount(blk - first)) + first
+        return [(int(b), np.flatnonzero(blk == b)) for b in touched]
+
+    def gather(self, rows: NDArray[np.int64]) -> NDArray[Any]:
+        """(len(rows), *row_shape) copy of the given rows."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_rows(rows)
+        groups = self._groups(rows)
+        if len(groups) == 1 and groups[0][1] is None:
+            b = groups[0][0]
+            out: NDArray[Any] = self._blocks[b][rows - (b << self._shift)]
+            return out
+        out = np.empty((rows.shape[0], *self.row_shape), dtype=self.dtype)
+        for b, pos in groups:
+            assert pos is not None
+            out[pos] = self._blocks[b][rows[pos] - (b << self._shift)]
+        return out
+
+    def scatter(self, rows: NDArray[np.int64], values: NDArray[Any]) -> None:
+        """Write ``values`` (len(rows), *row_shape) into ``rows`` (copy-on-write per block)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        self._check_rows(rows)
+        for b, pos in self._groups(rows):
+            if self._shared[b]:
+                self._blocks[b] = self._blocks[b].copy()
+                self._shared[b] = False
+                self.cow_copies += 1
+            local = rows - (b << self._shift) if pos is None else rows[pos] - (b << self._shift)
+            self._blocks[b][local] = values if pos is None else values[pos]
+
+    def freeze(self) -> FrozenRows:
+        """A view of the current rows that later writes do not change."""
+        self._shared = [True] * len(self._blocks)
+        return FrozenRows(
+            blocks=tuple(self._blocks),
+            num_rows=self._count,
+            block_rows=self.block_rows,
+            row_shape=self.row_shape,
+            dtype=self.dtype,
+        )
+
+    def to_array(self) -> NDArray[Any]:
+        """(N, *row_shape) read-only contiguous copy of the table."""
+        return self.freeze().to_array()
+
+
+@dataclass(frozen=True, eq=False)
+class MapSnapshot:
+    """Everything a query or a labelling reads of a map, frozen at one map version.
+
+    Arrays are read-only. Memberships and view counts are assembled from their blocks the
+    first time they are read (once per snapshot, in the reader's thread, not under the map's
+    lock); everything else is a view taken when the snapshot was made.
+    """
+
+    #: Map version (see the module doc): equal versions ⇔ equal contents.
+    version: int
+    voxel_size_m: float
+    #: (M, 3) int32 integer voxel coordinates.
+    coords: NDArray[np.int32]
+    #: (M, 3) float32 voxel centres in the world frame, metres.
+    points_m: NDArray[np.float32]
+    #: (M, 3) uint8 fused colours.
+    colors: NDArray[np.uint8]
+    #: Space name → (K, D) float32 mask embeddings.
+    bank_embeddings: Mapping[str, NDArray[np.float32]]
+    #: (K,) int32 keyframe each mask came from.
+    bank_keyframe_ids: NDArray[np.int32]
+    #: Space name → (M, D) float16 3D-branch features (empty without the 3D branch).
+    features_3d: Mapping[str, NDArray[np.float16]]
+    #: ``time.monotonic()`` when the snapshot was taken, seconds.
+    taken_monotonic_s: float
+    _member_ids: FrozenRows = field(repr=False)
+    _member_weights: FrozenRows = field(repr=False)
+    _view_counts: FrozenRows = field(repr=False)
+    _cache: dict[str, NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
+    _cache_lock: threading.Lock = field(
+        default_factory=threading.Lock, repr=False, compare=False
+    )
+
+    @classmethod
+    def from_arrays(
+        cls,
+        *,
+        voxel_size_m: float,
+        coords: NDArray[np.int32],
+        member_ids: NDArray[np.int32],
+        member_weights: NDArray[np.float32],
+        bank_embeddings: Mapping[str, NDArray[np.float32]],
+        colors: NDArray[np.uint8] | None = None,
+        view_counts: NDArray[np.int32] | None = None,
+        bank_keyframe_ids: NDArray[np.int32] | None = None,
+        features_3d: Mapping[str, NDArray[np.float16]] | None = None,
+        version: int | None = None,
+    ) -> MapSnapshot:
+        """A snapshot of arrays that never were a :class:`SemanticMap` (procedural maps in
+        benchmarks and tests). The arrays are copied into the snapshot's own storage only where
+        their layout requires it; missing colours are grey, missing view counts 1."""
+        coords = np.asarray(coords, dtype=np.int32)
+        m = coords.shape[0]
+        if coords.shape != (m, 3):
+            raise InputError("snapshot_arrays", f"coords must be (M, 3), got {coords.shape}")
+        if member_ids.shape != member_weights.shape or member_ids.shape[:1] != (m,):
+            raise InputError(
+                "snapshot_arrays",
+                f"memberships {member_ids.shape}/{member_weights.shape} for {m} voxels",
+            )
+        k = num_rows_of(bank_embeddings)
+        for space, f in (features_3d or {}).items():
+            if f.shape[0] != m:
+                raise InputError("snapshot_arrays", f"features_3d {space} {f.shape} for {m}")
+        stores = []
+        for arr, dtype, fill in (
+            (member_ids, np.int32, -1),
+            (member_weights, np.float32, 0.0),
+            (np.ones(m, np.int32) if view_counts is None else view_counts, np.int32, 0),
+        ):
+            store = RowBlocks(tuple(arr.shape[1:]), dtype, fill)
+            store.assign(arr)
+            stores.append(store.freeze())
+        return cls(
+            version=next_version() if version is None else version,
+            voxel_size_m=float(voxel_size_m),
+            coords=read_only(coords),
+            points_m=read_only((coords.astype(np.float64) * voxel_size_m).astype(np.float32)),
+            colors=read_only(
+                np.full((m, 3), 128, np.uint8) if colors is None else np.asarray(colors, np.uint8)
+            ),
+            bank_embeddings=MappingProxyType(
+                {s: read_only(np.asarray(e, np.float32)) for s, e in bank_embeddings.items()}
+            ),
+            bank_keyframe_ids=read_only(
+                np.zeros(k, np.int32)
+                if bank_keyframe_ids is None
+                else np.asarray(bank_keyframe_ids, np.int32)
+            ),
+            features_3d=MappingProxyType(
+                {s: read_only(np.asarray(f, np.float16)) for s, f in (features_3d or {}).items()}
+            ),
+            taken_monotonic_s=time.monotonic(),
+            _member_ids=stores[0],
+            _member_weights=stores[1],
+            _view_counts=stores[2],
+        )
+
+    @property
+    def num_voxels(self) -> int:
+        return int(self.coords.shape[0])
+
+    @property
+    def num_masks(self) -> int:
+        return num_rows_of(self.bank_embeddings)
+
+    @property
+    def members_per_voxel(self) -> int:
+        return int(self._member_ids.row_shape[0])
+
+    @property
+    def age_s(self) -> float:
+        """Seconds since the snapshot was taken."""
+        return time.monotonic() - self.taken_monotonic_s
+
+    def _assembled(self, name: str, rows: FrozenRows) -> NDArray[Any]:
+        with self._cache_lock:
+            out = self._cache.get(name)
+            if out is None:
+                out = rows.to_array()
+                self._cache[name] = out
+            return out
+
+    @property
+    def member_ids(self) -> NDArray[np.int32]:
+        """(M, k) int32 mask ids of each voxel's strongest memberships, -1 = empty slot."""
+        return self._assembled("member_ids", self._member_ids)
+
+    @property
+    def member_weights(self) -> NDArray[np.float32]:
+        """(M, k) float32 the memberships B3d, strongest first, 0 in empty slots."""
+        return self._assembled("member_weights", self._member_weights)
+
+    @property
+    def view_counts(self) -> NDArray[np.int32]:
+        """(M,) int32 keyframes in which each voxel was visible."""
+        return self._assembled("view_counts", self._view_counts)
+
+
+def num_rows_of(embeddings: Mapping[str, NDArray[Any]]) -> int:
+    """Rows of the first array of a space → array mapping (0 when empty)."""
+    return next((int(e.shape[0]) for e in embeddings.values()), 0)
