@@ -81,6 +81,10 @@ class EnsembleConfig:
     seed: int = 0
     #: Working-memory budget per chunk of voxels, in MiB (bounds every dense temporary).
     chunk_mib: int = 64
+    #: A clustered geometric index follows new masks by assigning them to the existing
+    #: prototypes; once the bank grew by this fraction since the last k-means fit, it is
+    #: refitted (a full build, in the query session's background thread).
+    geometric_refit_growth: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.salient_weight <= 1.0:
@@ -93,6 +97,10 @@ class EnsembleConfig:
             raise ValueError("num_prototypes >= 0, geometric_top_t >= 1, kmeans_iterations >= 0")
         if self.chunk_mib < 1:
             raise ValueError(f"chunk_mib must be >= 1, got {self.chunk_mib}")
+        if self.geometric_refit_growth <= 0.0:
+            raise ValueError(
+                f"geometric_refit_growth must be > 0, got {self.geometric_refit_growth}"
+            )
 
 
 def membership_matrix(
@@ -196,22 +204,102 @@ def _kmeans(
     return centroids.astype(np.float32), assign
 
 
+#: Columns per space whose change marks a voxel's 3D features as changed (see
+#: :meth:`GeometricIndex.update`): a network's output row that changes at all changes in
+#: every column, so a few columns find the changed rows without reading all of them.
+FINGERPRINT_COLUMNS = 8
+
+
+def feature_fingerprint(
+    features: Mapping[str, NDArray[np.floating]], spaces: list[str], rows: slice | None = None
+) -> NDArray[np.float16]:
+    """(M, F) float16 first :data:`FINGERPRINT_COLUMNS` columns of each space's features."""
+    sl = rows if rows is not None else slice(None)
+    parts = [np.asarray(features[s][sl, :FINGERPRINT_COLUMNS], dtype=np.float16) for s in spaces]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1))
+
+
+def _score_rows(
+    features: Mapping[str, NDArray[np.floating]],
+    spaces: list[str],
+    rows: NDArray[np.int64],
+    *,
+    protos: Mapping[str, NDArray[np.float32]],
+    counts: NDArray[np.float32],
+    config: EnsembleConfig,
+) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
+    """Top-t prototypes (cols, B') and tail mass of the given voxel rows; chunked."""
+    k_p = counts.shape[0]
+    t = min(config.geometric_top_t, k_p)
+    n = rows.shape[0]
+    width = sum(int(features[s].shape[1]) for s in spaces)
+    chunk = max(256, (config.chunk_mib << 20) // (4 * (k_p * 3 + width)))
+    data = np.empty((n, t), dtype=np.float32)
+    cols = np.empty((n, t), dtype=np.int32)
+    tail = np.empty(n, dtype=np.float32)
+    contiguous = n > 0 and int(rows[-1]) - int(rows[0]) == n - 1
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        if contiguous:
+            sel: slice | NDArray[np.int64] = slice(int(rows[lo]), int(rows[hi - 1]) + 1)
+        else:
+            sel = rows[lo:hi]
+        b = fused_predicted_masks({s: features[s][sel] for s in spaces}, protos, config.clip_weight)
+        mass = b * counts
+        if t < k_p:
+            top = np.argpartition(-mass, t - 1, axis=1)[:, :t]
+        else:
+            top = np.broadcast_to(np.arange(k_p), (hi - lo, k_p))
+        cols[lo:hi] = top
+        data[lo:hi] = np.take_along_axis(b, top, axis=1)
+        kept = np.take_along_axis(mass, top, axis=1).sum(axis=1)
+        tail[lo:hi] = np.maximum(mass.sum(axis=1) - kept, 0.0)
+    return cols, data, tail
+
+
 @dataclass
 class GeometricIndex:
-    """Per-voxel top-t prototypes of the 3D branch (see module doc); rebuild after 3D updates.
+    """Per-voxel top-t prototypes of the 3D branch (see module doc).
 
-    ``weights`` is the sparse (M, K') fused B'3d of the kept prototypes, ``tail_mass`` (M,)
-    the mass Σ n_j B'_j of the others, ``mask_prototype`` (K,) the prototype of each mask,
-    ``prototype_counts`` (K',) n_j.
+    ``cols``/``data`` are the (M, t) prototype numbers and fused B'3d of each voxel's kept
+    prototypes (``weights`` is the same as a sparse (M, K') matrix), ``tail_mass`` (M,) the
+    mass Σ n_j B'_j of the others, ``mask_prototype`` (K,) the prototype of each mask,
+    ``prototype_counts`` (K',) n_j, ``prototypes`` the (K', D) centroids per space.
+
+    :meth:`build` clusters the bank and scores every voxel; :meth:`update` follows a growing
+    map without refitting (see there for what it approximates), and callers refit with
+    :meth:`build` when :meth:`needs_refit` says the bank outgrew the fit.
     """
 
-    weights: sp.csr_matrix
+    cols: NDArray[np.int32]
+    data: NDArray[np.float32]
     tail_mass: NDArray[np.float32]
     mask_prototype: NDArray[np.int32]
     prototype_counts: NDArray[np.float32]
-    #: Mask bank size and voxel count the index was built for (staleness check).
+    prototypes: dict[str, NDArray[np.float32]]
+    #: (M, F) float16 feature fingerprint the rows were scored with (change detection).
+    fingerprint: NDArray[np.float16]
+    #: Masks the prototypes were fitted on (by k-means, or one per mask).
+    fit_num_masks: int
+    #: True when every mask is its own prototype (no clustering).
+    per_mask: bool
+    #: Mask bank size and voxel count the index is up to date with (staleness check).
     num_masks: int
     num_voxels: int
+
+    @property
+    def spaces(self) -> list[str]:
+        return sorted(self.prototypes)
+
+    @property
+    def weights(self) -> sp.csr_matrix:
+        """(M, K') sparse fused B'3d of the kept prototypes."""
+        m, t = self.cols.shape
+        indptr = np.arange(0, m * t + 1, t, dtype=np.int64) if t else np.zeros(m + 1, np.int64)
+        return sp.csr_matrix(
+            (self.data.reshape(-1), self.cols.reshape(-1), indptr),
+            shape=(m, self.prototype_counts.shape[0]),
+        )
 
     @classmethod
     def build(
@@ -226,17 +314,24 @@ class GeometricIndex:
             raise InputError("no shared embedding space between 3D features and the bank")
         num_masks = int(embeddings[spaces[0]].shape[0])
         num_voxels = int(features[spaces[0]].shape[0])
+        fingerprint = feature_fingerprint(features, spaces)
         if num_masks == 0:
             return cls(
-                sp.csr_matrix((num_voxels, 0), dtype=np.float32),
+                np.zeros((num_voxels, 0), np.int32),
+                np.zeros((num_voxels, 0), np.float32),
                 np.zeros(num_voxels, dtype=np.float32),
                 np.zeros(0, dtype=np.int32),
                 np.zeros(0, dtype=np.float32),
+                {s: np.zeros((0, embeddings[s].shape[1]), np.float32) for s in spaces},
+                fingerprint,
+                0,
+                config.num_prototypes == 0,
                 0,
                 num_voxels,
             )
-        if config.num_prototypes == 0 or config.num_prototypes >= num_masks:
-            protos = {s: np.asarray(embeddings[s], dtype=np.float32) for s in spaces}
+        per_mask = config.num_prototypes == 0 or config.num_prototypes >= num_masks
+        if per_mask:
+            protos = {s: np.array(embeddings[s], dtype=np.float32) for s in spaces}
             assign = np.arange(num_masks, dtype=np.int32)
         else:
             stacked = np.concatenate([embeddings[s] for s in spaces], axis=1).astype(np.float32)
@@ -244,38 +339,171 @@ class GeometricIndex:
                 stacked, config.num_prototypes, config.kmeans_iterations, config.seed
             )
             bounds = np.cumsum([0] + [embeddings[s].shape[1] for s in spaces])
-            protos = {s: centroids[:, bounds[j] : bounds[j + 1]] for j, s in enumerate(spaces)}
+            protos = {
+                s: np.ascontiguousarray(centroids[:, bounds[j] : bounds[j + 1]])
+                for j, s in enumerate(spaces)
+            }
         counts = np.bincount(assign, minlength=protos[spaces[0]].shape[0]).astype(np.float32)
-        k_p = counts.shape[0]
-        t = min(config.geometric_top_t, k_p)
-        width = sum(int(features[s].shape[1]) for s in spaces)
-        chunk = max(256, (config.chunk_mib << 20) // (4 * (k_p * 3 + width)))
-        data = np.empty((num_voxels, t), dtype=np.float32)
-        cols = np.empty((num_voxels, t), dtype=np.int32)
-        tail = np.empty(num_voxels, dtype=np.float32)
-        for lo in range(0, num_voxels, chunk):
-            hi = min(num_voxels, lo + chunk)
-            b = fused_predicted_masks(
-                {s: features[s][lo:hi] for s in spaces}, protos, config.clip_weight
+        cols, data, tail = _score_rows(
+            features, spaces, np.arange(num_voxels, dtype=np.int64),
+            protos=protos, counts=counts, config=config,
+        )  # fmt: skip
+        return cls(
+            cols, data, tail, assign.astype(np.int32), counts, protos, fingerprint,
+            num_masks, per_mask, num_masks, num_voxels,
+        )  # fmt: skip
+
+    def needs_refit(self, num_masks: int, config: EnsembleConfig) -> bool:
+        """Whether the bank grew so much since the fit that :meth:`build` should run again."""
+        if self.per_mask:
+            # One prototype per mask stays exact under update() until clustering would start.
+            return config.num_prototypes != 0 and num_masks > config.num_prototypes
+        return num_masks > (1.0 + config.geometric_refit_growth) * max(self.fit_num_masks, 1)
+
+    def update(
+        self,
+        features: Mapping[str, NDArray[np.floating]],
+        embeddings: Mapping[str, NDArray[np.float32]],
+        config: EnsembleConfig,
+    ) -> GeometricIndex:
+        """A new index for the grown map (this one is left as it is, for readers of it).
+
+        * New voxels, and voxels whose features changed (found by their fingerprint), are
+          scored against the prototypes: exact, given the prototypes.
+        * Per-mask index: new masks become prototypes; every voxel scores them and the top-t
+          is merged: exact.
+        * Clustered index: new masks join their nearest prototype (no refit), so prototype
+          class mass and counts stay exact, but the choice of each unchanged voxel's top-t is
+          kept, and its tail mass grows by its mean tail B' times the new masks that went to
+          prototypes outside its top-t. That estimate is bounded by refitting (``build``)
+          once the bank grew by ``geometric_refit_growth`` (see :meth:`needs_refit`).
+        """
+        spaces = self.spaces
+        if sorted(set(features) & set(embeddings)) != spaces:
+            raise InputError("geometric index update", "embedding spaces changed; rebuild")
+        m_new = int(features[spaces[0]].shape[0])
+        k_new = int(embeddings[spaces[0]].shape[0])
+        m_old, k_old = self.num_voxels, self.num_masks
+        if m_new < m_old or k_new < k_old:
+            raise InputError("geometric index update", "the map shrank; rebuild")
+        if k_old == 0:  # nothing was fitted yet
+            return GeometricIndex.build(features, embeddings, config)
+        fp_new = feature_fingerprint(features, spaces)
+        changed = np.flatnonzero(np.any(fp_new[:m_old] != self.fingerprint, axis=1))
+        t_cfg = config.geometric_top_t
+        new_emb = {s: np.asarray(embeddings[s][k_old:k_new], dtype=np.float32) for s in spaces}
+        cols = self.cols
+        data = self.data
+        tail = self.tail_mass
+        if self.per_mask:
+            protos = {s: np.concatenate([self.prototypes[s], new_emb[s]]) for s in spaces}
+            counts = np.ones(k_new, dtype=np.float32)
+            assign = np.arange(k_new, dtype=np.int32)
+            cols, data, tail = self._merge_new_prototypes(
+                features, new_emb, k_old=k_old, m_old=m_old, config=config
             )
-            mass = b * counts
-            if t < k_p:
-                top = np.argpartition(-mass, t - 1, axis=1)[:, :t]
+        else:
+            protos = self.prototypes
+            k_p = self.prototype_counts.shape[0]
+            new_assign = _nearest_centroid(
+                np.concatenate([new_emb[s] for s in spaces], axis=1),
+                np.concatenate([protos[s] for s in spaces], axis=1),
+            )
+            delta = np.bincount(new_assign, minlength=k_p).astype(np.float32)
+            counts = self.prototype_counts + delta
+            assign = np.concatenate([self.mask_prototype, new_assign])
+            if k_new > k_old and m_old:
+                n_tail = k_old - self.prototype_counts[cols].sum(axis=1)
+                mean_tail_b = np.where(n_tail > 0, tail / np.maximum(n_tail, 1.0), 0.0)
+                new_in_tail = (k_new - k_old) - delta[cols].sum(axis=1)
+                tail = (tail + mean_tail_b * new_in_tail).astype(np.float32)
+        rescore = np.concatenate([changed, np.arange(m_old, m_new)]).astype(np.int64)
+        if cols.shape[0] != m_new:
+            t = cols.shape[1]
+            cols = np.concatenate([cols, np.zeros((m_new - m_old, t), np.int32)])
+            data = np.concatenate([data, np.zeros((m_new - m_old, t), np.float32)])
+            tail = np.concatenate([tail, np.zeros(m_new - m_old, np.float32)])
+        elif rescore.size:
+            cols, data, tail = cols.copy(), data.copy(), tail.copy()
+        if rescore.size and counts.size:
+            c, d, r = _score_rows(
+                features, spaces, rescore, protos=protos, counts=counts, config=config
+            )
+            if c.shape[1] != cols.shape[1]:  # t grew with the prototypes (small banks)
+                width = min(t_cfg, counts.shape[0])
+                cols = _pad_cols(cols, width, 0).astype(np.int32)
+                data = _pad_cols(data, width, 0.0).astype(np.float32)
+            cols[rescore], data[rescore], tail[rescore] = c, d, r
+        return GeometricIndex(
+            cols, data, tail.astype(np.float32), assign.astype(np.int32), counts, dict(protos),
+            fp_new, self.fit_num_masks, self.per_mask, k_new, m_new,
+        )  # fmt: skip
+
+    def _merge_new_prototypes(
+        self,
+        features: Mapping[str, NDArray[np.floating]],
+        new_emb: Mapping[str, NDArray[np.float32]],
+        *,
+        k_old: int,
+        m_old: int,
+        config: EnsembleConfig,
+    ) -> tuple[NDArray[np.int32], NDArray[np.float32], NDArray[np.float32]]:
+        """Per-mask index: the old voxels' top-t merged with the new one-mask prototypes."""
+        spaces = self.spaces
+        k_add = next(iter(new_emb.values())).shape[0]
+        if k_add == 0 or m_old == 0:
+            return self.cols, self.data, self.tail_mass
+        t = min(config.geometric_top_t, k_old + k_add)
+        cols = np.empty((m_old, t), np.int32)
+        data = np.empty((m_old, t), np.float32)
+        tail = np.empty(m_old, np.float32)
+        width = sum(int(features[s].shape[1]) for s in spaces)
+        step = max(256, (config.chunk_mib << 20) // (4 * (3 * (k_add + t) + width)))
+        for lo in range(0, m_old, step):
+            hi = min(m_old, lo + step)
+            b_new = fused_predicted_masks(
+                {s: features[s][lo:hi] for s in spaces}, new_emb, config.clip_weight
+            )
+            # Per-mask prototypes all have n_j = 1: mass = B'.
+            cand_b = np.concatenate([self.data[lo:hi], b_new], axis=1)
+            cand_c = np.concatenate(
+                [self.cols[lo:hi], np.broadcast_to(np.arange(k_old, k_old + k_add), b_new.shape)],
+                axis=1,
+            ).astype(np.int32)
+            if t < cand_b.shape[1]:
+                top = np.argpartition(-cand_b, t - 1, axis=1)[:, :t]
             else:
-                top = np.broadcast_to(np.arange(k_p), (hi - lo, k_p))
-            cols[lo:hi] = top
-            data[lo:hi] = np.take_along_axis(b, top, axis=1)
-            kept = np.take_along_axis(mass, top, axis=1).sum(axis=1)
-            tail[lo:hi] = np.maximum(mass.sum(axis=1) - kept, 0.0)
-        indptr = np.arange(0, num_voxels * t + 1, t, dtype=np.int64)
-        weights = sp.csr_matrix((data.ravel(), cols.ravel(), indptr), shape=(num_voxels, k_p))
-        return cls(weights, tail, assign.astype(np.int32), counts, num_masks, num_voxels)
+                top = np.broadcast_to(np.arange(cand_b.shape[1]), cand_b.shape)
+            kept = np.take_along_axis(cand_b, top, axis=1)
+            cols[lo:hi] = np.take_along_axis(cand_c, top, axis=1)
+            data[lo:hi] = kept
+            tail[lo:hi] = np.maximum(
+                self.tail_mass[lo:hi] + cand_b.sum(axis=1) - kept.sum(axis=1), 0.0
+            )
+        return cols, data, tail
 
     def prototype_probs(self, mask_probs: NDArray[np.float32]) -> NDArray[np.float32]:
         """(K', C) class mass of each prototype, Σ over its masks of p_i^c."""
         out = np.zeros((self.prototype_counts.shape[0], mask_probs.shape[1]), dtype=np.float32)
         np.add.at(out, self.mask_prototype, mask_probs.astype(np.float32))
         return out
+
+
+def _nearest_centroid(x: NDArray[np.float32], centroids: NDArray[np.float32]) -> NDArray[np.int32]:
+    """(N,) int32 nearest of the (k, D) centroids for each (N, D) row."""
+    if x.shape[0] == 0:
+        return np.zeros(0, dtype=np.int32)
+    d = (centroids**2).sum(axis=1)[None, :] - 2.0 * x.astype(np.float32) @ centroids.T
+    out: NDArray[np.int32] = d.argmin(axis=1).astype(np.int32)
+    return out
+
+
+def _pad_cols(arr: NDArray[np.generic], width: int, fill: float) -> NDArray[np.generic]:
+    """``arr`` (M, w) widened to (M, width) with ``fill``."""
+    if arr.shape[1] >= width:
+        return arr
+    pad = np.full((arr.shape[0], width - arr.shape[1]), fill, dtype=arr.dtype)
+    return np.concatenate([arr, pad], axis=1)
 
 
 def _rows_of(matrix: sp.csr_matrix, rows: slice) -> sp.csr_matrix:
@@ -316,8 +544,10 @@ class EnsembleScorer:
                 f"{self.num_voxels} / {self.num_masks}",
             )
         self._geo_mass: NDArray[np.float32] | None = None
+        self._geo_weights: sp.csr_matrix | None = None
         if geometric is not None:
-            kept = np.asarray(geometric.weights @ geometric.prototype_counts).ravel()
+            self._geo_weights = geometric.weights
+            kept = np.asarray(self._geo_weights @ geometric.prototype_counts).ravel()
             self._geo_mass = (kept + geometric.tail_mass).astype(np.float32)
 
     @classmethod
@@ -382,8 +612,8 @@ class EnsembleScorer:
                 s /= (self.salient_mass[rows] + tau)[:, None]
                 out += np.float32(1.0 if branch == "salient" else lam) * s
             if branch != "salient" and self.geometric is not None and proto is not None:
-                assert self._geo_mass is not None
-                g = _rows_of(self.geometric.weights, rows) @ proto
+                assert self._geo_mass is not None and self._geo_weights is not None
+                g = _rows_of(self._geo_weights, rows) @ proto
                 g += self.geometric.tail_mass[rows, None] * mean_probs[None, :]
                 g /= (self._geo_mass[rows] + tau)[:, None]
                 out += np.float32(1.0 if branch == "geometric" else 1.0 - lam) * g
