@@ -28,6 +28,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", _files("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", _files("launch/config/*.yaml") + _files("launch/config/*.rviz")),
+        (f"share/{PACKAGE}/config/sensors", _files("launch/config/sensors/*.yaml")),
         # model profiles (segmenter architectures and where their weights come from)
         (f"share/{PACKAGE}/models", _files("models/*.yaml")),
     ],
