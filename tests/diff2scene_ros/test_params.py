@@ -194,3 +194,94 @@ def test_empty_default_lists_are_commented_out() -> None:
     text = params.params_yaml(Outer(labels=[]))
     assert "# labels: []" in text
     assert "labels" not in yaml.safe_load(text)["/**"]["ros__parameters"]
+
+
+def test_group_docs_go_above_their_key() -> None:
+    @dataclass
+    class Documented:
+        #: The nested component,
+        #: in two lines.
+        inner: Inner = field(default_factory=Inner)
+        other: Inner = field(default_factory=Inner)
+
+    assert params.group_docs(Documented()) == {"inner": "The nested component, in two lines."}
+    text = params.params_yaml(Documented(), with_group_docs=True)
+    assert "    # The nested component, in two lines.\n    inner:\n" in text
+    assert "    other:\n" in text
+    assert "The nested component" not in params.params_yaml(Documented())
+
+
+def test_rclpy_builtin_parameters_are_what_a_bare_node_declares(context: Context) -> None:
+    node = _node(context)
+    assert set(node.list_parameters([], 0).names) == set(params.RCLPY_BUILTIN_PARAMETERS)
+    node.destroy_node()
+
+
+@pytest.mark.parametrize(
+    ("pattern", "fqn", "applies"),
+    [
+        ("/**", "/diff2scene", True),
+        ("/**", "/robot1/diff2scene", True),
+        ("diff2scene", "/diff2scene", True),
+        ("/diff2scene", "/robot1/diff2scene", False),
+        ("/robot1/diff2scene", "/robot1/diff2scene", True),
+        ("/*/diff2scene", "/robot1/diff2scene", True),
+        ("/*/diff2scene", "/diff2scene", False),
+        ("/**/diff2scene", "/diff2scene", True),
+        ("/**/diff2scene", "/a/b/diff2scene", True),
+        ("/**/diff2*", "/a/diff2scene", True),
+        ("/camera", "/diff2scene", False),
+    ],
+)
+def test_node_name_patterns_follow_rcl(pattern: str, fqn: str, applies: bool) -> None:
+    assert params.node_name_matches(pattern, fqn) is applies
+
+
+def test_check_params_file_finds_unknown_and_missing_keys(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "/**:\n  ros__parameters:\n    inner:\n      cell_size: 0.1\n      count: 4\n"
+        "    use_sim_time: true\n"
+        "/robot1/mapper:\n  ros__parameters:\n    period_s: 1.0\n    bogus: 1\n"
+        "/camera:\n  ros__parameters:\n    fps: 30\n"
+    )
+    check = params.check_params_file(path, Outer(), node_fqn="/robot1/mapper")
+    assert check.sections == ("/**", "/robot1/mapper")
+    assert check.unknown == ("inner.cell_size", "bogus")
+    assert "inner.count" not in check.missing and "period_s" not in check.missing
+    assert {"inner.cell_size_m", "policy", "enabled"} <= set(check.missing)
+    with pytest.raises(ConfigError) as caught:
+        check.raise_for_unknown()
+    assert "'inner.cell_size' (did you mean 'inner.cell_size_m'?)" in str(caught.value)
+    assert "'bogus'" in str(caught.value)
+
+    elsewhere = params.check_params_file(path, Outer(), node_fqn="/other")
+    assert elsewhere.sections == ("/**",)
+    clean = params.check_params_file(
+        params_file(tmp_path, params.params_yaml(Outer())), Outer(), node_fqn="/x")
+    clean.raise_for_unknown()
+    assert clean.missing == ("inner.corner_m",)  # None cannot be written, only commented
+
+
+def params_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "generated.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a list\n", "maps node names"),
+        ("/**:\n  parameters:\n    a: 1\n", "no ros__parameters"),
+        ("/**: [\n", "cannot read"),
+        ("/other:\n  ros__parameters:\n    a: 1\n", "no section applies"),
+    ],
+)
+def test_check_params_file_rejects_what_is_not_a_parameter_file(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        params.check_params_file(path, Outer(), node_fqn="/mapper").raise_for_unknown()
