@@ -39,15 +39,30 @@ compressed recording and a raw one of the same frames give the same map.
 Anything unusable raises :class:`~diff2scene.errors.InputError` (never another type) with
 one of :data:`REASONS`, so a frame assembler counts it as a skip.
 
-Decoder choice (``bench/decode.py``, one 640×480 frame of the synthetic room, median of 60
-decodes on this 2-core CPU; see ``bench/results/decode.md``): JPEG — Pillow {PIL_JPEG} ms,
-OpenCV {CV_JPEG} ms, simplejpeg {SJ_JPEG} ms; 16-bit PNG — Pillow {PIL_PNG} ms, OpenCV
-{CV_PNG} ms, pyspng {SPNG_PNG} ms; RVL — vectorised NumPy {NP_RVL} ms, numba {NB_RVL} ms
-(after a {NB_JIT} s first-call compile). Pillow is already a dependency and decodes through
-libjpeg-turbo and zlib like the others, so the alternatives would add a pinned binary
-package (opencv-python-headless alone is ~150 MB installed; numba brings llvmlite, ~200 MB)
-for {GAIN} ms per frame at 30 Hz. RVL is done in NumPy: only its run headers are walked in
-Python, all per-pixel work is vectorised.
+Decoder choice, measured by ``bench/decode.py`` (one 640×480 frame of the synthetic room
+with sensor noise, JPEG q95 and compressedDepth as the plugins write them by default; median
+and fastest of 60 interleaved decodes, one thread each, on this 2-core CPU at load average
+~9 from other jobs; ``bench/results/decode.md``):
+
+==========  ==========================  ==========================  =======================
+payload     candidate                   median / fastest ms         verdict
+==========  ==========================  ==========================  =======================
+JPEG        simplejpeg 1.9              1.22 / 1.03                 used (~1 MB installed,
+                                                                    needs only numpy)
+JPEG        OpenCV 5.0 (+ BGR→RGB)      1.66 / 1.40                 ~150 MB installed
+JPEG        Pillow 13                   5.26 / 1.79                 slowest
+PNG 16-bit  Pillow 13                   12.6 / 6.4                  used (already required)
+PNG 16-bit  OpenCV 5.0 / pyspng 0.1.4   12.4 / 4.1,  12.1 / 4.1     zlib-bound like Pillow
+RVL         NumPy (this module)         36.2 / 18.8                 used
+RVL         numba 0.68 (reference loop) 6.2 / 1.8, after 3 s JIT    ~200 MB with llvmlite
+==========  ==========================  ==========================  =======================
+
+JPEG is every colour frame of a compressed recording, and simplejpeg (libjpeg-turbo, the same
+pixels as Pillow and OpenCV) is the fastest for a 1 MB dependency. For PNG the candidates
+share zlib and their medians agree; Pillow stays. None of the libraries compared decodes RVL;
+numba would be ~6× faster but brings a ~200 MB compiler and a first-call compile, so RVL is
+decoded here in NumPy: only the run headers (about 2,000 in the benchmark frame) are walked
+in Python, all per-pixel work is vectorised.
 """
 
 from __future__ import annotations
@@ -59,6 +74,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import simplejpeg
 from numpy.typing import NDArray
 from PIL import Image
 
@@ -89,8 +105,9 @@ _DEPTH_MM_ENCODINGS: Final = frozenset({"16UC1", "mono16"})
 _DEPTH_M_ENCODINGS: Final = frozenset({"32FC1"})
 _JPEG_MAGIC: Final = b"\xff\xd8\xff"
 _PNG_MAGIC: Final = b"\x89PNG\r\n\x1a\n"
-#: A 32-bit value needs at most 11 three-bit groups.
-_RVL_MAX_NIBBLES: Final = 11
+#: Longest RVL value, in nibbles: the reference decoder's shifts are only defined up to 10
+#: three-bit groups (30 bits), far more than any run length or delta needs.
+_RVL_MAX_NIBBLES: Final = 10
 
 #: A message's ``data``: rosbags gives an ndarray, rclpy an ``array.array('B')``.
 CompressedData = bytes | bytearray | memoryview | NDArray[np.uint8] | array.array  # type: ignore[type-arg]
@@ -148,21 +165,31 @@ def _as_bytes(data: CompressedData) -> NDArray[np.uint8]:
     return np.frombuffer(data, dtype=np.uint8)
 
 
-def _open_image(payload: NDArray[np.uint8], codec: str, reason: str) -> Image.Image:
-    """A fully decoded Pillow image of a JPEG/PNG payload, or ``InputError(reason)``.
+def _check_magic(payload: NDArray[np.uint8], codec: str, reason: str) -> bool:
+    """True for JPEG content, False for PNG; ``InputError(reason)`` for anything else.
 
     image_transport decodes by content, not by the codec named in the format, so do we; but
     only JPEG and PNG content is accepted — anything else is not what these transports carry.
     """
     head = payload[:8].tobytes()
-    if not head.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
-        shown = "empty payload" if not head else f"starts with {head.hex()}"
-        raise InputError(reason, f"{codec} payload is neither JPEG nor PNG ({shown})")
+    if head.startswith(_JPEG_MAGIC):
+        return True
+    if head.startswith(_PNG_MAGIC):
+        return False
+    shown = "empty payload" if not head else f"starts with {head.hex()}"
+    raise InputError(reason, f"{codec} payload is neither JPEG nor PNG ({shown})")
+
+
+def _check_size(width: int, height: int, codec: str, reason: str) -> None:
+    if width <= 0 or height <= 0 or width * height > MAX_PIXELS:
+        raise InputError(reason, f"{codec} payload reports {width}x{height} pixels")
+
+
+def _open_image(payload: NDArray[np.uint8], codec: str, reason: str) -> Image.Image:
+    """A fully decoded Pillow image of a JPEG/PNG payload, or ``InputError(reason)``."""
     try:
         image = Image.open(io.BytesIO(payload.tobytes()))
-        width, height = image.size
-        if width * height > MAX_PIXELS or width <= 0 or height <= 0:
-            raise InputError(reason, f"{codec} payload reports {width}x{height} pixels")
+        _check_size(*image.size, codec, reason)
         image.load()
     except InputError:
         raise
@@ -171,28 +198,53 @@ def _open_image(payload: NDArray[np.uint8], codec: str, reason: str) -> Image.Im
     return image
 
 
+def _jpeg_rgb(payload: NDArray[np.uint8], codec: str) -> NDArray[np.uint8] | None:
+    """(H, W, 3) RGB of a YCbCr/RGB/grey JPEG through libjpeg-turbo; None for CMYK/YCCK."""
+    try:
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(payload)
+        _check_size(width, height, codec, CORRUPT_IMAGE)
+        if colorspace not in ("YCbCr", "RGB", "Gray"):
+            return None
+        # strict: libjpeg's warnings (premature end of data, corrupt segments) are errors
+        rgb = simplejpeg.decode_jpeg(payload, colorspace="RGB", strict=True)
+    except InputError:
+        raise
+    except Exception as exc:  # a third-party decoder on untrusted bytes may raise anything
+        detail = f"{codec} payload of {payload.size} bytes: {exc!r}"
+        raise InputError(CORRUPT_IMAGE, detail) from exc
+    return np.asarray(rgb, dtype=np.uint8)
+
+
 def decode_compressed_color(format: str, data: CompressedData) -> NDArray[np.uint8]:
     """(H, W, 3) uint8 RGB from a ``compressed`` transport JPEG/PNG ``CompressedImage``."""
     fmt = parse_compressed_format(format)
     if fmt.depth:
         raise InputError(UNSUPPORTED_FORMAT, f"format {format!r} is depth, not colour")
-    image = _open_image(_as_bytes(data), fmt.codec, CORRUPT_IMAGE)
-    mode = image.mode
-    if mode == "RGB":
-        rgb = np.asarray(image)
-    elif mode == "L":
-        rgb = np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
-    elif mode in ("I;16", "I;16B", "I;16L", "I"):
-        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
-        rgb = np.repeat(grey[:, :, None], 3, axis=2)
-    else:  # RGBA, LA, palette, CMYK JPEG …: Pillow knows how to reach RGB
-        rgb = np.asarray(image.convert("RGB"))
+    payload = _as_bytes(data)
+    is_jpeg = _check_magic(payload, fmt.codec, CORRUPT_IMAGE)
+    rgb = _jpeg_rgb(payload, fmt.codec) if is_jpeg else None
+    if rgb is None:
+        rgb = _pillow_rgb(_open_image(payload, fmt.codec, CORRUPT_IMAGE))
     if not fmt.file_is_rgb:
         rgb = rgb[:, :, ::-1]
     return np.ascontiguousarray(rgb, dtype=np.uint8)
 
 
+def _pillow_rgb(image: Image.Image) -> NDArray[np.uint8]:
+    """(H, W, 3) uint8 RGB of any decoded PNG (or CMYK JPEG) mode."""
+    mode = image.mode
+    if mode == "RGB":
+        return np.asarray(image)
+    if mode == "L":
+        return np.repeat(np.asarray(image)[:, :, None], 3, axis=2)
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        grey = (np.asarray(image).astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    return np.asarray(image.convert("RGB"))  # RGBA, LA, palette, CMYK …
+
+
 def _depth_png(payload: NDArray[np.uint8]) -> NDArray[np.uint16]:
+    _check_magic(payload, "compressedDepth png", CORRUPT_DEPTH)
     image = _open_image(payload, "compressedDepth png", CORRUPT_DEPTH)
     if image.format != "PNG" or image.mode not in ("I;16", "I;16B", "I;16L"):
         raise InputError(
@@ -267,27 +319,28 @@ def rvl_decode(stream: CompressedData, n_pixels: int) -> NDArray[np.uint16]:
     Stricter than the reference decoder, which trusts the size prefix: the runs must fill
     exactly ``n_pixels`` and the stream must end there (only zero padding in the last word),
     so a size prefix that disagrees with the stream is an error, not a shifted image.
+    Arithmetic is int32 throughout (half the memory traffic of int64): values are at most
+    30 bits, and pixel sums only matter modulo 2¹⁶, which int32 wrap-around preserves.
     """
     buf = _as_bytes(stream)
     if buf.size == 0 or buf.size % 4:
         raise InputError(CORRUPT_DEPTH, f"RVL stream of {buf.size} bytes is not whole words")
     nib = _nibbles(buf)
-    ends = np.flatnonzero(nib < 8)  # a nibble without the continuation bit ends a value
-    if nib.size - 1 - (ends[-1] if ends.size else -1) >= _RVL_MAX_NIBBLES:
-        raise InputError(CORRUPT_DEPTH, "RVL stream ends in a value longer than 32 bits")
+    # a nibble without the continuation bit ends a value
+    ends = np.flatnonzero(nib < 8).astype(np.int32)
+    if nib.size - 1 - (int(ends[-1]) if ends.size else -1) >= _RVL_MAX_NIBBLES:
+        raise InputError(CORRUPT_DEPTH, "RVL stream ends in an unterminated value")
     if ends.size < 2:
         raise InputError(DEPTH_SIZE_MISMATCH, f"RVL stream too short for {n_pixels} pixels")
-    starts = np.empty_like(ends)
-    starts[0] = 0
-    starts[1:] = ends[:-1] + 1
-    lengths = ends - starts + 1
-    values = (nib[starts] & 7).astype(np.int64)
+    lengths = np.diff(ends, prepend=np.int32(-1))
+    starts = ends - lengths + 1
+    values = (nib[starts] & 7).astype(np.int32)
     longer = np.flatnonzero(lengths > 1)
     group = 1
     while longer.size:
         if group >= _RVL_MAX_NIBBLES:
-            raise InputError(CORRUPT_DEPTH, "RVL value longer than 32 bits")
-        values[longer] |= (nib[starts[longer] + group] & 7).astype(np.int64) << (3 * group)
+            raise InputError(CORRUPT_DEPTH, f"RVL value of more than {_RVL_MAX_NIBBLES} nibbles")
+        values[longer] |= (nib[starts[longer] + group] & 7).astype(np.int32) << (3 * group)
         longer = longer[lengths[longer] > group + 1]
         group += 1
 
@@ -308,24 +361,27 @@ def rvl_decode(stream: CompressedData, n_pixels: int) -> NDArray[np.uint16]:
         raise InputError(DEPTH_SIZE_MISMATCH, f"RVL runs cover {filled} > {n_pixels} pixels")
     if position > n_values:
         raise InputError(DEPTH_SIZE_MISMATCH, "RVL stream ends inside a run of values")
-    tail = nib[ends[position - 1] + 1 :]
+    tail = nib[int(ends[position - 1]) + 1 :]
     if tail.size >= 8 or np.any(tail):
         raise InputError(
             DEPTH_SIZE_MISMATCH,
             f"{tail.size} nibbles of RVL data after {n_pixels} pixels: size prefix too small",
         )
 
-    head = np.asarray(heads, dtype=np.int64)
+    head = np.asarray(heads, dtype=np.int32)
     run_zeros = values[head]
     run_nonzeros = values[head + 1]
     is_delta = np.ones(position, dtype=bool)
     is_delta[head] = False
     is_delta[head + 1] = False
     positive = values[:position][is_delta]
-    delta = (positive >> 1) ^ -(positive & 1)  # zigzag back to signed
-    pixels = (np.cumsum(delta) & 0xFFFF).astype(np.uint16)
+    delta = positive >> 1
+    delta ^= -(positive & 1)  # zigzag back to signed
+    pixels = np.cumsum(delta, dtype=np.int32)
+    pixels &= 0xFFFF
     # the g-th nonzero pixel of the image sits after all zeros up to and including its run
-    where = np.repeat(np.cumsum(run_zeros), run_nonzeros) + np.arange(pixels.size)
+    where = np.repeat(np.cumsum(run_zeros, dtype=np.int32), run_nonzeros)
+    where += np.arange(pixels.size, dtype=np.int32)
     out = np.zeros(n_pixels, dtype=np.uint16)
     out[where] = pixels
     return out
@@ -334,7 +390,7 @@ def rvl_decode(stream: CompressedData, n_pixels: int) -> NDArray[np.uint16]:
 def _vle_nibbles(values: NDArray[np.int64]) -> NDArray[np.uint8]:
     """The variable-length code of each value: 3-bit groups, low first, bit 3 = more."""
     counts = np.ones(values.size, dtype=np.int64)
-    for group in range(1, _RVL_MAX_NIBBLES):
+    for group in range(1, _RVL_MAX_NIBBLES):  # values here are < 2^26, at most 9 groups
         counts += values >= (1 << (3 * group))
     first = np.cumsum(counts) - counts
     owner = np.repeat(np.arange(values.size), counts)

@@ -224,12 +224,23 @@ def test_grey_jpeg_is_replicated() -> None:
     assert np.abs(rgb[..., 0].astype(int) - grey).mean() < 2.0
 
 
+def test_cmyk_jpeg_is_converted() -> None:
+    rgb = make_image()
+    out = io.BytesIO()
+    Image.fromarray(rgb).convert("CMYK").save(out, format="JPEG", quality=95)
+    decoded = decode_compressed_color("jpeg", out.getvalue())
+    assert np.abs(decoded.astype(int) - rgb).mean() < 3.0
+
+
 def test_message_data_types_from_rosbags_and_rclpy() -> None:
     rgb = make_image()
     data = png_bytes(rgb, bit_depth=8)
-    for wrapped in (data, bytearray(data), memoryview(data), np.frombuffer(data, np.uint8),
-                    array.array("B", data)):
-        np.testing.assert_array_equal(decode_compressed_color("png", wrapped), rgb)
+    jpeg = jpeg_bytes(rgb)
+    expected = decode_compressed_color("jpeg", jpeg)
+    for kind in (bytes, bytearray, memoryview, lambda b: np.frombuffer(b, np.uint8),
+                 lambda b: array.array("B", b)):
+        np.testing.assert_array_equal(decode_compressed_color("png", kind(data)), rgb)
+        np.testing.assert_array_equal(decode_compressed_color("jpeg", kind(jpeg)), expected)
 
 
 def test_encode_color_writes_what_the_plugin_writes() -> None:
