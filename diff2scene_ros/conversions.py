@@ -1,10 +1,10 @@
 """ROS 2 message ↔ NumPy conversions for the diff2scene node, as plain functions.
 
 No node, no graph: everything here is tested by building messages in memory. Incoming
-messages are checked at this boundary and rejected with :class:`diff2scene.errors.InputError`
-(``reason`` is a short code the node counts in its diagnostics), so the core only ever sees
-well-formed arrays. Outgoing byte buffers are handed to the messages as ``array.array('B')``,
-which rclpy stores without a per-byte Python check (that check costs seconds on a large cloud).
+sensor messages are not converted here: the core's readers (:mod:`diff2scene.io.messages`) and
+frame assembler take them as they are, so the live node and bag replay share one decoder.
+Outgoing byte buffers are handed to the messages as ``array.array('B')``, which rclpy
+stores without a per-byte Python check (that check costs seconds on a large cloud).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from builtin_interfaces.msg import Time
@@ -21,21 +21,18 @@ from geometry_msgs.msg import (
     Point,
     Pose,
     PoseStamped,
-    PoseWithCovariance,
     Quaternion,
     Transform,
     TransformStamped,
     Vector3,
 )
-from nav_msgs.msg import Odometry
 from numpy.typing import ArrayLike, NDArray
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diff2scene.errors import InputError
-from diff2scene.io.image_codec import COLOR_ENCODINGS, decode_color, decode_depth, decode_int_image
-from diff2scene.io.transforms import matrix_to_quat, pose_to_matrix
+from diff2scene.io.transforms import matrix_to_quat
 from diff2scene.types import CameraIntrinsics
 
 _NS_PER_S = 1_000_000_000
@@ -62,53 +59,6 @@ def make_header(frame_id: str, stamp_ns: int) -> Header:
 
 
 # --------------------------------------------------------------------------- images
-
-#: Colour encodings :func:`image_to_rgb` accepts.
-RGB_ENCODINGS: tuple[str, ...] = (*COLOR_ENCODINGS, "mono8")
-#: Depth encodings :func:`image_to_depth_m` accepts: millimetres as uint16 (REP-118), metres
-#: as float32.
-DEPTH_ENCODINGS: tuple[str, ...] = ("16UC1", "32FC1")
-
-
-def _payload(msg: Image) -> NDArray[np.uint8]:
-    return np.frombuffer(msg.data, dtype=np.uint8)
-
-
-def image_to_rgb(msg: Image) -> NDArray[np.uint8]:
-    """(H, W, 3) uint8 RGB of an rgb8/bgr8/rgba8/bgra8/mono8 image.
-
-    Alpha is dropped and grey is spread to three channels. Row padding (``step`` larger than
-    width × pixel size) is removed; a short buffer, a step smaller than a row or an unknown
-    encoding raises :class:`InputError`.
-    """
-    h, w, step, enc = int(msg.height), int(msg.width), int(msg.step), str(msg.encoding)
-    if enc == "mono8":
-        grey = decode_int_image(_payload(msg), height=h, width=w, step=step, encoding=enc)
-        return np.repeat(grey.astype(np.uint8)[:, :, None], 3, axis=2)
-    if enc not in COLOR_ENCODINGS:
-        raise InputError("bad_color_encoding", f"{enc!r} not in {list(RGB_ENCODINGS)}")
-    return decode_color(_payload(msg), height=h, width=w, step=step, encoding=enc)
-
-
-def image_to_depth_m(msg: Image) -> NDArray[np.float32]:
-    """(H, W) float32 depth in metres, 0 where invalid, from a 16UC1 (mm) or 32FC1 (m) image.
-
-    NaN, inf and negative depths become 0: sensors mark holes that way, so they are data. Big-
-    endian payloads are honoured; other encodings raise :class:`InputError`.
-    """
-    enc = str(msg.encoding)
-    if enc not in DEPTH_ENCODINGS:
-        raise InputError("bad_depth_encoding", f"{enc!r} not in {list(DEPTH_ENCODINGS)}")
-    depth, _ = decode_depth(
-        _payload(msg),
-        height=int(msg.height),
-        width=int(msg.width),
-        step=int(msg.step),
-        encoding=enc,
-        is_bigendian=bool(msg.is_bigendian),
-    )
-    return depth
-
 
 def _image_msg(
     pixels: NDArray[np.generic], encoding: str, frame_id: str, stamp_ns: int
@@ -162,38 +112,6 @@ def depth_to_image(
 # --------------------------------------------------------------------------- camera info
 
 
-def camera_info_to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
-    """Pinhole intrinsics of a rectified image from ``CameraInfo``.
-
-    The projection matrix ``P`` describes the rectified image the depth and colour topics carry
-    (``image_rect``); ``K`` is used when ``P`` is all zeros (some drivers leave it unset).
-    Binning and ROI are applied. Zero/negative focal lengths or sizes raise
-    :class:`InputError` (an uncalibrated camera cannot be unprojected).
-    """
-    P = np.asarray(msg.p, dtype=np.float64).reshape(3, 4)
-    K = np.asarray(msg.k, dtype=np.float64).reshape(3, 3)
-    fx, fy, cx, cy = (P[0, 0], P[1, 1], P[0, 2], P[1, 2]) if P[0, 0] > 0 else (
-        K[0, 0], K[1, 1], K[0, 2], K[1, 2]
-    )
-    width, height = int(msg.width), int(msg.height)
-    roi = msg.roi
-    if roi.width > 0 and roi.height > 0:
-        cx, cy = cx - roi.x_offset, cy - roi.y_offset
-        width, height = int(roi.width), int(roi.height)
-    bx, by = max(1, int(msg.binning_x)), max(1, int(msg.binning_y))
-    if bx > 1 or by > 1:
-        fx, cx, width = fx / bx, cx / bx, width // bx
-        fy, cy, height = fy / by, cy / by, height // by
-    values = np.array([fx, fy, cx, cy])
-    if not np.all(np.isfinite(values)) or fx <= 0 or fy <= 0 or width <= 0 or height <= 0:
-        raise InputError(
-            "bad_camera_info", f"{width}x{height} fx={fx} fy={fy} cx={cx} cy={cy} (uncalibrated?)"
-        )
-    return CameraIntrinsics(
-        width=width, height=height, fx=float(fx), fy=float(fy), cx=float(cx), cy=float(cy)
-    )
-
-
 def intrinsics_to_camera_info(
     intrinsics: CameraIntrinsics, *, frame_id: str = "", stamp_ns: int = 0
 ) -> CameraInfo:
@@ -212,31 +130,6 @@ def intrinsics_to_camera_info(
 
 
 # --------------------------------------------------------------------------- poses
-
-def pose_msg_to_matrix(msg: Any) -> NDArray[np.float64]:
-    """(4, 4) float64 transform parent←child of a pose-carrying message.
-
-    ``msg`` is a PoseStamped, Pose, PoseWithCovariance, Odometry, TransformStamped or
-    Transform (message classes carry no type information for mypy, hence ``Any``).
-
-    PoseStamped / Odometry give ``T_{header.frame_id, child}``; TransformStamped gives
-    ``T_{header.frame_id, child_frame_id}``. A zero or non-finite quaternion or translation
-    raises :class:`InputError`.
-    """
-    if isinstance(msg, PoseStamped | PoseWithCovariance):
-        return pose_msg_to_matrix(msg.pose)
-    if isinstance(msg, Odometry):
-        return pose_msg_to_matrix(msg.pose.pose)
-    if isinstance(msg, TransformStamped):
-        return pose_msg_to_matrix(msg.transform)
-    if isinstance(msg, Pose):
-        t, q = msg.position, msg.orientation
-    elif isinstance(msg, Transform):
-        t, q = msg.translation, msg.rotation
-    else:
-        raise InputError("bad_pose_message", f"cannot read a pose from {type(msg).__name__}")
-    return pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
-
 
 def _check_matrix(T: ArrayLike) -> NDArray[np.float64]:
     M = np.asarray(T, dtype=np.float64)

@@ -1,18 +1,24 @@
-"""The diff2scene mapping node: RGB-D + pose topics in, labelled cloud, markers and services out.
+"""The diff2scene mapping node: RGB-D + pose (TF or a topic) in, labelled cloud, markers and
+services out.
 
-Thin by design (STYLE rule 3): callbacks only put messages into bounded buffers; one worker
-thread turns them into :class:`~diff2scene.types.Frame` objects (via
-:mod:`diff2scene_ros.conversions`) and feeds the core :class:`~diff2scene.pipeline.Pipeline`,
-which runs the 2D model in its own worker. Every parameter is generated from the core's
-dataclass configs (:mod:`diff2scene_ros.params`).
+Thin by design: callbacks turn each message into a record (:mod:`diff2scene.io.messages`) and
+hand it to the core's :class:`~diff2scene.io.assembler.FrameAssembler` — the same object a bag
+replay feeds — which pairs, calibrates and poses frames without decoding them; ready frames wait
+in a bounded queue (oldest dropped and counted) for one worker thread that decodes them and
+feeds the core :class:`~diff2scene.pipeline.Pipeline`, which runs the 2D model in its own
+worker. Every parameter is generated from the core's dataclass configs
+(:mod:`diff2scene_ros.params`).
 
-Pose input is a ``geometry_msgs/PoseStamped`` (``camera/pose``) or ``nav_msgs/Odometry``
-(``odom``) of the camera in ``world_frame``; ``tf2_ros`` is not available from PyPI, so a robot
-that only has TF relays the camera pose to one of these topics.
+Pose input: ``/tf`` + ``/tf_static`` (a chain from ``input.world_frame`` to the camera frame),
+a ``geometry_msgs/PoseStamped`` on ``camera/pose`` or a ``nav_msgs/Odometry`` on ``odom``;
+``input.pose_source: auto`` takes TF once such a chain exists. The TF messages are read with
+the core's own transform buffer rather than ``tf2_ros``, so a live run and a replay of its bag
+resolve poses with the same code.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import Counter, deque
@@ -27,6 +33,7 @@ from geometry_msgs.msg import PoseStamped
 from nav_msgs.msg import Odometry
 from numpy.typing import NDArray
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -35,13 +42,21 @@ from rclpy.qos import (
     ReliabilityPolicy,
     qos_profile_sensor_data,
 )
-from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from tf2_msgs.msg import TFMessage
 from visualization_msgs.msg import MarkerArray
 
 from diff2scene.errors import ConfigError, Diff2SceneError, InputError
-from diff2scene.io.base import SkipStats
-from diff2scene.io.sync import ApproximateSync
-from diff2scene.io.transforms import T_BODY_OPTICAL, TransformBuffer
+from diff2scene.io.assembler import FrameAssembler, InputConfig, RawFrame
+from diff2scene.io.messages import (
+    ImageData,
+    read_camera_info,
+    read_compressed_image,
+    read_image,
+    read_pose,
+    read_transforms,
+)
+from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.pipeline import Pipeline, PipelineConfig
 from diff2scene.query import (
     EnsembleConfig,
@@ -52,18 +67,23 @@ from diff2scene.query import (
     label_map,
 )
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
-from diff2scene.types import Frame
+from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene_ros import conversions as cv
 from diff2scene_ros.params import declare_config
 
-_CAMERA = "camera"
-
-#: Node-relative input topics (remap them; the launch file does).
+#: Node-relative input topics (remap them; the launch file does). With a compressed transport
+#: the node subscribes to image_transport's ``<topic>/compressed`` or ``/compressedDepth``.
 COLOR_TOPIC = "camera/color/image_raw"
 DEPTH_TOPIC = "camera/depth/image_rect_raw"
 CAMERA_INFO_TOPIC = "camera/color/camera_info"
 POSE_TOPIC = "camera/pose"
 ODOM_TOPIC = "odom"
+#: Ground-truth instance ids of a synthetic bag or a simulator (oracle segmenter only).
+INSTANCE_TOPIC = "camera/instance/image_raw"
+
+
+def _diffusion_segmenter() -> SegmenterConfig:
+    return SegmenterConfig(kind="diffusion", profile="odise_sd15")
 
 
 @dataclass
@@ -71,31 +91,30 @@ class NodeConfig:
     """Everything the node adds around the core pipeline (whose config is ``pipeline``)."""
 
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
-    #: Fixed frame of the map, of the pose input and of every output (REP-105 "map" or "odom").
-    world_frame: str = "map"
-    #: "pose": geometry_msgs/PoseStamped on ``camera/pose``; "odometry": nav_msgs/Odometry on
-    #: ``odom``.
-    pose_source: Literal["pose", "odometry"] = "pose"
-    #: True if the pose is that of the camera optical frame (z forward, REP-103 ``_optical``);
-    #: False if it is a body frame (x forward, z up) and the optical rotation must be applied.
-    pose_is_optical: bool = True
-    #: Colour and depth images at most this far apart in time are paired, in seconds.
-    sync_slop_s: float = 0.02
-    #: Camera poses are interpolated between samples at most this far apart, in seconds.
-    max_pose_gap_s: float = 0.5
-    #: A synchronised frame waits at most this long for a pose newer than itself, in seconds;
-    #: then it is skipped as "missing_pose".
-    max_pose_wait_s: float = 0.5
-    #: QoS of the image/pose subscriptions: "sensor_data" (best effort) or "reliable".
-    input_qos: Literal["sensor_data", "reliable"] = "sensor_data"
-    #: Synchronised frames waiting for the mapper at most; the oldest is dropped (and counted)
-    #: when a newer one arrives, so a slow mapper sees the newest view.
-    frame_queue_size: int = 2
-    #: Model profile of the 2D branch: a name in the models directory ("odise_sd15" needs the
-    #: real weights; "tiny" runs anywhere with random weights and means nothing) or a YAML path.
-    segmenter_profile: str = "odise_sd15"
-    #: Torch device of the 2D model ("cpu", "cuda", "cuda:1").
-    segmenter_device: str = "cpu"
+    #: How messages become frames: frames, pose source, sync, waits (shared with replay).
+    input: InputConfig = field(default_factory=InputConfig)
+    #: Reliability of the image, calibration and pose subscriptions. "reliable" by default:
+    #: measured here (bench/dds_input.py), best-effort subscribers lost up to half of the
+    #: large image messages over Fast DDS on one machine while reliable ones lost none. A
+    #: publisher that only offers best effort (some camera drivers) needs "sensor_data": the
+    #: node reports the incompatibility in /diagnostics and the log.
+    input_qos: Literal["reliable", "sensor_data"] = "reliable"
+    #: Colour transport: "raw" (sensor_msgs/Image) or "compressed" (image_transport,
+    #: ``<colour topic>/compressed``, JPEG or PNG).
+    color_transport: Literal["raw", "compressed"] = "raw"
+    #: Depth transport: "raw" or "compressedDepth" (image_transport, ``<depth
+    #: topic>/compressedDepth``, PNG or RVL).
+    depth_transport: Literal["raw", "compressedDepth"] = "raw"
+    #: Decoded-frame waiting room between the callbacks and the mapper, in frames; the oldest
+    #: is dropped (and counted as ``frame_queue_full``) when the mapper falls behind.
+    frame_queue_size: int = 4
+    #: The 2D model: "diffusion" (a model profile; "odise_sd15" needs the real weights, "tiny"
+    #: runs anywhere with random weights) or "oracle" (ground-truth masks of a synthetic scene
+    #: or simulator, degraded in known ways, with the synthetic text space).
+    segmenter: SegmenterConfig = field(default_factory=_diffusion_segmenter)
+    #: Synthetic scene directory (``diff2scene synth`` output with scene.json) whose instance
+    #: tables the oracle segmenter reads; unused by the diffusion model.
+    scene_dir: str = ""
     #: Vocabulary the labelled cloud is labelled with (``~/set_vocabulary`` replaces it).
     labelling: LabellingConfig = field(default_factory=LabellingConfig)
     #: Background, thresholds and limits of ``~/text_query``.
@@ -108,77 +127,27 @@ class NodeConfig:
     max_cloud_points: int = 500_000
     #: Period of ``/diagnostics``, in seconds.
     diagnostics_period_s: float = 1.0
+    #: Input loss (stamp gaps over colour images published) above which diagnostics warn.
+    warn_input_loss_ratio: float = 0.05
     #: File ``~/save_map`` writes when its request has an empty path.
     default_map_path: str = "diff2scene_map.npz"
 
     def __post_init__(self) -> None:
         positive = {
-            "sync_slop_s": self.sync_slop_s,
-            "max_pose_gap_s": self.max_pose_gap_s,
             "cloud_period_s": self.cloud_period_s,
             "diagnostics_period_s": self.diagnostics_period_s,
         }
         for name, value in positive.items():
             if not value > 0:
                 raise ConfigError(f"NodeConfig.{name} must be > 0, got {value}")
-        if self.max_pose_wait_s < 0:
-            raise ConfigError("NodeConfig.max_pose_wait_s must be >= 0")
         if self.frame_queue_size < 1 or self.max_cloud_points < 1:
             raise ConfigError("NodeConfig: frame_queue_size and max_cloud_points must be >= 1")
-
-
-@dataclass
-class _Pair:
-    stamp_ns: int
-    color: Image
-    depth: Image
-    received_s: float
+        if not 0 <= self.warn_input_loss_ratio <= 1:
+            raise ConfigError("NodeConfig.warn_input_loss_ratio must be in [0, 1]")
 
 
 #: top_k standing for "all instances" (the engine wants a positive count).
 _ALL = 2**31 - 1
-
-
-@dataclass
-class _MaskBankCopy:
-    embeddings: dict[str, NDArray[np.float32]]
-
-    @property
-    def num_masks(self) -> int:
-        return next((int(e.shape[0]) for e in self.embeddings.values()), 0)
-
-
-@dataclass
-class _MapSnapshot:
-    """Copies of the map arrays a query or labelling reads (duck-types ``SemanticMap``)."""
-
-    version: tuple[int, ...]
-    coords: NDArray[np.int32]  # (M, 3)
-    points_m: NDArray[np.float32]  # (M, 3)
-    colors: NDArray[np.uint8]  # (M, 3)
-    member_ids: NDArray[np.int32]  # (M, k)
-    member_weights: NDArray[np.float32]  # (M, k)
-    features_3d: dict[str, NDArray[np.float16]]  # space -> (M, D)
-    mask_bank: _MaskBankCopy
-
-    @property
-    def num_voxels(self) -> int:
-        return int(self.coords.shape[0])
-
-    @classmethod
-    def of(cls, pipeline: Pipeline, version: tuple[int, ...]) -> _MapSnapshot:
-        """Copy under ``pipeline.lock`` (the caller holds it)."""
-        smap = pipeline.map
-        return cls(
-            version=version,
-            coords=smap.coords.copy(),
-            points_m=smap.points_m,
-            colors=smap.colors.copy(),
-            member_ids=smap.member_ids.copy(),
-            member_weights=smap.member_weights.copy(),
-            features_3d={s: f.copy() for s, f in smap.features_3d.items()},
-            mask_bank=_MaskBankCopy({s: e.copy() for s, e in smap.mask_bank.embeddings.items()}),
-        )
 
 
 class MappingNode(Node):
@@ -192,7 +161,7 @@ class MappingNode(Node):
         node_name: str = "diff2scene",
         **node_kwargs: Any,
     ) -> None:
-        """``segmenter``/``text_encoder`` default to the ones of ``segmenter_profile``."""
+        """``segmenter``/``text_encoder`` default to the ones ``segmenter`` configures."""
         super().__init__(node_name, **node_kwargs)
         self.config = declare_config(self, NodeConfig())
         cfg = self.config
@@ -206,42 +175,60 @@ class MappingNode(Node):
         self.labelling_config = cfg.labelling
         #: Guards the cached snapshot/engine/labelling below; held while they are rebuilt.
         self._semantic_lock = threading.Lock()
-        self._snapshot: _MapSnapshot | None = None
+        self._snapshot: MapSnapshot | None = None
         self._engine: QueryEngine | None = None
         self._labelling: tuple[tuple[Any, ...], Labelling] | None = None
 
-        self.input_stats = SkipStats()
-        self._lock = threading.Lock()  # guards the sync, poses, camera info and frame queue
-        self._sync: ApproximateSync[Image, Image] = ApproximateSync(
-            slop_ns=round(cfg.sync_slop_s * 1e9), stats=self.input_stats
-        )
-        self._poses = TransformBuffer(max_interpolation_gap_ns=round(cfg.max_pose_gap_s * 1e9))
-        self._camera_info: CameraInfo | None = None
-        self._frames: deque[_Pair] = deque()
+        oracle = cfg.segmenter.kind == "oracle"
+        self.assembler = FrameAssembler(cfg.input, expect_instances=oracle)
+        self._lock = threading.Lock()  # guards the frame queue
+        self._frames: deque[RawFrame] = deque()
         self._wake = threading.Condition(self._lock)
         self._stop = False
-        self._counts: Counter[str] = Counter()
+        #: Subscriptions whose publishers offer an incompatible QoS, by topic.
+        self.qos_incompatible: Counter[str] = Counter()
         #: (monotonic time, counters) at the last diagnostics, for rates.
         self._rate_since: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
+        inputs = MutuallyExclusiveCallbackGroup()
         qos = (
             qos_profile_sensor_data
             if cfg.input_qos == "sensor_data"
             else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         )
-        inputs = MutuallyExclusiveCallbackGroup()
-        self.create_subscription(Image, COLOR_TOPIC, self._on_color, qos,
-                                 callback_group=inputs)
-        self.create_subscription(Image, DEPTH_TOPIC, self._on_depth, qos,
-                                 callback_group=inputs)
-        self.create_subscription(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info,
-                                 qos, callback_group=inputs)
-        if cfg.pose_source == "pose":
-            self.create_subscription(PoseStamped, POSE_TOPIC, self._on_pose, qos,
-                                     callback_group=inputs)
+
+        def subscribe(msg_type: Any, topic: str, callback: Any, profile: QoSProfile = qos
+                      ) -> None:
+            events = SubscriptionEventCallbacks(
+                incompatible_qos=functools.partial(self._on_incompatible_qos, topic)
+            )
+            self.create_subscription(msg_type, topic, callback, profile,
+                                     callback_group=inputs, event_callbacks=events)
+
+        if cfg.color_transport == "compressed":
+            subscribe(CompressedImage, f"{COLOR_TOPIC}/compressed", self._on_compressed_color)
         else:
-            self.create_subscription(Odometry, ODOM_TOPIC, self._on_pose, qos,
-                                     callback_group=inputs)
+            subscribe(Image, COLOR_TOPIC, self._on_color)
+        if cfg.depth_transport == "compressedDepth":
+            subscribe(CompressedImage, f"{DEPTH_TOPIC}/compressedDepth",
+                      self._on_compressed_depth)
+        else:
+            subscribe(Image, DEPTH_TOPIC, self._on_depth)
+        subscribe(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info)
+        source = cfg.input.pose_source
+        if source in ("auto", "pose"):
+            subscribe(PoseStamped, POSE_TOPIC, self._on_pose)
+        if source in ("auto", "odometry"):
+            subscribe(Odometry, ODOM_TOPIC, self._on_pose)
+        if source in ("auto", "tf"):
+            # the QoS tf2_ros listeners use: /tf reliable, /tf_static latched
+            subscribe(TFMessage, "/tf", self._on_tf,
+                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE))
+            subscribe(TFMessage, "/tf_static", self._on_tf_static,
+                      QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
+                                 durability=DurabilityPolicy.TRANSIENT_LOCAL))
+        if oracle:
+            subscribe(Image, INSTANCE_TOPIC, self._on_instances)
 
         latched = QoSProfile(
             depth=1,
@@ -269,162 +256,131 @@ class MappingNode(Node):
         self._worker = threading.Thread(target=self._work, name="diff2scene_frames", daemon=True)
         self._worker.start()
         self.get_logger().info(
-            f"mapping in '{cfg.world_frame}' at {cfg.pipeline.mapper.voxel_size_m} m voxels, "
-            f"pose from {cfg.pose_source}, 2D model '{cfg.segmenter_profile}'"
+            f"mapping in '{cfg.input.world_frame}' at {cfg.pipeline.mapper.voxel_size_m} m "
+            f"voxels, pose from {source}, input QoS {cfg.input_qos}, 2D model "
+            f"'{cfg.segmenter.kind}' ({cfg.segmenter.profile})"
         )
 
     # ------------------------------------------------------------------ callbacks (enqueue only)
 
     def _on_color(self, msg: Image) -> None:
-        self._add_images(self._sync.add_a, msg, "color_msgs")
+        self._take(self.assembler.add_color, read_image(msg))
+
+    def _on_compressed_color(self, msg: CompressedImage) -> None:
+        self._take(self.assembler.add_color, read_compressed_image(msg))
 
     def _on_depth(self, msg: Image) -> None:
-        self._add_images(self._sync.add_b, msg, "depth_msgs")
+        self._take(self.assembler.add_depth, read_image(msg))
 
-    def _add_images(self, add: Any, msg: Image, counter: str) -> None:
-        now = time.monotonic()
-        with self._lock:
-            self._counts[counter] += 1
-            for stamp_ns, color, depth in add(cv.stamp_to_ns(msg.header.stamp), msg):
-                if len(self._frames) >= self.config.frame_queue_size:
-                    self._frames.popleft()
-                    self.input_stats.skip("frame_queue_full", "mapper slower than the camera")
-                self._frames.append(_Pair(stamp_ns, color, depth, now))
-            self._wake.notify()
+    def _on_compressed_depth(self, msg: CompressedImage) -> None:
+        self._take(self.assembler.add_depth, read_compressed_image(msg))
+
+    def _on_instances(self, msg: Image) -> None:
+        self._take(self.assembler.add_instances, read_image(msg))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        with self._lock:
-            self._camera_info = msg
+        try:
+            self.assembler.add_camera_info(read_camera_info(msg))
+        except InputError as exc:
+            self.assembler.rejected[exc.reason] += 1
 
     def _on_pose(self, msg: PoseStamped | Odometry) -> None:
-        frame_id = str(msg.header.frame_id).lstrip("/")
         try:
-            if frame_id and frame_id != self.config.world_frame:
-                raise InputError(
-                    "pose_frame_mismatch",
-                    f"pose in '{frame_id}', map in '{self.config.world_frame}' (set world_frame)",
-                )
-            T = cv.pose_msg_to_matrix(msg)
+            record = read_pose(msg)
         except InputError as exc:
-            with self._lock:
-                self._counts["pose_msgs"] += 1
-                self.input_stats.skip(exc.reason, exc.detail)
+            self.assembler.rejected[exc.reason] += 1
             return
-        if not self.config.pose_is_optical:
-            T = T @ T_BODY_OPTICAL
+        self._enqueue(self.assembler.add_pose(record))
+
+    def _on_tf(self, msg: TFMessage) -> None:
+        self._on_transforms(msg, static=False)
+
+    def _on_tf_static(self, msg: TFMessage) -> None:
+        self._on_transforms(msg, static=True)
+
+    def _on_transforms(self, msg: TFMessage, *, static: bool) -> None:
+        try:
+            records = read_transforms(msg)
+        except InputError as exc:
+            self.assembler.rejected[exc.reason] += 1
+            return
+        self._enqueue(self.assembler.add_transforms(records, static=static))
+
+    def _take(self, add: Any, record: ImageData) -> None:
+        self._enqueue(add(record))
+
+    def _enqueue(self, raws: list[RawFrame]) -> None:
+        if not raws:
+            return
         with self._lock:
-            self._counts["pose_msgs"] += 1
-            try:
-                self._poses.add(self.config.world_frame, _CAMERA,
-                                cv.stamp_to_ns(msg.header.stamp), T)
-            except InputError as exc:
-                self.input_stats.skip(exc.reason, exc.detail)
+            for raw in raws:
+                if len(self._frames) >= self.config.frame_queue_size:
+                    dropped = self._frames.popleft()
+                    self.assembler.stats.skip(
+                        "frame_queue_full", f"t={dropped.stamp_ns}: mapper slower than camera"
+                    )
+                self._frames.append(raw)
             self._wake.notify()
+
+    def _on_incompatible_qos(self, topic: str, info: QoSRequestedIncompatibleQoSInfo) -> None:
+        self.qos_incompatible[topic] += 1
+        if self.qos_incompatible[topic] == 1:
+            self.get_logger().error(
+                f"a publisher of '{topic}' offers a QoS this subscription cannot use "
+                f"(policy id {info.last_policy_kind}); with a best-effort camera driver set "
+                "input_qos: sensor_data"
+            )
 
     # ------------------------------------------------------------------ worker
 
     def _work(self) -> None:
         while True:
             with self._lock:
-                while not self._stop and not self._ready_pair():
-                    self._wake.wait(timeout=0.1)
+                while not self._stop and not self._frames:
+                    self._wake.wait(timeout=0.5)
                 if self._stop:
                     return
-                pair = self._frames.popleft()
-                info = self._camera_info
-                pose = self._pose_at(pair.stamp_ns)
-            try:
-                frame = self._assemble(pair, info, pose)
-            except InputError as exc:
-                with self._lock:
-                    self.input_stats.skip(exc.reason, exc.detail)
+                raw = self._frames.popleft()
+            frame = self.assembler.finish(raw)  # decoding happens here, not in a callback
+            if frame is None:
                 continue
             try:
-                if self.pipeline.add_frame(frame):
-                    self.input_stats.delivered += 1
+                self.pipeline.add_frame(frame)
             except Diff2SceneError as exc:  # a closed pipeline during shutdown
                 self.get_logger().warning(f"frame not mapped: {exc}")
 
-    def _ready_pair(self) -> bool:
-        """True if the oldest frame has a pose after it, or waited long enough for one."""
-        if not self._frames:
-            return False
-        pair = self._frames[0]
-        latest = self._poses.latest_stamp_ns(self.config.world_frame, _CAMERA)
-        waited = time.monotonic() - pair.received_s
-        return (latest is not None and latest >= pair.stamp_ns) or (
-            waited >= self.config.max_pose_wait_s
-        )
-
-    def _pose_at(self, stamp_ns: int) -> NDArray[np.float64] | InputError:
-        try:
-            return self._poses.lookup(self.config.world_frame, _CAMERA, stamp_ns)
-        except InputError as exc:
-            return exc
-
-    def _assemble(
-        self, pair: _Pair, info: CameraInfo | None, pose: NDArray[np.float64] | InputError
-    ) -> Frame:
-        if isinstance(pose, InputError):
-            raise pose
-        if info is None:
-            raise InputError("missing_camera_info", "no CameraInfo received yet")
-        intrinsics = cv.camera_info_to_intrinsics(info)
-        rgb = cv.image_to_rgb(pair.color)
-        depth = cv.image_to_depth_m(pair.depth)
-        if rgb.shape[:2] != depth.shape:
-            raise InputError("size_mismatch", f"colour {rgb.shape[:2]} vs depth {depth.shape}")
-        if (intrinsics.height, intrinsics.width) != depth.shape:
-            raise InputError(
-                "camera_info_size_mismatch",
-                f"camera_info {intrinsics.width}x{intrinsics.height} vs depth "
-                f"{depth.shape[1]}x{depth.shape[0]}",
-            )
-        self._counts["frames_assembled"] += 1
-        return Frame(
-            stamp_ns=pair.stamp_ns,
-            rgb=rgb,
-            depth_m=depth,
-            intrinsics=intrinsics,
-            T_world_camera=pose,
-            index=self._counts["frames_assembled"] - 1,
-        )
+    @property
+    def map_frame(self) -> str:
+        """The fixed frame of the map and of every output."""
+        return self.assembler.map_frame
 
     # ------------------------------------------------------------------ outputs
 
-    def _map_version(self) -> tuple[int, int, int, int]:
-        """Changes whenever memberships, voxels or masks may have changed."""
-        p = self.pipeline
-        return (id(p.map), p.stats.keyframes_segmented, p.map.num_voxels,
-                p.map.mask_bank.num_masks)
+    def semantic_state(self) -> tuple[MapSnapshot, QueryEngine]:
+        """A frozen snapshot of the map and a query engine over it, rebuilt when it changed.
 
-    def semantic_state(self) -> tuple[_MapSnapshot, QueryEngine]:
-        """A consistent copy of the map and a query engine over it, rebuilt when it changed.
-
-        Scoring works on the copy, so mapping goes on while a query or a labelling runs; only
-        the copy itself is taken under the pipeline's lock.
+        Scoring works on the snapshot, so mapping goes on while a query or a labelling runs;
+        only taking the snapshot holds the pipeline's lock.
         """
         with self._semantic_lock:
             with self.pipeline.lock:
-                version = self._map_version()
-                if self._snapshot is None or self._snapshot.version != version:
-                    self._snapshot = _MapSnapshot.of(self.pipeline, version)
-                    self._engine = None
-            snapshot = self._snapshot
+                snapshot = self.pipeline.map.snapshot()
+            if self._snapshot is None or self._snapshot.version != snapshot.version:
+                self._snapshot, self._engine = snapshot, None
             if self._engine is None:
-                self._engine = QueryEngine.from_map(
+                self._engine = QueryEngine.from_snapshot(
                     snapshot, self.text_encoder, self.segmenter, self.config.query,
                     ensemble=self.config.ensemble,
                 )
             return snapshot, self._engine
 
-    def labelling(self) -> tuple[_MapSnapshot, Labelling]:
+    def labelling(self) -> tuple[MapSnapshot, Labelling]:
         """Per-voxel labels of the current vocabulary (cached until the map changes)."""
         snapshot, engine = self.semantic_state()
         with self._semantic_lock:
             key = (snapshot.version, self.labelling_config)
             if self._labelling is None or self._labelling[0] != key:
-                result = label_map(engine.scorer, snapshot.mask_bank.embeddings,
+                result = label_map(engine.scorer, snapshot.bank_embeddings,
                                    self.text_encoder, self.segmenter, self.labelling_config)
                 self._labelling = (key, result)
             return snapshot, self._labelling[1]
@@ -458,37 +414,67 @@ class MappingNode(Node):
                 rgb=cloud.rgb[keep],
                 labels=cloud.labels[keep],
                 scores=cloud.scores[keep],
-                frame_id=self.config.world_frame,
+                frame_id=self.map_frame,
                 stamp_ns=self.get_clock().now().nanoseconds,
             )
         )
 
     def diagnostics(self) -> dict[str, Any]:
-        """Counters and rates: messages in, frames mapped, every skip and drop by reason."""
+        """Counters and rates: messages in, frames mapped, every skip, drop and gap by reason,
+        and ``frames_accounted_gap``: colour images published (received + estimated lost) that
+        are neither in the map, nor skipped under a reason, nor still on their way (0 when the
+        books close)."""
         now = time.monotonic()
+        stats: dict[str, Any] = dict(self.assembler.counters())
         with self._lock:
-            stats: dict[str, Any] = self.input_stats.as_dict()
             stats["frame_queue_depth"] = len(self._frames)
-            counts = {k: self._counts[k] for k in ("color_msgs", "depth_msgs", "pose_msgs")}
-            stats.update(counts)
-            counts["delivered"] = self.input_stats.delivered
-            elapsed = now - self._rate_since[0]
-            if elapsed > 0:
-                previous = self._rate_since[1]
-                for key, value in counts.items():
-                    stats[f"{key}_per_s"] = (value - previous.get(key, 0)) / elapsed
-            self._rate_since = (now, counts)
         stats.update(self.pipeline.stats_dict())
+        stats.update({f"qos_incompatible_{t}": n for t, n in self.qos_incompatible.items()})
+        rated = {k: int(stats.get(k, 0)) for k in ("color_msgs", "depth_msgs",
+                                                   "frames_assembled", "frames_integrated")}
+        elapsed = now - self._rate_since[0]
+        if elapsed > 0:
+            previous = self._rate_since[1]
+            for key, value in rated.items():
+                stats[f"{key}_per_s"] = (value - previous.get(key, 0)) / elapsed
+        self._rate_since = (now, rated)
+        stats["frames_unaccounted"] = self.frames_unaccounted(stats)
         return stats
+
+    @staticmethod
+    def frames_unaccounted(stats: dict[str, Any]) -> int:
+        """Colour images received or estimated lost that no counter explains."""
+        published = int(stats.get("color_msgs", 0)) + int(stats.get("input_gaps", 0))
+        in_map = int(stats.get("frames_integrated", 0))
+        mapper_skips = sum(int(v) for k, v in stats.items()
+                           if k.startswith("frames_skipped_") and k != "frames_skipped_input")
+        waiting = int(stats.get("frames_waiting", 0)) + int(stats.get("frame_queue_depth", 0))
+        in_flight = int(stats.get("frames_assembled", 0)) - int(stats.get("frames_in", 0))
+        explained = (in_map + mapper_skips + int(stats.get("frames_skipped_input", 0))
+                     + int(stats.get("input_gaps", 0)) + waiting + in_flight)
+        return published - explained
 
     def publish_diagnostics(self) -> None:
         stats = self.diagnostics()
         dropped = stats.get("skipped_frame_queue_full", 0) + stats.get("keyframes_dropped", 0)
+        loss = float(stats.get("input_loss_ratio", 0.0))
+        level, problems = DiagnosticStatus.OK, []
+        if dropped:
+            level = DiagnosticStatus.WARN
+            problems.append(f"{dropped} frames/keyframes dropped")
+        if loss > self.config.warn_input_loss_ratio:
+            level = DiagnosticStatus.WARN
+            problems.append(f"{100 * loss:.1f} % of camera frames lost before arrival "
+                            f"({stats['input_gaps']} stamp gaps; try input_qos: reliable)")
+        if self.qos_incompatible:
+            level = DiagnosticStatus.ERROR
+            problems.append(f"incompatible QoS on {sorted(self.qos_incompatible)}")
         status = DiagnosticStatus(
-            level=DiagnosticStatus.WARN if dropped else DiagnosticStatus.OK,
+            level=level,
             name=f"{self.get_fully_qualified_name()}: mapping",
             hardware_id="diff2scene",
-            message=f"{stats['map_voxels']} voxels, {dropped} frames/keyframes dropped",
+            message=f"{stats['map_voxels']} voxels, {stats.get('frames_integrated', 0)} frames"
+                    + ("; " + "; ".join(problems) if problems else ""),
             values=[KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v))
                     for k, v in sorted(stats.items())],
         )
@@ -529,7 +515,7 @@ class MappingNode(Node):
     def _on_text_query(
         self, request: TextQuery.Request, response: TextQuery.Response
     ) -> TextQuery.Response:
-        frame_id = self.config.world_frame
+        frame_id = self.map_frame
         stamp_ns = self.get_clock().now().nanoseconds
         response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32), frame_id=frame_id,
                                              stamp_ns=stamp_ns)
@@ -537,11 +523,11 @@ class MappingNode(Node):
             snapshot, engine = self.semantic_state()
             if snapshot.num_voxels == 0:
                 raise InputError("empty_map", "nothing mapped yet")
-            engine.viewpoint_m = self._latest_camera_position()
             result = engine.query(
                 request.query,
                 request.score_threshold if request.score_threshold > 0 else None,
                 request.top_k if request.top_k > 0 else _ALL,
+                viewpoint_m=self._latest_camera_position(),
             )
         except (Diff2SceneError, ValueError) as exc:
             response.success, response.message = False, str(exc)
@@ -570,11 +556,8 @@ class MappingNode(Node):
         return response
 
     def _latest_camera_position(self) -> NDArray[np.float64] | None:
-        with self._lock:
-            latest = self._poses.latest_stamp_ns(self.config.world_frame, _CAMERA)
-            if latest is None:
-                return None
-            return self._poses.lookup(self.config.world_frame, _CAMERA, latest)[:3, 3].copy()
+        T = self.assembler.latest_camera_pose()
+        return None if T is None else T[:3, 3]
 
     def _on_save_map(
         self, request: SaveMap.Request, response: SaveMap.Response
@@ -624,16 +607,16 @@ def _palette(num_labels: int) -> NDArray[np.uint8]:
 
 
 def build_models(config: NodeConfig) -> tuple[Segmenter2D, TextEncoder]:
-    """The 2D model and text encoder of ``config.segmenter_profile`` (CLIP text tower)."""
-    from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
+    """The configured 2D model and the text encoder of its embedding space."""
+    from diff2scene.segmentation.factory import build_segmenter
 
-    return build_segmenter(
-        SegmenterConfig(
-            kind="diffusion",
-            profile=_profile_path(config.segmenter_profile),
-            device=config.segmenter_device,
-        )
-    )
+    seg = config.segmenter
+    if seg.kind == "diffusion":
+        seg = replace(seg, profile=_profile_path(seg.profile))
+        return build_segmenter(seg)
+    if not config.scene_dir:
+        raise ConfigError("segmenter.kind oracle needs scene_dir (a `diff2scene synth` scene)")
+    return build_segmenter(seg, bag=Path(config.scene_dir).expanduser())
 
 
 def _profile_path(name: str) -> str:

@@ -166,7 +166,9 @@ def param_specs(config: Any, *, prefix: str = "") -> list[ParamSpec]:
     docs = field_docs(cls)
     specs: list[ParamSpec] = []
     for f in dataclasses.fields(cls):
-        if not f.init:
+        # ros_parameter=False marks settings that have no ROS parameter form (mappings); they
+        # keep their defaults in the node and are set through the core's YAML configs.
+        if not f.init or f.metadata.get("ros_parameter", True) is False:
             continue
         name = f"{prefix}{f.name}"
         value = getattr(config, f.name)

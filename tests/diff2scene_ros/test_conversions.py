@@ -21,8 +21,33 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from visualization_msgs.msg import Marker
 
 from diff2scene.errors import InputError
+from diff2scene.io.assembler import (
+    decode_color_image,
+    decode_depth_image,
+    intrinsics_from_camera_info,
+)
+from diff2scene.io.messages import read_camera_info, read_image, read_pose
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
+
+# The node hands rclpy messages to the core's readers unchanged; these check them on rclpy's
+# message classes (the bag tests check them on rosbags').
+
+
+def to_rgb(msg: Image) -> np.ndarray:
+    return decode_color_image(read_image(msg))
+
+
+def to_depth(msg: Image) -> np.ndarray:
+    return decode_depth_image(read_image(msg))[0]
+
+
+def to_intrinsics(msg: CameraInfo) -> CameraIntrinsics:
+    return intrinsics_from_camera_info(read_camera_info(msg))
+
+
+def to_matrix(msg: object) -> np.ndarray:
+    return read_pose(msg).T_parent_child
 
 
 def _image(pixels: np.ndarray, encoding: str, *, pad: int = 0, bigendian: bool = False) -> Image:
@@ -56,7 +81,7 @@ def test_rgb_round_trip(rgb: np.ndarray, encoding: str) -> None:
     assert (msg.encoding, msg.height, msg.width, msg.step) == (encoding, 5, 7, 21)
     assert msg.header.frame_id == "cam"
     assert cv.stamp_to_ns(msg.header.stamp) == 1_500_000_000
-    np.testing.assert_array_equal(cv.image_to_rgb(msg), rgb)
+    np.testing.assert_array_equal(to_rgb(msg), rgb)
 
 
 @pytest.mark.parametrize(
@@ -69,12 +94,12 @@ def test_color_encodings_with_row_padding(rgb: np.ndarray, encoding: str, order:
         channels = np.concatenate([channels, np.full((5, 7, 1), 77, np.uint8)], axis=2)
     msg = _image(channels, encoding, pad=3)
     assert msg.step == 7 * channels.shape[2] + 3
-    np.testing.assert_array_equal(cv.image_to_rgb(msg), rgb)
+    np.testing.assert_array_equal(to_rgb(msg), rgb)
 
 
 def test_mono8_spreads_grey_with_padding() -> None:
     grey = np.arange(12, dtype=np.uint8).reshape(3, 4)
-    out = cv.image_to_rgb(_image(grey, "mono8", pad=4))
+    out = to_rgb(_image(grey, "mono8", pad=4))
     assert out.shape == (3, 4, 3)
     for c in range(3):
         np.testing.assert_array_equal(out[:, :, c], grey)
@@ -83,19 +108,19 @@ def test_mono8_spreads_grey_with_padding() -> None:
 def test_color_rejects_bad_encoding_and_sizes(rgb: np.ndarray) -> None:
     msg = _image(rgb, "yuv422")
     with pytest.raises(InputError) as err:
-        cv.image_to_rgb(msg)
+        to_rgb(msg)
     assert err.value.reason == "bad_color_encoding"
 
     short = cv.rgb_to_image(rgb)
     short.data = array.array("B", bytes(short.data)[:-30])
     with pytest.raises(InputError) as err:
-        cv.image_to_rgb(short)
+        to_rgb(short)
     assert err.value.reason == "truncated_image"
 
     narrow = cv.rgb_to_image(rgb)
     narrow.step = 7 * 3 - 1
     with pytest.raises(InputError) as err:
-        cv.image_to_rgb(narrow)
+        to_rgb(narrow)
     assert err.value.reason == "bad_image_step"
 
     with pytest.raises(InputError):
@@ -111,7 +136,7 @@ def test_depth_16uc1_is_millimetres_round_trip() -> None:
     depth = np.array([[0.0, 0.5004, 1.2346], [np.nan, 65.6, 3.0]], dtype=np.float32)
     msg = cv.depth_to_image(depth, encoding="16UC1")
     assert (msg.encoding, msg.step) == ("16UC1", 6)
-    out = cv.image_to_depth_m(msg)
+    out = to_depth(msg)
     assert out.dtype == np.float32
     # mm rounding; NaN and depths past the uint16 range become "no return" (0)
     np.testing.assert_allclose(out, [[0.0, 0.5, 1.235], [0.0, 0.0, 3.0]], atol=1e-6)
@@ -119,26 +144,26 @@ def test_depth_16uc1_is_millimetres_round_trip() -> None:
 
 def test_depth_32fc1_invalid_pixels_become_zero() -> None:
     depth = np.array([[1.5, np.nan, np.inf], [-2.0, 0.25, 7.0]], dtype=np.float32)
-    out = cv.image_to_depth_m(cv.depth_to_image(depth, encoding="32FC1"))
+    out = to_depth(cv.depth_to_image(depth, encoding="32FC1"))
     np.testing.assert_array_equal(out, [[1.5, 0.0, 0.0], [0.0, 0.25, 7.0]])
 
 
 def test_depth_padding_and_big_endian() -> None:
     mm = np.array([[1000, 2500, 0], [40, 65535, 7]], dtype=np.uint16)
-    out = cv.image_to_depth_m(_image(mm, "16UC1", pad=2, bigendian=True))
+    out = to_depth(_image(mm, "16UC1", pad=2, bigendian=True))
     np.testing.assert_allclose(out, mm.astype(np.float32) / 1000.0, rtol=1e-6)
     metres = np.array([[0.5, 1.0], [2.0, 4.0]], dtype=np.float32)
-    np.testing.assert_array_equal(cv.image_to_depth_m(_image(metres, "32FC1", pad=4)), metres)
+    np.testing.assert_array_equal(to_depth(_image(metres, "32FC1", pad=4)), metres)
 
 
 def test_depth_rejects_bad_encoding_and_truncation() -> None:
     with pytest.raises(InputError) as err:
-        cv.image_to_depth_m(_image(np.zeros((2, 2), np.uint8), "mono8"))
+        to_depth(_image(np.zeros((2, 2), np.uint8), "mono8"))
     assert err.value.reason == "bad_depth_encoding"
     msg = cv.depth_to_image(np.ones((4, 4), np.float32))
     msg.height = 5
     with pytest.raises(InputError) as err:
-        cv.image_to_depth_m(msg)
+        to_depth(msg)
     assert err.value.reason == "truncated_image"
     with pytest.raises(InputError):
         cv.depth_to_image(np.ones((4, 4), np.float32), encoding="16SC1")
@@ -150,21 +175,21 @@ def test_depth_rejects_bad_encoding_and_truncation() -> None:
 def test_camera_info_round_trip() -> None:
     intr = CameraIntrinsics(width=640, height=480, fx=525.0, fy=524.0, cx=319.5, cy=239.5)
     msg = cv.intrinsics_to_camera_info(intr, frame_id="cam_optical", stamp_ns=42)
-    assert cv.camera_info_to_intrinsics(msg) == intr
+    assert to_intrinsics(msg) == intr
 
 
 def test_camera_info_uses_k_when_p_unset_and_applies_binning_and_roi() -> None:
     msg = CameraInfo(width=640, height=480, k=[500.0, 0, 320.0, 0, 500.0, 240.0, 0, 0, 1])
-    assert cv.camera_info_to_intrinsics(msg) == CameraIntrinsics(640, 480, 500.0, 500.0, 320, 240)
+    assert to_intrinsics(msg) == CameraIntrinsics(640, 480, 500.0, 500.0, 320, 240)
     msg.binning_x = msg.binning_y = 2
     msg.roi.x_offset, msg.roi.y_offset, msg.roi.width, msg.roi.height = 100, 40, 400, 300
-    intr = cv.camera_info_to_intrinsics(msg)
+    intr = to_intrinsics(msg)
     assert intr == CameraIntrinsics(200, 150, 250.0, 250.0, 110.0, 100.0)
 
 
 def test_camera_info_rejects_uncalibrated() -> None:
     with pytest.raises(InputError) as err:
-        cv.camera_info_to_intrinsics(CameraInfo(width=640, height=480))
+        to_intrinsics(CameraInfo(width=640, height=480))
     assert err.value.reason == "bad_camera_info"
 
 
@@ -184,28 +209,27 @@ def _random_transform(seed: int) -> np.ndarray:
 def test_pose_stamped_and_transform_round_trip() -> None:
     T = _random_transform(1)
     ps = cv.matrix_to_pose_stamped(T, frame_id="map", stamp_ns=3)
-    np.testing.assert_allclose(cv.pose_msg_to_matrix(ps), T, atol=1e-12)
-    np.testing.assert_allclose(cv.pose_msg_to_matrix(ps.pose), T, atol=1e-12)
+    np.testing.assert_allclose(to_matrix(ps), T, atol=1e-12)
     ts = cv.matrix_to_transform_stamped(T, frame_id="map", child_frame_id="cam")
     assert ts.child_frame_id == "cam"
-    np.testing.assert_allclose(cv.pose_msg_to_matrix(ts), T, atol=1e-12)
+    np.testing.assert_allclose(to_matrix(ts), T, atol=1e-12)
 
 
 def test_odometry_pose() -> None:
     T = _random_transform(2)
     odom = Odometry()
     odom.pose.pose = cv.matrix_to_pose_stamped(T).pose
-    np.testing.assert_allclose(cv.pose_msg_to_matrix(odom), T, atol=1e-12)
+    np.testing.assert_allclose(to_matrix(odom), T, atol=1e-12)
 
 
 def test_pose_rejects_zero_quaternion_and_wrong_types() -> None:
     ps = cv.matrix_to_pose_stamped(np.eye(4))
     ps.pose.orientation.w = 0.0
     with pytest.raises(InputError) as err:
-        cv.pose_msg_to_matrix(ps)
+        to_matrix(ps)
     assert err.value.reason == "bad_quaternion"
     with pytest.raises(InputError):
-        cv.pose_msg_to_matrix(Vector3())
+        to_matrix(Vector3())
     with pytest.raises(InputError):
         cv.matrix_to_pose_stamped(np.full((4, 4), np.nan))
 

@@ -37,6 +37,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
 from diff2scene_ros.node import MappingNode, NodeConfig, build_models
@@ -105,7 +106,7 @@ class Harness:
 
 @pytest.fixture(scope="module")
 def models() -> tuple[Any, Any]:
-    return build_models(NodeConfig(segmenter_profile="tiny"))
+    return build_models(NodeConfig(segmenter=SegmenterConfig(kind="diffusion", profile="tiny")))
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +117,7 @@ def harness(models: tuple[Any, Any]) -> Iterator[Harness]:
     overrides = [
         Parameter("cloud_period_s", value=0.3),
         Parameter("diagnostics_period_s", value=0.3),
-        Parameter("max_pose_wait_s", value=0.3),
+        Parameter("input.max_pose_wait_s", value=0.3),
         Parameter("frame_queue_size", value=50),
         Parameter("input_qos", value="reliable"),
         Parameter("pipeline.mapper.depth_max_m", value=3.0),
@@ -167,7 +168,7 @@ def mapped(harness: Harness) -> Harness:
     for i in range(8):
         harness.publish_frame(i)
     pipeline = harness.node.pipeline
-    _wait_for(lambda: harness.node.input_stats.delivered >= 8, "8 frames mapped")
+    _wait_for(lambda: harness.node.pipeline.stats.frames_in >= 8, "8 frames mapped")
     pipeline.flush()
     assert pipeline.stats.keyframes_segmented >= 1
     return harness
@@ -175,7 +176,7 @@ def mapped(harness: Harness) -> Harness:
 
 def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
     node = mapped.node
-    assert node.input_stats.delivered == 8
+    assert node.assembler.stats.delivered == 8
     points = node.pipeline.map.points_m
     assert points.shape[0] > 100
     # the wall is the plane z = 1.5 m in the world (camera looks along +z, moves along x)
@@ -196,8 +197,9 @@ def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
               "diagnostics counting the colour images")
     last = mapped.diagnostics[-1]
     assert last.status[0].hardware_id == "diff2scene"
-    assert _diag_value(last, "delivered_per_s") is not None
+    assert _diag_value(last, "frames_integrated_per_s") is not None
     assert int(_diag_value(last, "map_voxels") or 0) == n
+    assert _diag_value(last, "frames_unaccounted") == "0"
 
 
 def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
@@ -255,27 +257,30 @@ def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -
 
 
 def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
-    stats = mapped.node.input_stats
+    assembler = mapped.node.assembler
+    stats = assembler.stats
     before = stats.delivered
     mapped.publish_frame(20, depth_encoding="32FC1")  # fine: depth in metres
     mapped.publish_frame(21, mislabel_depth=True)  # an encoding the node cannot read
-    mapped.publish_frame(22, pose=False)  # no pose at or after this frame ever arrives
+    mapped.publish_frame(22, pose=False)  # no pose within the interpolation gap
     mapped.publishers["pose"].publish(  # a pose in another fixed frame than the map's
-        cv.matrix_to_pose_stamped(np.eye(4), frame_id="odom", stamp_ns=1_000_000_000)
+        cv.matrix_to_pose_stamped(np.eye(4), frame_id="odom", stamp_ns=3_250_000_000)
     )
-    _wait_for(lambda: stats.skipped["pose_frame_mismatch"] >= 1, "the odom pose to be refused")
+    mapped.publish_frame(30)  # 0.9 s after frame 21's pose: frame 22 cannot be interpolated
+    _wait_for(lambda: assembler.rejected["tf_reparent"] >= 1, "the odom pose to be refused")
     _wait_for(lambda: stats.skipped["bad_depth_encoding"] >= 1, "the bad depth to be skipped")
     _wait_for(lambda: stats.skipped["missing_pose"] >= 1, "the pose-less frame to be skipped")
-    _wait_for(lambda: stats.delivered >= before + 1, "the good frame to be mapped")
+    _wait_for(lambda: stats.delivered >= before + 2, "the good frames to be mapped")
     _wait_for(lambda: any(int(_diag_value(d, "skipped_missing_pose") or 0) >= 1
                           for d in list(mapped.diagnostics)[-5:]),
               "diagnostics to report the skip")
-    assert stats.delivered == before + 1
+    assert stats.delivered == before + 2
     assert mapped.node.pipeline.map.num_voxels > 0
 
 
 def test_save_and_load_map(mapped: Harness, tmp_path: Path) -> None:
     # last on purpose: the map it loads replaces the one the other tests look at
+    mapped.node.pipeline.flush()  # the frames of the previous test are in the map
     n = mapped.node.pipeline.map.num_voxels
     path = tmp_path / "map.npz"
     saved = mapped.call(SaveMap, "save_map", SaveMap.Request(path=str(path)))

@@ -180,7 +180,6 @@ class _Pending:
     stamp_ns: int
     color: ImageData
     depth: ImageData
-    camera_info: CameraInfoData
 
 
 class _Timeline:
@@ -306,7 +305,7 @@ class FrameAssembler:
                 self.rejected[exc.reason] += 1
                 return []
             self._camera_info = info
-            return []
+            return self._resolve(final=False)
 
     def add_pose(self, pose: PoseData) -> list[RawFrame]:
         """A pose-topic sample: ``T_parent_child`` of the camera (or of a body frame that TF
@@ -456,10 +455,7 @@ class FrameAssembler:
 
     def _enqueue(self, matched: list[tuple[int, ImageData, ImageData]]) -> list[RawFrame]:
         for stamp_ns, color, depth in matched:
-            if self._camera_info is None:
-                self.stats.skip("missing_camera_info", f"t={stamp_ns} before any CameraInfo")
-                continue
-            self._pending.append(_Pending(stamp_ns, color, depth, self._camera_info))
+            self._pending.append(_Pending(stamp_ns, color, depth))
         return self._resolve(final=False)
 
     def _resolve(self, *, final: bool) -> list[RawFrame]:
@@ -476,6 +472,13 @@ class FrameAssembler:
             instances = self._instances_at(p.stamp_ns) if self.expect_instances else None
             if self.expect_instances and instances is None and patience_left:
                 break
+            # calibration topics are separate subscriptions: the first one may come late
+            if self._camera_info is None:
+                if patience_left:
+                    break
+                self._pending.popleft()
+                self.stats.skip("missing_camera_info", f"t={p.stamp_ns} before any CameraInfo")
+                continue
             try:
                 T, source = self._camera_pose(p, max_extrapolation_ns=0)
             except InputError as exc:
@@ -495,7 +498,7 @@ class FrameAssembler:
             self.pose_used[source] += 1
             self._latest_T = T
             self._frames_out += 1
-            out.append(RawFrame(p.stamp_ns, p.color, p.depth, p.camera_info, T, instances))
+            out.append(RawFrame(p.stamp_ns, p.color, p.depth, self._camera_info, T, instances))
         return out
 
     def _instances_at(self, stamp_ns: int) -> ImageData | None:

@@ -88,7 +88,8 @@ class OracleConfig:
     #: Class → classes it may be confused with (symmetrised: each pair works both ways). A
     #: table given in a config file replaces the default one.
     similar_classes: dict[str, list[str]] = field(
-        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SIMILAR_CLASSES.items()}
+        default_factory=lambda: {k: list(v) for k, v in DEFAULT_SIMILAR_CLASSES.items()},
+        metadata={"ros_parameter": False},  # a mapping: set it in a YAML config, not a param
     )
     #: Norm of the Gaussian noise added to each unit embedding before renormalising, per space
     #: (independent of the width: 0.3 gives a cosine of about 0.96 to the clean embedding).

@@ -89,7 +89,10 @@ class SyntheticTextConfig:
     #: Seed of every word vector; two encoders with the same config give identical vectors.
     seed: int = 0
     #: Groups of related class names (each name in at most one group).
-    related_classes: tuple[tuple[str, ...], ...] = DEFAULT_RELATED_CLASSES
+    related_classes: tuple[tuple[str, ...], ...] = field(
+        default=DEFAULT_RELATED_CLASSES,
+        metadata={"ros_parameter": False},  # nested lists: set in a YAML config, not a param
+    )
     #: Cosine between two names of one group (in [0, 1)).
     related_cosine: float = 0.5
     #: Words read as attributes of the object rather than part of its name.
@@ -98,7 +101,8 @@ class SyntheticTextConfig:
     )
     #: Attribute words that mean the same attribute (spelling variants), word → canonical.
     attribute_synonyms: dict[str, str] = field(
-        default_factory=lambda: dict(_DEFAULT_SYNONYMS)
+        default_factory=lambda: dict(_DEFAULT_SYNONYMS),
+        metadata={"ros_parameter": False},  # a mapping: set it in a YAML config, not a param
     )
     #: Weight of each attribute word against the name (the name has weight 1).
     attribute_weight: float = 0.5
