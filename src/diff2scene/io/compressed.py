@@ -31,6 +31,9 @@ bag replay and the live node share it without importing ROS.
   to uint16, ``A = z0 (z0 + 1)``, ``B = 1 - A / depth_max``, defaults z0 = 100,
   depth_max = 10 m; ``q = 0`` means no depth), decoded as ``d = A / (q - B)``.
 
+A 16-bit depth image sent through the colour plugin (``"16UC1; png compressed "``, a plain
+16-bit PNG of millimetres) is read as depth too; a JPEG'd one is rejected (lossy depth).
+
 Depth comes out as (H, W) float32 metres with 0 where there is no depth, plus the number of
 pixels the transport marked invalid where the reference subscriber would hand out NaN (only
 ``32FC1``) — the same contract as :func:`diff2scene.io.image_codec.decode_depth`, so a
@@ -156,11 +159,11 @@ def parse_compressed_format(format: str) -> CompressedFormat:
     return CompressedFormat(encoding=encoding, codec=codec, depth=False, file_is_rgb=not swapped)
 
 
-def _as_bytes(data: CompressedData) -> NDArray[np.uint8]:
+def _as_bytes(data: CompressedData, reason: str) -> NDArray[np.uint8]:
     """Flat uint8 view of a message's ``data`` (bytes, rclpy array, rosbags ndarray)."""
     if isinstance(data, np.ndarray):
         if data.dtype != np.uint8:
-            raise InputError(CORRUPT_IMAGE, f"data has dtype {data.dtype}, expected uint8")
+            raise InputError(reason, f"data has dtype {data.dtype}, expected uint8")
         return data.reshape(-1)
     return np.frombuffer(data, dtype=np.uint8)
 
@@ -220,7 +223,7 @@ def decode_compressed_color(format: str, data: CompressedData) -> NDArray[np.uin
     fmt = parse_compressed_format(format)
     if fmt.depth:
         raise InputError(UNSUPPORTED_FORMAT, f"format {format!r} is depth, not colour")
-    payload = _as_bytes(data)
+    payload = _as_bytes(data, CORRUPT_IMAGE)
     is_jpeg = _check_magic(payload, fmt.codec, CORRUPT_IMAGE)
     rgb = _jpeg_rgb(payload, fmt.codec) if is_jpeg else None
     if rgb is None:
@@ -269,19 +272,26 @@ def decode_compressed_depth(
     """(H, W) float32 depth in metres (0 = none) and the count of pixels marked invalid.
 
     Reads ``compressedDepth`` PNG and RVL payloads of 16UC1/mono16 (millimetres) and 32FC1
-    (quantised inverse depth) images. The count is what :func:`decode_depth` would report for
-    the image the reference subscriber produces: 32FC1 pixels coded 0 (NaN there) and any the
-    header's quantisation turns non-finite or negative; 16-bit millimetres have none.
+    (quantised inverse depth) images, and the 16-bit PNGs the colour plugin writes when it is
+    given a depth image (``"16UC1; png compressed "``, no header). The count is what
+    :func:`~diff2scene.io.image_codec.decode_depth` would report for the image the reference
+    subscriber produces: 32FC1 pixels coded 0 (NaN there) and any the header's quantisation
+    turns non-finite or negative; 16-bit millimetres have none.
     """
     fmt = parse_compressed_format(format)
     if not fmt.depth:
-        raise InputError(UNSUPPORTED_FORMAT, f"format {format!r} is not compressedDepth")
+        if fmt.codec == "png" and fmt.encoding in _DEPTH_MM_ENCODINGS:
+            coded = _depth_png(_as_bytes(data, CORRUPT_DEPTH))
+            return coded.astype(np.float32) * np.float32(0.001), 0
+        raise InputError(
+            UNSUPPORTED_FORMAT, f"format {format!r} is neither compressedDepth nor 16-bit PNG"
+        )
     if fmt.encoding not in _DEPTH_MM_ENCODINGS | _DEPTH_M_ENCODINGS:
         raise InputError(
             UNSUPPORTED_FORMAT,
             f"compressedDepth of encoding {fmt.encoding!r}; expected 16UC1, mono16 or 32FC1",
         )
-    buf = _as_bytes(data)
+    buf = _as_bytes(data, CORRUPT_DEPTH)
     if buf.size <= CONFIG_HEADER.size:
         raise InputError(CORRUPT_DEPTH, f"{buf.size} bytes: no room for the 12-byte header")
     _, quant_a, quant_b = CONFIG_HEADER.unpack(buf[: CONFIG_HEADER.size].tobytes())
@@ -322,7 +332,7 @@ def rvl_decode(stream: CompressedData, n_pixels: int) -> NDArray[np.uint16]:
     Arithmetic is int32 throughout (half the memory traffic of int64): values are at most
     30 bits, and pixel sums only matter modulo 2¹⁶, which int32 wrap-around preserves.
     """
-    buf = _as_bytes(stream)
+    buf = _as_bytes(stream, CORRUPT_DEPTH)
     if buf.size == 0 or buf.size % 4:
         raise InputError(CORRUPT_DEPTH, f"RVL stream of {buf.size} bytes is not whole words")
     nib = _nibbles(buf)

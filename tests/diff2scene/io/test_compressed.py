@@ -269,6 +269,16 @@ def test_compressed_depth_png_16uc1() -> None:
         np.testing.assert_array_equal(depth, mm.astype(np.float32) * np.float32(0.001))
 
 
+def test_depth_through_the_colour_plugin_as_16bit_png() -> None:
+    mm = depth_mm_image()
+    depth, n_bad = decode_compressed_depth("16UC1; png compressed ", png_bytes(mm, bit_depth=16))
+    assert n_bad == 0
+    np.testing.assert_array_equal(depth, mm.astype(np.float32) * np.float32(0.001))
+    with pytest.raises(InputError) as err:  # lossy JPEG depth is not depth
+        decode_compressed_depth("16UC1; jpeg compressed mono8", jpeg_bytes(make_image()))
+    assert err.value.reason == UNSUPPORTED_FORMAT
+
+
 def test_compressed_depth_png_32fc1_inverse_depth() -> None:
     rng = np.random.default_rng(3)
     depth_m = rng.uniform(0.3, 9.5, size=(20, 24)).astype(np.float32)
