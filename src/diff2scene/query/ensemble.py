@@ -1,6 +1,6 @@
 """Per-voxel class scores from the 2D masks (salient) and the 3D features (geometric).
 
-DESIGN §1: ``p^c(v) = λ Σ_i p_i^c B3d_i(v) + (1 − λ) Σ_i p_i^c B'3d_i(v)``.
+The ensemble of the two branches: ``p^c(v) = λ Σ_i p_i^c B3d_i(v) + (1 − λ) Σ_i p_i^c B'3d_i(v)``.
 
 **Normalisation.** Raw sums grow with the number of keyframes that saw a voxel, so each branch
 is turned into a shrunk weighted average::
