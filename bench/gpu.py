@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import os
 import platform
 import statistics
 import sys
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -93,11 +95,13 @@ def _peak_mb(device: str) -> float:
     return torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else 0.0
 
 
+def _half_dtype(device: str) -> torch.dtype:
+    """fp16 on CUDA; on a CPU (smoke runs only) bf16, the half type CPU autocast supports."""
+    return torch.float16 if device.startswith("cuda") else torch.bfloat16
+
+
 def _half(device: str) -> Any:
-    """fp16 autocast on CUDA; on a CPU (smoke runs only) bf16, the half type it autocasts."""
-    if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.float16)
-    return torch.autocast("cpu", dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=_half_dtype(device))
 
 
 def keyframe_image(size_px: int, seed: int = 0) -> Frame:
@@ -142,9 +146,15 @@ def run_keyframe(device: str, sizes: Sizes, repeats: int, figures: Figures) -> N
     _sync(device)
     figures["keyframe_build_s"] = time.perf_counter() - t0
     runs = [(sizes.keyframe_px[0], "fp32")] + [(px, "fp16") for px in sizes.keyframe_px]
+    # Last: the weights themselves in half precision (autocast still runs the fp32-only ops in
+    # fp32), as SD is usually deployed; it changes the model in place.
+    runs += [(px, "fp16w") for px in sizes.keyframe_px]
     for px, precision in runs:
         frame = keyframe_image(px)
-        ctx = _half(device) if precision == "fp16" else nullcontext()
+        if precision == "fp16w" and figures.get("keyframe_weights") != "half":
+            seg.model.to(_half_dtype(device))
+            figures["keyframe_weights"] = "half"
+        ctx = _half(device) if precision.startswith("fp16") else nullcontext()
         key = f"{px}_{precision}"
         parts: dict[str, list[float]] = {"diffusion": [], "head": [], "clip": []}
 
@@ -154,13 +164,17 @@ def run_keyframe(device: str, sizes: Sizes, repeats: int, figures: Figures) -> N
         figures[f"keyframe_s_{key}"] = _median_s(one, device, repeats)
         for part, values in parts.items():
             figures[f"keyframe_s_{key}_{part}"] = statistics.median(values[1:] or values)
+        figures[f"keyframe_s_{key}_outside_model"] = figures[f"keyframe_s_{key}"] - sum(
+            figures[f"keyframe_s_{key}_{part}"] for part in parts
+        )
         if device.startswith("cuda"):
             figures[f"keyframe_peak_mem_mb_{key}"] = _peak_mb(device)
         print(f"  keyframe {key}: {figures[f'keyframe_s_{key}']:.4f} s", flush=True)
     first = sizes.keyframe_px[0]
-    figures[f"keyframe_fp32_over_fp16_ratio_{first}"] = (
-        figures[f"keyframe_s_{first}_fp32"] / figures[f"keyframe_s_{first}_fp16"]
-    )
+    for half in ("fp16", "fp16w"):
+        figures[f"keyframe_fp32_over_{half}_ratio_{first}"] = (
+            figures[f"keyframe_s_{first}_fp32"] / figures[f"keyframe_s_{first}_{half}"]
+        )
     figures["keyframe_head_params_m"] = (
         sum(v.numel() for v in seg.model.head_state_dict().values()) / 1e6
     )
@@ -268,6 +282,9 @@ def run_net3d(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None
             )
             if device.startswith("cuda"):
                 figures[f"net3d_forward_peak_mem_mb_{n}_{backend}"] = _peak_mb(device)
+            figures[f"net3d_forward_s_{n}_{backend}_network"] = _median_s(
+                _network_call(net, coords, colors), device, repeats
+            )
             del net
             if backend == "spconv" and not device.startswith("cuda"):
                 figures["net3d_train_step_spconv_status"] = "skipped: spconv trains on CUDA only"
@@ -291,6 +308,22 @@ def run_net3d(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None
         figures["net3d_forward_reference_over_spconv_ratio"] = (
             figures[f"net3d_forward_s_{n}_reference"] / figures[f"net3d_forward_s_{n}_spconv"]
         )
+
+
+def _network_call(net: Any, coords: np.ndarray, colors: np.ndarray) -> Callable[[], None]:
+    """The network alone (inputs already on the device, outputs left there)."""
+    from diff2scene.net3d.data import colors_to_features
+    from diff2scene.net3d.sparse import make_sparse_tensor
+
+    c = torch.from_numpy(coords)
+    batch = torch.cat([torch.zeros((len(c), 1), dtype=torch.int32), c], 1).to(net.device)
+    feats = colors_to_features(colors).to(net.device)
+
+    def call() -> None:
+        with torch.inference_mode():
+            net.model(make_sparse_tensor(batch, feats, backend=net.backend))
+
+    return call
 
 
 def _train_step(scene: Any, backend: str, device: str) -> Callable[[], None]:
@@ -326,7 +359,27 @@ def _train_step(scene: Any, backend: str, device: str) -> Callable[[], None]:
     return step
 
 
+def _open3d_placeholder_if_absent(figures: Figures) -> None:
+    """Let ``diff2scene.query`` import where Open3D is not installed (a bare GPU machine).
+
+    The query path never calls Open3D, but ``diff2scene.query`` imports ``diff2scene.mapping``,
+    whose package imports Open3D at module level. The placeholder raises on any use, so a
+    query figure can only come from code that really ran without Open3D.
+    """
+    if importlib.util.find_spec("open3d") is not None:
+        return
+
+    def missing(name: str) -> Any:
+        raise ImportError(f"open3d is not installed here (open3d.{name} was used)")
+
+    placeholder = types.ModuleType("open3d")
+    placeholder.__getattr__ = missing  # type: ignore[method-assign]
+    sys.modules["open3d"] = placeholder
+    figures["query_open3d"] = "not installed: import satisfied by a placeholder that raises on use"
+
+
 def run_query(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None:
+    _open3d_placeholder_if_absent(figures)
     from bench.query import build_map
     from diff2scene.mapping.snapshot import MapSnapshot
     from diff2scene.query.engine import QueryConfig, QueryEngine
@@ -428,16 +481,21 @@ warm-up, then the median of the repeats. keyframe_s_* is the wall time of
 `DiffusionSegmenter.segment` on one RGB image (upload, SD VAE encoder + UNet at t=0 + VAE
 decoder features and projections, implicit captioner with CLIP ViT-L/14-336, MSDeformAttn pixel
 decoder, 9-layer transformer decoder, MaskCLIP pooling, masks and embeddings back to NumPy);
-its _diffusion/_head/_clip parts come from the segmenter's own timers. 1024² is four 512²
-diffusion windows. fp16 = torch.autocast(float16) around the call, weights kept fp32; fp32 uses
-PyTorch's default (TF32 matmul off). net3d_forward_s = Net3D.infer (voxels up, MinkUNet18A with
-the 256-d and 768-d heads, fp16 features down); net3d_train_step_s = forward + distillation loss
-over 8 views of 30 masks + backward + Adam step; the backend is named in the key (spconv =
-spconv's CUDA kernels; reference = the project's pure-PyTorch sparse convolution). query_ms =
-one text query, text not cached (ViT-L/14-336 text tower on the device named in
+its _diffusion/_head/_clip parts come from the segmenter's own timers (synchronised), and
+_outside_model is the rest (upload, padding, upsampling 100 masks to the image size, sigmoid,
+copies to the host). 1024² is four 512² diffusion windows. fp32: PyTorch's defaults (TF32
+matmul off). fp16: torch.autocast(float16) around the call, weights kept fp32 (each op casts
+its weights). fp16w: the same autocast with the weights themselves converted to fp16.
+net3d_forward_s = Net3D.infer (voxels up, MinkUNet18A with the 256-d and 768-d heads, fp16 features of every voxel
+down to NumPy); its _network figure is the network alone on inputs already on the GPU;
+net3d_train_step_s = forward + distillation loss over 8 views of 30 masks + backward + Adam
+step, data on the GPU; the backend is named in the key (spconv = spconv 2.3.8 CUDA kernels,
+spconv-cu126 wheel; reference = the project's pure-PyTorch sparse convolution). query_ms = one
+text query, text not cached (ViT-L/14-336 text tower on the device named in
 query_text_tower_device; classification of 10k masks, both ensemble branches over all voxels
 and instance clustering in NumPy on the CPU); query_ms_warm = the same query again (text
-cached). tsdf_* = Mapper.integrate of a 640x480 synthetic frame at 2 cm voxels."""
+cached); query_instances_found lists what each timed query returned. tsdf_* = Mapper.integrate
+of a 640x480 synthetic frame at 2 cm voxels, when Open3D imports (see tsdf_status)."""
 
 
 def main(argv: list[str] | None = None) -> int:
