@@ -486,8 +486,9 @@ _outside_model is the rest (upload, padding, upsampling 100 masks to the image s
 copies to the host). 1024² is four 512² diffusion windows. fp32: PyTorch's defaults (TF32
 matmul off). fp16: torch.autocast(float16) around the call, weights kept fp32 (each op casts
 its weights). fp16w: the same autocast with the weights themselves converted to fp16.
-net3d_forward_s = Net3D.infer (voxels up, MinkUNet18A with the 256-d and 768-d heads, fp16 features of every voxel
-down to NumPy); its _network figure is the network alone on inputs already on the GPU;
+net3d_forward_s = Net3D.infer (voxels up, MinkUNet18A with the 256-d and 768-d heads, fp16
+features of every voxel down to NumPy); its _network figure is the network alone on inputs
+already on the GPU;
 net3d_train_step_s = forward + distillation loss over 8 views of 30 masks + backward + Adam
 step, data on the GPU; the backend is named in the key (spconv = spconv 2.3.8 CUDA kernels,
 spconv-cu126 wheel; reference = the project's pure-PyTorch sparse convolution). query_ms = one
