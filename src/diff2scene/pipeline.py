@@ -10,6 +10,13 @@ One object drives the core for every front end (ROS node, bag replay, evaluation
 Mapping never waits for the 2D model: keyframes wait in a bounded queue whose overflow policy
 is explicit — ``drop_oldest`` (live robots: the newest view matters most; each drop is counted)
 or ``block`` (bag replay: every keyframe is processed, the replay slows down instead).
+
+Every stage runs supervised (:mod:`diff2scene.supervise`): an exception in fusion, the 2D
+model, unprojection or the 3D network costs the item it happened on, is counted and logged
+once, and a stage failing again and again is switched off while the others go on
+(:meth:`Pipeline.stage_status`). Nothing waits without a limit: ``block``, :meth:`Pipeline.flush`
+and :meth:`Pipeline.close` take timeouts and report what they gave up on, and the 2D worker is a
+daemon thread, so a hung model can neither stall the caller nor keep the process alive.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ import queue
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +41,7 @@ from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig
 from diff2scene.net3d.inference import Net3D, Net3DConfig, refresh_map_features
 from diff2scene.segmentation.base import Segmenter2D
+from diff2scene.supervise import Failure, StageStatus, StageSupervisor, SupervisorConfig
 from diff2scene.types import Frame
 
 _LOG = logging.getLogger(__name__)
@@ -61,6 +70,19 @@ class PipelineConfig:
     #: Refresh the 3D features after every n-th segmented keyframe (and on flush); 0 = on
     #: flush only.
     net3d_every_keyframes: int = 10
+    #: Longest wait of ``add_frame`` for room in the keyframe queue under the ``block`` policy,
+    #: in seconds; the keyframe is then given up on (counted in ``keyframes_abandoned``). Far
+    #: above the slowest keyframe measured (27.7 s: the diffusion model at 512x512, 2-core CPU).
+    block_timeout_s: float = 300.0
+    #: Longest wait of ``flush()`` for the queued keyframes, in seconds; also ``close()``'s
+    #: timeout unless the caller gives one (a node gives its shutdown time).
+    flush_timeout_s: float = 600.0
+    #: What ``close()`` does with keyframes still queued: "finish" them (within its timeout)
+    #: or "abandon" them (counted); the keyframe already in the 2D model is waited for.
+    close_policy: Literal["finish", "abandon"] = "finish"
+    #: When a stage that keeps failing (fusion, 2D model, unprojection, 3D network) is
+    #: switched off.
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
 
     def __post_init__(self) -> None:
         if self.keyframe_queue_size < 1:
@@ -69,6 +91,8 @@ class PipelineConfig:
             raise ValueError("members_per_voxel must be >= 1")
         if self.net3d_every_keyframes < 0:
             raise ValueError("net3d_every_keyframes must be >= 0")
+        if not (self.block_timeout_s > 0 and self.flush_timeout_s > 0):
+            raise ValueError("block_timeout_s and flush_timeout_s must be > 0 (no endless waits)")
 
 
 @dataclass
@@ -79,10 +103,46 @@ class PipelineStats:
     keyframes_dropped: int = 0
     #: Failures inside the 2D stage by reason (the map is kept, the keyframe is skipped).
     segment_errors: Counter[str] = field(default_factory=Counter)
+    #: Keyframes given up on unsegmented, by reason: "block_timeout" (``add_frame`` waited
+    #: ``block_timeout_s`` for room in the queue), "close" (dropped by ``close()``).
+    keyframes_abandoned: Counter[str] = field(default_factory=Counter)
+    #: Frames whose fusion raised, by exception type (the frame is skipped, the map kept).
+    integrate_errors: Counter[str] = field(default_factory=Counter)
     segment_s_total: float = 0.0
     integrate_s_total: float = 0.0
     net3d_runs: int = 0
     net3d_s_total: float = 0.0
+
+
+@dataclass(frozen=True)
+class FlushReport:
+    """What :meth:`Pipeline.flush` got done before its timeout."""
+
+    #: Every queued keyframe was processed and the map brought up to date in time.
+    completed: bool
+    #: Keyframes still queued or inside the 2D model when flush gave up (they stay queued).
+    keyframes_pending: int
+    #: The 3D features were refreshed (False without a 3D network, when its stage is off or
+    #: failed, or when no time was left).
+    net3d_refreshed: bool
+    waited_s: float
+
+
+@dataclass(frozen=True)
+class CloseReport:
+    """What :meth:`Pipeline.close` finished and what it gave up on."""
+
+    policy: Literal["finish", "abandon"]
+    #: Every keyframe was finished and the worker stopped within the timeout.
+    completed: bool
+    #: Keyframes segmented while closing.
+    keyframes_finished: int
+    #: Queued keyframes dropped unsegmented (by policy, or because time ran out).
+    keyframes_abandoned: int
+    #: The 2D worker has ended; False means it is stuck in the model (it is a daemon thread,
+    #: so it will not keep the process alive; its keyframe may still reach the map later).
+    worker_stopped: bool
+    duration_s: float
 
 
 class Pipeline:
@@ -104,8 +164,20 @@ class Pipeline:
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=config.keyframe_queue_size)
         self._next_keyframe_id = 0
         self.net3d = Net3D.from_config(config.net3d) if config.net3d_enabled else None
+        self.supervisor = StageSupervisor(config.supervisor, logger=_LOG)
+        self._fusion = self.supervisor.stage("fusion")
+        self._model_2d = self.supervisor.stage("segment2d")
+        self._unproject = self.supervisor.stage("unproject")
+        self._net3d_stage = self.supervisor.stage("net3d")
+        #: Serialises 3D refreshes (worker, flush, and one left running past a deadline).
+        self._net3d_lock = threading.Lock()
+        #: Keyframes the worker has finished with; a block timeout remembers it to tell a
+        #: stuck worker from a slow one.
+        self._worker_progress = 0
+        self._stalled_at_progress: int | None = None
         self._worker: threading.Thread | None = None
         self._closed = False
+        self._close_report: CloseReport | None = None
         if config.threaded:
             self._worker = threading.Thread(target=self._work, name="segmenter2d", daemon=True)
             self._worker.start()
@@ -116,15 +188,21 @@ class Pipeline:
         """Integrate ``frame``; queue it for the 2D model if it is a keyframe.
 
         Returns whether the frame was integrated. Never raises for a bad frame (it is counted
-        by the mapper); never blocks on the 2D model unless the policy is ``block``.
+        by the mapper) nor for a failing fusion (counted in ``integrate_errors``); never blocks
+        on the 2D model unless the policy is ``block``, and then for ``block_timeout_s`` at
+        most. Raises :class:`~diff2scene.errors.Diff2SceneError` once the pipeline is closed.
         """
         if self._closed:
             raise Diff2SceneError("pipeline is closed")
         self.stats.frames_in += 1
         t0 = time.perf_counter()
         with self.lock:
-            integrated = self.mapper.integrate(frame)
+            fused = self._fusion.call(self.mapper.integrate, frame)
         self.stats.integrate_s_total += time.perf_counter() - t0
+        if isinstance(fused, Failure):
+            self.stats.integrate_errors[fused.key] += 1
+            return False
+        integrated = fused
         if not integrated or not self.keyframes.is_keyframe(frame):
             return integrated
         self.stats.keyframes_selected += 1
@@ -132,7 +210,7 @@ class Pipeline:
             self._segment(frame)
             return True
         if self.config.overflow_policy == "block":
-            self._queue.put(frame)
+            self._put_waiting(frame)
             return True
         while True:
             try:
@@ -146,6 +224,28 @@ class Pipeline:
                 except queue.Empty:
                     pass
 
+    def _put_waiting(self, frame: Frame) -> None:
+        """Queue ``frame`` under the ``block`` policy: wait for room, but not forever."""
+        # A worker that finished nothing since the last timeout is stuck, not slow: waiting
+        # the full timeout again would stall the caller that long for every keyframe.
+        stuck = self._stalled_at_progress == self._worker_progress
+        try:
+            if stuck:
+                self._queue.put_nowait(frame)
+            else:
+                self._queue.put(frame, timeout=self.config.block_timeout_s)
+            return
+        except queue.Full:
+            self.stats.keyframes_abandoned["block_timeout"] += 1
+        if not stuck:
+            self._stalled_at_progress = self._worker_progress
+            _LOG.warning(
+                "keyframe %d abandoned: the 2D model took no keyframe for %.0f s "
+                "(block_timeout_s); until it does, keyframes that find the queue full are "
+                "abandoned at once (counted in keyframes_abandoned)",
+                frame.index, self.config.block_timeout_s,
+            )
+
     # ------------------------------------------------------------------ 2D stage
 
     def _work(self) -> None:
@@ -155,22 +255,24 @@ class Pipeline:
                 if frame is None:
                     return
                 self._segment(frame)
+            except Exception as exc:  # the stages catch their own; this keeps the thread alive
+                self.supervisor.stage("keyframe_worker").record_failure(exc)
+                self.stats.segment_errors[type(exc).__name__] += 1
             finally:
+                self._worker_progress += 1
                 self._queue.task_done()
 
     def _segment(self, frame: Frame) -> None:
         t0 = time.perf_counter()
-        try:
-            masks = self.segmenter.segment(frame)
-        except InputError as exc:
-            self.stats.segment_errors[exc.reason] += 1
-            _LOG.warning("keyframe %d not segmented: %s", frame.index, exc)
-            return
-        except Exception as exc:  # a model failure must not take the map down with it
-            self.stats.segment_errors[type(exc).__name__] += 1
-            _LOG.exception("2D model failed on keyframe %d", frame.index)
+        # A model failure costs this keyframe, never the map (counted, logged once per type).
+        masks = self._model_2d.call(self.segmenter.segment, frame)
+        if isinstance(masks, Failure):
+            self.stats.segment_errors[masks.key] += 1
             return
         self.stats.segment_s_total += time.perf_counter() - t0
+        if not self._unproject.enabled:
+            self.stats.segment_errors[self._unproject.skip_disabled().key] += 1
+            return
         try:
             with self.lock:
                 # The keyframe's own view was integrated already; make its voxels addressable.
@@ -181,14 +283,25 @@ class Pipeline:
                 )
                 self.unprojector.accumulate(self.map, unprojection, masks, self._next_keyframe_id)
                 self._next_keyframe_id += 1
-        except Diff2SceneError as exc:  # e.g. masks of the wrong size: skip the keyframe
-            self.stats.segment_errors[type(exc).__name__] += 1
-            _LOG.warning("keyframe %d not added to the map: %s", frame.index, exc)
+        except Exception as exc:  # the unprojection stage boundary: skip the keyframe
+            self.stats.segment_errors[self._unproject.record_failure(exc).key] += 1
             return
+        self._unproject.record_success()
         self.stats.keyframes_segmented += 1
         every = self.config.net3d_every_keyframes
         if every and self.stats.keyframes_segmented % every == 0:
-            self.refresh_3d()
+            self._refresh_3d_supervised()
+
+    def _refresh_3d_supervised(self, timeout_s: float = -1.0) -> bool:
+        """:meth:`refresh_3d` as the supervised "net3d" stage, one refresh at a time; waits
+        ``timeout_s`` (-1: as long as it takes) for a refresh already running. Returns whether
+        the features were refreshed."""
+        if self.net3d is None or not self._net3d_lock.acquire(timeout=timeout_s):
+            return False
+        try:
+            return not isinstance(self._net3d_stage.call(self.refresh_3d), Failure)
+        finally:
+            self._net3d_lock.release()
 
     def refresh_3d(self) -> None:
         """Bring the 3D features up to date with the map (new voxels only; no-op without Net3D).
@@ -203,23 +316,145 @@ class Pipeline:
         self.stats.net3d_runs += 1
         self.stats.net3d_s_total += time.perf_counter() - t0
 
-    def flush(self) -> None:
-        """Wait until every queued keyframe is segmented, then refresh surface and 3D features."""
-        if self._worker is not None:
-            self._queue.join()
-        with self.lock:
-            self.map.apply_surface_update(self.mapper.update_voxels())
-        self.refresh_3d()
+    def flush(self, timeout_s: float | None = None) -> FlushReport:
+        """Wait until every queued keyframe is segmented, then refresh surface and 3D features.
 
-    def close(self) -> None:
-        """Finish queued work and stop the worker. The map stays usable."""
-        if self._closed:
-            return
-        self.flush()
-        self._closed = True
+        Waits ``timeout_s`` at most (default ``config.flush_timeout_s``). When the time is over
+        the keyframes stay queued, the 3D refresh is skipped, and the report (and a log line)
+        say how many were pending. A 3D refresh still running at the deadline goes on in the
+        background (one at a time) instead of holding the caller.
+        """
+        t0 = time.monotonic()
+        deadline = t0 + (self.config.flush_timeout_s if timeout_s is None else timeout_s)
+        pending = self._wait_for_worker(deadline)
+        surface_done = self.lock.acquire(timeout=max(deadline - time.monotonic(), 0.0))
+        if surface_done:
+            try:
+                self._fusion.call(self._update_surface)
+            finally:
+                self.lock.release()
+        wants_3d = self.net3d is not None and self._net3d_stage.enabled
+        refreshed = False
+        if wants_3d and not pending:
+            refreshed = self._run_until(self._refresh_3d_supervised, deadline, "3D refresh")
+        report = FlushReport(
+            completed=not pending and surface_done and (refreshed or not wants_3d),
+            keyframes_pending=pending,
+            net3d_refreshed=refreshed,
+            waited_s=time.monotonic() - t0,
+        )
+        if pending:
+            _LOG.warning(
+                "flush gave up after %.1f s: %d keyframe(s) still queued or in the 2D model",
+                report.waited_s, pending,
+            )
+        return report
+
+    def close(
+        self,
+        timeout_s: float | None = None,
+        *,
+        policy: Literal["finish", "abandon"] | None = None,
+    ) -> CloseReport:
+        """Stop taking frames, deal with queued keyframes by ``policy``, stop the worker.
+
+        ``policy`` (default ``config.close_policy``): "finish" segments the queued keyframes,
+        "abandon" drops them (counted) and only waits for the one inside the 2D model. Either
+        way close returns within ``timeout_s`` (default ``config.flush_timeout_s``), dropping
+        whatever is left then; a worker stuck in the model is left behind (a daemon thread).
+        The map stays usable (queries, :meth:`save`). Closing twice returns the first report.
+        """
+        if self._close_report is not None:
+            return self._close_report
+        t0 = time.monotonic()
+        deadline = t0 + (self.config.flush_timeout_s if timeout_s is None else timeout_s)
+        policy = self.config.close_policy if policy is None else policy
+        self._closed = True  # add_frame refuses from here on
+        segmented_before = self.stats.keyframes_segmented
+        abandoned = self._drop_queued() if policy == "abandon" else 0
+        if policy == "finish":
+            self.flush(timeout_s=max(deadline - time.monotonic(), 0.0))
+        else:
+            self._wait_for_worker(deadline)
+        abandoned += self._drop_queued()  # what time did not allow
+        worker_stopped = True
         if self._worker is not None:
-            self._queue.put(None)
-            self._worker.join()
+            self._stop_worker()
+            self._worker.join(timeout=max(deadline - time.monotonic(), 0.0))
+            worker_stopped = not self._worker.is_alive()
+        if abandoned:
+            self.stats.keyframes_abandoned["close"] += abandoned
+        report = CloseReport(
+            policy=policy,
+            completed=worker_stopped and not abandoned,
+            keyframes_finished=self.stats.keyframes_segmented - segmented_before,
+            keyframes_abandoned=abandoned,
+            worker_stopped=worker_stopped,
+            duration_s=time.monotonic() - t0,
+        )
+        log = _LOG.info if report.completed else _LOG.warning
+        log(
+            "pipeline closed in %.1f s (policy %s): %d keyframe(s) finished, %d abandoned%s",
+            report.duration_s, policy, report.keyframes_finished, abandoned,
+            "" if worker_stopped else "; the 2D worker is stuck in the model and left behind",
+        )
+        self._close_report = report
+        return report
+
+    def _update_surface(self) -> None:
+        self.map.apply_surface_update(self.mapper.update_voxels())
+
+    def _wait_for_worker(self, deadline: float) -> int:
+        """Wait until the worker has nothing queued or in hand, at most until ``deadline``
+        (time.monotonic()); returns the keyframes still pending then."""
+        if self._worker is None:
+            return 0
+        done = self._queue.all_tasks_done
+        with done:
+            while self._queue.unfinished_tasks:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                done.wait(remaining)
+            return int(self._queue.unfinished_tasks)
+
+    def _drop_queued(self) -> int:
+        """Take every keyframe out of the queue unsegmented; returns how many."""
+        dropped = 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return dropped
+            self._queue.task_done()
+            dropped += item is not None
+
+    def _stop_worker(self) -> None:
+        """Queue the worker's stop sign without waiting (the queue is emptied to make room)."""
+        while True:
+            try:
+                self._queue.put_nowait(None)
+                return
+            except queue.Full:  # a keyframe slipped in after the close began
+                self.stats.keyframes_abandoned["close"] += self._drop_queued()
+
+    def _run_until(self, fn: Callable[[], bool], deadline: float, what: str) -> bool:
+        """``fn()`` on a daemon thread, waited for until ``deadline``; its result, or False
+        if it is still running then (it goes on in the background)."""
+        result: list[bool] = []
+        thread = threading.Thread(
+            target=lambda: result.append(fn()), name=what, daemon=True
+        )
+        thread.start()
+        thread.join(timeout=max(deadline - time.monotonic(), 0.0))
+        if thread.is_alive():
+            _LOG.warning("%s still running at the deadline; it finishes in the background", what)
+            return False
+        return bool(result and result[0])
+
+    def stage_status(self) -> dict[str, StageStatus]:
+        """Health of every supervised stage (ok / failing / disabled, counts, last error)."""
+        return self.supervisor.status()
 
     # ------------------------------------------------------------------ persistence
 
@@ -271,4 +506,8 @@ class Pipeline:
         }
         out.update({f"frames_skipped_{k}": v for k, v in self.mapper.stats.skipped.items()})
         out.update({f"segment_errors_{k}": v for k, v in s.segment_errors.items()})
+        out["keyframes_abandoned"] = sum(s.keyframes_abandoned.values())
+        out.update({f"keyframes_abandoned_{k}": v for k, v in s.keyframes_abandoned.items()})
+        out.update({f"integrate_errors_{k}": v for k, v in s.integrate_errors.items()})
+        out.update(self.supervisor.summary())
         return out

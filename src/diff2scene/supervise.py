@@ -58,7 +58,7 @@ class Failure:
     """What a supervised call returns instead of a value when its item was not processed."""
 
     stage: str
-    #: Counting key: the exception's type name, an InputError's reason, or "stage_disabled".
+    #: Counting key: the exception's type name, an InputError's reason, or "<stage>_disabled".
     key: str
     #: The exception caught; None when the stage was switched off and the item skipped.
     error: Exception | None = None
@@ -160,7 +160,7 @@ class Stage:
         :attr:`enabled` themselves)."""
         with self._lock:
             self._skipped_disabled += 1
-        return Failure(self.name, "stage_disabled")
+        return Failure(self.name, f"{self.name}_disabled")
 
     def record_success(self) -> None:
         """Note a completed item (for code that runs the stage's work inline, not via

@@ -52,6 +52,7 @@ def test_a_stage_failing_in_a_row_is_switched_off() -> None:
         result = stage.call(broken, i)
         assert isinstance(result, Failure)
     assert calls == [0, 1, 2, 3]  # off after the fourth failure in a row, never called again
+    assert isinstance(result, Failure) and result.key == "segment2d_disabled" and not result.error
     st = stage.status()
     assert st.state == "disabled"
     assert st.failures == 4 and st.skipped_disabled == 6
