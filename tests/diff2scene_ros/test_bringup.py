@@ -441,3 +441,34 @@ def test_bringup_starts_the_node_with_file_remaps_and_service(started: Started) 
     out = process.communicate(timeout=60)[0].decode(errors="replace")
     assert process.returncode == 0, out[-4000:]
     assert "ros2 run diff2scene diff2scene_node --ros-args" in out
+
+
+# --------------------------------------------------------------------------- the docs
+
+
+DOCS = [REPO / "README.md", REPO / "docker" / "README.md"]
+
+
+def _doc_commands(text: str, program: str) -> list[str]:
+    """``program ...`` command lines of a Markdown file's code blocks, continuations joined."""
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", text, re.S)
+    joined = re.sub(r"\\\n\s*", " ", "\n".join(blocks))
+    return [m.group(0) for m in re.finditer(rf"(?<![\w/-]){re.escape(program)}\b[^\n#]*", joined)]
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_use_declared_parameters_and_real_flags(path: Path) -> None:
+    """Every ``-p NAME:=`` in the docs is a parameter the node declares, and every flag given to
+    ``diff2scene bringup`` / ``diff2scene query`` exists."""
+    text = path.read_text()
+    names = set(re.findall(r"-p ([a-z][\w.]*):=", text))  # NAME:=VALUE is a placeholder
+    assert names, "the docs set no parameter"
+    assert names <= _declared(), "parameters the node does not declare"
+    for command in ("bringup", "query"):
+        parser = build_parser(command)
+        sub = parser._subparsers._group_actions[0].choices[command]  # type: ignore[union-attr]
+        known = {o for a in sub._actions for o in a.option_strings}
+        for line in _doc_commands(text, f"diff2scene {command}"):
+            before_ros_args = line.split("--ros-args")[0]
+            used = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", before_ros_args))
+            assert used <= known, f"{path.name}: {line}"
