@@ -6,6 +6,10 @@
 
 Topics are remapped here rather than configured as parameters (nvblox does the same), so the
 node's names stay relative and one namespace argument moves the whole node.
+
+Where `launch` is not installed (the pip environment), `diff2scene bringup` starts the same node:
+it reads NODE_NAME and INPUT_TOPICS below (keep them plain literals) and takes one flag per
+launch argument (`color_topic:=X` is `--color-topic X`); a test checks that the two agree.
 """
 
 # ruff: noqa: I001  (isort would take "launch" for this directory, not the ROS 2 package)
