@@ -233,30 +233,42 @@ def test_hung_model_never_hangs_the_caller(room, encoder) -> None:
     assert s.keyframes_selected == s.keyframes_segmented + sum(s.keyframes_abandoned.values())
 
 
-def test_close_finishes_or_abandons_queued_keyframes_by_policy(room, encoder) -> None:
+@pytest.mark.parametrize("policy", ["finish", "abandon"])
+def test_close_finishes_or_abandons_queued_keyframes_by_policy(
+    room, encoder, policy: str
+) -> None:
     import threading
+    import time
 
     frames, table = room
-    for policy in ("finish", "abandon"):
-        hung = _Hung(OracleSegmenter(table, encoder, OracleConfig()))
-        cfg = _every_frame_a_keyframe(threaded=True, keyframe_queue_size=3)
-        pipe = Pipeline(cfg, hung)
-        pipe.add_frame(frames[0])
-        assert hung.entered.wait(timeout=60)
-        for frame in frames[1:4]:
-            pipe.add_frame(frame)
-        threading.Timer(0.3, hung.release.set).start()  # the model is slow, not stuck
-        report = pipe.close(timeout_s=120.0, policy=policy)  # type: ignore[arg-type]
-        assert report.worker_stopped and report.policy == policy
-        if policy == "finish":
-            assert report.completed
-            assert (report.keyframes_finished, report.keyframes_abandoned) == (4, 0)
-            assert hung.calls == 4
-        else:  # the keyframe inside the model is finished, the queued ones dropped
-            assert not report.completed
-            assert (report.keyframes_finished, report.keyframes_abandoned) == (1, 3)
-            assert hung.calls == 1
-            assert pipe.stats_dict()["keyframes_abandoned_close"] == 3
+    hung = _Hung(OracleSegmenter(table, encoder, OracleConfig()))
+    pipe = Pipeline(_every_frame_a_keyframe(threaded=True, keyframe_queue_size=3), hung)
+    pipe.add_frame(frames[0])
+    assert hung.entered.wait(timeout=60)
+    for frame in frames[1:4]:
+        pipe.add_frame(frame)
+
+    def release_when_closing() -> None:
+        """The model is slow, not stuck: it returns once close() has dealt with the queue."""
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not (
+            pipe._closed and (policy == "finish" or pipe._queue.qsize() == 0)
+        ):
+            time.sleep(0.01)
+        hung.release.set()
+
+    threading.Thread(target=release_when_closing, daemon=True).start()
+    report = pipe.close(timeout_s=120.0, policy=policy)  # type: ignore[arg-type]
+    assert report.worker_stopped and report.policy == policy
+    if policy == "finish":
+        assert report.completed
+        assert (report.keyframes_finished, report.keyframes_abandoned) == (4, 0)
+        assert hung.calls == 4
+    else:  # the keyframe inside the model is finished, the queued ones dropped
+        assert not report.completed
+        assert (report.keyframes_finished, report.keyframes_abandoned) == (1, 3)
+        assert hung.calls == 1
+        assert pipe.stats_dict()["keyframes_abandoned_close"] == 3
 
 
 class _Flaky(Segmenter2D):
