@@ -364,7 +364,9 @@ def started(tmp_path: Path) -> Iterator[Started]:
     domain_id = 151 + os.getpid() % 80
     ns = f"b{uuid.uuid4().hex[:8]}"
     params = tmp_path / "robot.yaml"
-    overrides = _nested({"cloud_period_s": 0.75, _tiny_model_parameter(): "tiny"})
+    # colour over image_transport's compressed topic: its name must follow the remapping too
+    overrides = _nested({"cloud_period_s": 0.75, _tiny_model_parameter(): "tiny",
+                         "color_transport": "compressed"})
     params.write_text(yaml.safe_dump({"/**": {"ros__parameters": overrides}}))
     table = bringup.read_launch_table(LAUNCH)
     topics = {t.argument: f"/remapped_{ns}/{t.argument}" for t in table.input_topics}
@@ -416,14 +418,10 @@ def test_bringup_starts_the_node_with_file_remaps_and_service(started: Started) 
         subscribed: set[str] = set()
         while time.monotonic() < deadline:
             subscribed = {t for t, _ in probe.get_subscriber_names_and_types_by_node(name, ns)}
-            if {topics["color_topic"], topics["depth_topic"]} <= subscribed:
+            if {topics["depth_topic"], topics["camera_info_topic"]} <= subscribed:
                 break
             time.sleep(0.2)
         inputs = subscribed - {"/parameter_events", "/tf", "/tf_static", "/clock"}
-        assert {topics[a] for a in ("color_topic", "depth_topic", "camera_info_topic")} <= inputs
-        remapped = set(topics.values())
-        transports = {f"{v}/{t}" for v in remapped for t in ("compressed", "compressedDepth")}
-        assert inputs <= remapped | transports, "inputs the launch file cannot remap"
 
         # the parameter file reached the node
         get = probe.create_client(GetParameters, f"{fqn}/get_parameters")
@@ -441,6 +439,14 @@ def test_bringup_starts_the_node_with_file_remaps_and_service(started: Started) 
     out = process.communicate(timeout=60)[0].decode(errors="replace")
     assert process.returncode == 0, out[-4000:]
     assert "ros2 run diff2scene diff2scene_node --ros-args" in out
+
+    # the inputs, raw and compressed (image_transport's <topic>/compressed of the remapped
+    # colour topic), are the remapped ones, and nothing the launch file cannot remap
+    assert {topics["depth_topic"], topics["camera_info_topic"]} <= inputs, sorted(inputs)
+    assert f"{topics['color_topic']}/compressed" in inputs, sorted(inputs)
+    remapped = set(topics.values())
+    transports = {f"{v}/{t}" for v in remapped for t in ("compressed", "compressedDepth")}
+    assert inputs <= remapped | transports, "inputs the launch file cannot remap"
 
 
 # --------------------------------------------------------------------------- the docs
