@@ -29,6 +29,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     # the ROS 2 tools: their module imports rclpy only when the command runs
     "query": ("diff2scene_ros.cli", "ask a running node where something is (~/text_query)"),
     "bringup": ("diff2scene_ros.cli", "start the node as `ros2 launch diff2scene bringup` does"),
+    "play": ("diff2scene_ros.player", "publish a bag's messages on live topics (ros2 bag play)"),
 }
 
 

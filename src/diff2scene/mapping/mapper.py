@@ -72,9 +72,9 @@ class MapperConfig:
     #: Camera speed above which the motion between two consecutive frames counts as a pose
     #: jump, in m/s. A speed (not a distance) so that frames after an input gap are not refused
     #: for ordinary motion.
-    max_speed_m_s: float = 2.0
+    max_speed_m_s: float = 5.0
     #: Camera rotation rate above which the motion counts as a pose jump, in degrees/s.
-    max_angular_speed_deg_s: float = 180.0
+    max_angular_speed_deg_s: float = 360.0
     #: Motion allowed on top of the speed limit whatever the time step (pose noise between
     #: frames close in time), in metres.
     pose_jump_tolerance_m: float = 0.05

@@ -112,7 +112,9 @@ def test_oracle_distillation_end_to_end(tmp_path: Path, encoder: ClipTextEncoder
     scene = build_scene(
         render_frames(),
         oracle,
-        mapper_config=MapperConfig(voxel_size_m=0.04, device="CPU:0"),
+        # the short test path circles the room far faster than a camera moves: no speed gate
+        mapper_config=MapperConfig(voxel_size_m=0.04, device="CPU:0", max_speed_m_s=100.0,
+                                   max_angular_speed_deg_s=10_000.0),
         keyframe_config=KeyframeConfig(min_translation_m=0.05, min_rotation_deg=5.0),
         unproject_config=UnprojectConfig(border_px=4),
         segmenter_name="oracle",
