@@ -25,7 +25,6 @@ pytest.importorskip("tf2_msgs", reason="tf2_msgs is not built: run `make setup`"
 
 from diff2scene.io.bag import BagFrameSource
 from tests.diff2scene.io.bagfactory import (
-    BagBuilder,
     bag,
     camera_info,
     image,
@@ -51,7 +50,7 @@ def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_
 
 def _env() -> dict[str, str]:
     env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100))  # noqa: S311 - isolation, not security
+    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100))
     env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
     return env
 
@@ -76,7 +75,7 @@ def write_camera_bag(
     """``n`` camera frames (bgr8 colour, 32FC1 depth) moving along x at 0.3 m/s, with the pose
     as an Odometry on /odom (``pose="odometry"``) or only through a TF chain
     map→odom→base_link (30 Hz) + static base_link→camera_link→optical (``pose="tf"``)."""
-    from tests.diff2scene.io.bagfactory import T as types
+    from tests.diff2scene.io.bagfactory import T as TYPES
     from tests.diff2scene.io.bagfactory import header
 
     t0 = 2_000_000_000
@@ -97,19 +96,19 @@ def write_camera_bag(
         for i in range(n):
             t = t0 + i * period_ns
             if pose == "odometry":
-                odom = types["nav_msgs/msg/Odometry"](
+                odom = TYPES["nav_msgs/msg/Odometry"](
                     header=header(t, "map"), child_frame_id=CAMERA,
-                    pose=types["geometry_msgs/msg/PoseWithCovariance"](
-                        pose=types["geometry_msgs/msg/Pose"](
-                            position=types["geometry_msgs/msg/Point"](x=0.3 * i * period_ns / 1e9,
+                    pose=TYPES["geometry_msgs/msg/PoseWithCovariance"](
+                        pose=TYPES["geometry_msgs/msg/Pose"](
+                            position=TYPES["geometry_msgs/msg/Point"](x=0.3 * i * period_ns / 1e9,
                                                                       y=0.0, z=0.0),
-                            orientation=types["geometry_msgs/msg/Quaternion"](x=0, y=0, z=0,
+                            orientation=TYPES["geometry_msgs/msg/Quaternion"](x=0, y=0, z=0,
                                                                               w=1)),
                         covariance=np.zeros(36)),
-                    twist=types["geometry_msgs/msg/TwistWithCovariance"](
-                        twist=types["geometry_msgs/msg/Twist"](
-                            linear=types["geometry_msgs/msg/Vector3"](x=0.3, y=0, z=0),
-                            angular=types["geometry_msgs/msg/Vector3"](x=0, y=0, z=0)),
+                    twist=TYPES["geometry_msgs/msg/TwistWithCovariance"](
+                        twist=TYPES["geometry_msgs/msg/Twist"](
+                            linear=TYPES["geometry_msgs/msg/Vector3"](x=0.3, y=0, z=0),
+                            angular=TYPES["geometry_msgs/msg/Vector3"](x=0, y=0, z=0)),
                         covariance=np.zeros(36)),
                 )
                 b.write("/odom", t, odom)
