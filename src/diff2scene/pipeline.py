@@ -277,11 +277,18 @@ class Pipeline:
             with self.lock:
                 # The keyframe's own view was integrated already; make its voxels addressable.
                 self.map.apply_surface_update(self.mapper.update_voxels())
-                unprojection = self.unprojector.unproject(
-                    masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera,
-                    self.map.points_m,
-                )
-                self.unprojector.accumulate(self.map, unprojection, masks, self._next_keyframe_id)
+                smap = self.map
+                # A read-only view: voxel rows are append-only, so it stays valid unlocked.
+                points = smap.points_m
+            # The projection is the expensive part and reads nothing that changes: fusion
+            # and queries go on meanwhile; only the merge into the map takes the lock.
+            unprojection = self.unprojector.unproject(
+                masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points
+            )
+            with self.lock:
+                if self.map is not smap:
+                    raise InputError("map_replaced", "a map was loaded while this keyframe ran")
+                self.unprojector.accumulate(smap, unprojection, masks, self._next_keyframe_id)
                 self._next_keyframe_id += 1
         except Exception as exc:  # the unprojection stage boundary: skip the keyframe
             self.stats.segment_errors[self._unproject.record_failure(exc).key] += 1

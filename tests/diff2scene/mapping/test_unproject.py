@@ -16,6 +16,7 @@ from diff2scene.mapping import (
     SemanticMap,
     UnprojectConfig,
 )
+from diff2scene.mapping.unproject import merge_memberships
 from diff2scene.types import SPACE_CLIP, CameraIntrinsics, MaskSet
 
 VOXEL_M = 0.05
@@ -188,3 +189,56 @@ def test_config_is_validated():
         from_dict(UnprojectConfig, {"depth_tolerance_ratio": 0.0})
     with pytest.raises(ConfigError):
         from_dict(UnprojectConfig, {"border_px": -1})
+
+
+def reference_merge(
+    stored_ids: np.ndarray,
+    stored_w: np.ndarray,
+    new_w: np.ndarray,
+    new_ids: np.ndarray,
+    min_weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The merge as it was first written (a full per-voxel top-k, then a sort of 2k
+    candidates), kept here as the reference the fast merge must reproduce exactly."""
+    import torch
+
+    k, n = stored_ids.shape[1], new_w.shape[0]
+    top_w, top_i = torch.topk(torch.from_numpy(new_w).T.contiguous(), min(k, n), dim=1)
+    w = top_w.numpy()
+    ids = new_ids[top_i.numpy()].astype(np.int32)
+    weak = w < min_weight
+    w = np.where(weak, np.float32(0.0), w)
+    ids = np.where(weak, np.int32(-1), ids)
+    cand_w = np.concatenate([stored_w, w], axis=1)
+    cand_id = np.concatenate([stored_ids, ids], axis=1)
+    key = np.where(cand_id < 0, np.float32(-1.0), cand_w)
+    order = np.argsort(-key, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(cand_id, order, axis=1), np.take_along_axis(cand_w, order, axis=1)
+
+
+@pytest.mark.parametrize("kind", ["dense", "sparse", "few_masks"])
+def test_fast_merge_reproduces_the_reference(kind: str) -> None:
+    rng = np.random.default_rng({"dense": 0, "sparse": 1, "few_masks": 2}[kind])
+    v, k = 9000, 8  # > MERGE_CHUNK_VOXELS: several chunks
+    n = 5 if kind == "few_masks" else 100
+    stored_ids = np.full((v, k), -1, np.int32)
+    stored_w = np.zeros((v, k), np.float32)
+    next_id = 0
+    for _ in range(3):  # keyframes: the stored state is what earlier merges left
+        if kind == "sparse":  # each pixel in ~3 masks with some weight, faint noise elsewhere
+            w = rng.uniform(0.0, 0.03, (n, v)).astype(np.float32)
+            for _ in range(3):
+                w[rng.integers(0, n, v), np.arange(v)] = rng.uniform(0.2, 1.0, v)
+        else:
+            w = rng.random((n, v), dtype=np.float32)
+        seen = rng.random(v) < 0.7
+        vox = np.flatnonzero(seen)
+        ids = np.arange(next_id, next_id + n, dtype=np.int64)
+        next_id += n
+        want = reference_merge(stored_ids[vox], stored_w[vox], w[:, vox].copy(), ids, 0.05)
+        got = merge_memberships(stored_ids[vox], stored_w[vox], w[:, vox].copy(), ids,
+                                min_weight=0.05)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        stored_ids[vox], stored_w[vox] = got
+    assert (stored_ids >= 0).any(axis=1).mean() > 0.9
