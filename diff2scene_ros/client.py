@@ -286,13 +286,19 @@ class QueryClient:
         """
         request = _request(text, top_k=top_k, score_threshold=score_threshold)
         wait_s = self.timeout_s if timeout_s is None else _check_timeout(timeout_s)
-        future = Future()
+        # done callbacks run on the node's executor, as those of rclpy's own futures do
+        future = Future(executor=self.node.executor)
 
         def run() -> None:
             try:
                 future.set_result(self._call(text, request, wait_s))
             except Exception as exc:  # handed to whoever awaits the future
                 future.set_exception(exc)
+            # A coroutine awaiting the future is resumed only when its executor wakes up; the
+            # result was set from this thread, so nothing else would wake it.
+            executor = self.node.executor
+            if executor is not None:
+                executor.wake()
 
         threading.Thread(target=run, name="diff2scene-query", daemon=True).start()
         return future
