@@ -24,6 +24,7 @@ device) to check the script itself.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib.util
 import os
@@ -278,7 +279,7 @@ def run_net3d(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None
             net = Net3D(MinkUNet(), Net3DConfig(backend=backend, device=device))
             _reset_peak(device)
             figures[f"net3d_forward_s_{n}_{backend}"] = _median_s(
-                lambda net=net: net.infer(coords, colors), device, repeats
+                functools.partial(net.infer, coords, colors), device, repeats
             )
             if device.startswith("cuda"):
                 figures[f"net3d_forward_peak_mem_mb_{n}_{backend}"] = _peak_mb(device)
@@ -370,7 +371,8 @@ def _open3d_placeholder_if_absent(figures: Figures) -> None:
         return
 
     def missing(name: str) -> Any:
-        raise ImportError(f"open3d is not installed here (open3d.{name} was used)")
+        # AttributeError, so probes such as hasattr(module, "__file__") see a bare module.
+        raise AttributeError(f"open3d is not installed here (open3d.{name} was used)")
 
     placeholder = types.ModuleType("open3d")
     placeholder.__getattr__ = missing  # type: ignore[method-assign]
@@ -408,8 +410,8 @@ def run_query(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None
     index = GeometricIndex.build(feats, emb, cfg)
     figures["query_geometric_index_build_s"] = time.perf_counter() - t0
     scorer = EnsembleScorer(
-        data["member_ids"],  # type: ignore[arg-type]
-        data["member_weights"],  # type: ignore[arg-type]
+        data["member_ids"],
+        data["member_weights"],
         int(emb["clip"].shape[0]),
         geometric=index,
         config=cfg,
@@ -417,8 +419,8 @@ def run_query(device: str, sizes: Sizes, repeats: int, figures: Figures) -> None
     snapshot = MapSnapshot.from_arrays(
         voxel_size_m=0.02,
         coords=coords,
-        member_ids=data["member_ids"],  # type: ignore[arg-type]
-        member_weights=data["member_weights"],  # type: ignore[arg-type]
+        member_ids=data["member_ids"],
+        member_weights=data["member_weights"],
         bank_embeddings=emb,
         features_3d=feats,
     )
