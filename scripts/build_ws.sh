@@ -59,11 +59,12 @@ if [[ -f "$venv/share/ament_cmake/cmake/ament_cmakeConfig.cmake" ]]; then
     die "missing ROS 2 wheels in $venv: ${missing[*]} (see requirements.lock)"
   fi
   # The wheels keep their ament resource index and CMake configs under the venv prefix; a ROS 2
-  # sourced in this shell must not leak in. PATH runs the rosidl generators and the ament_python
-  # build with the venv's interpreter, so installed scripts start the venv's Python.
+  # sourced in this shell (perhaps of another Python version) must not leak in. PATH runs the
+  # rosidl generators and the ament_python build with the venv's interpreter, so installed
+  # scripts start the venv's Python.
   export AMENT_PREFIX_PATH="$venv"
   export CMAKE_PREFIX_PATH="$venv"
-  unset COLCON_PREFIX_PATH
+  unset COLCON_PREFIX_PATH PYTHONPATH LD_LIBRARY_PATH
   export PATH="$venv/bin:$PATH"
   cmake_args+=(-DPython3_EXECUTABLE="$python" -DCMAKE_PROJECT_INCLUDE="$wheel_fixups")
 elif [[ -n "${AMENT_PREFIX_PATH:-}" ]]; then
