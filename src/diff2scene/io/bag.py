@@ -178,6 +178,12 @@ def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
             )
         depth = options[0]
         notes.append(f"depth: {depth} ({config.depth_topic} absent)")
+    if depth == color:
+        # one handler per topic: the frames would silently never complete
+        raise DataFormatError(
+            f"colour and depth are the same topic {color!r}: choose two image topics "
+            "(--color-topic, --depth-topic)"
+        )
     if config.camera_info_topic in topics:
         info = config.camera_info_topic
         typed("camera_info", info, (CAMERA_INFO_TYPE,))

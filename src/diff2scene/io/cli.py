@@ -131,8 +131,9 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(f"bag: {args.bag}")
+    width = max((len(t) for t in topics), default=0)
     for topic, info in summary["topics"].items():
-        print(f"  {topic:<52} {info['type']:<34} {info['messages']:>6} msgs")
+        print(f"  {topic:<{width}} {info['type']:<34} {info['messages']:>6} msgs")
     print("chosen:")
     for key in ("color_topic", "depth_topic", "camera_info_topic", "pose"):
         print(f"  {key:<18} {summary['chosen'][key]}")

@@ -12,6 +12,7 @@ from typing import Any
 
 from diff2scene.config import from_dict, load_yaml
 from diff2scene.errors import ConfigError
+from diff2scene.synth.bag import LAYOUTS
 from diff2scene.synth.dataset import SynthConfig, synthesize
 
 
@@ -31,6 +32,14 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--height", type=int, help="image height, pixels (default 480)")
     parser.add_argument(
         "--config", type=Path, help="YAML file with a SynthConfig (scene/render/topics/...)"
+    )
+    parser.add_argument(
+        "--layout",
+        choices=sorted(LAYOUTS),
+        help="topics and transports of the bag, replacing the config's: 'default' (raw Image "
+        "topics, PoseStamped + /tf) or 'realsense' (realsense-ros 4.x recorded through "
+        "image_transport: JPEG colour, compressedDepth aligned depth, pose only from /tf + "
+        "/tf_static)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite an existing bag")
     parser.add_argument(
@@ -57,6 +66,8 @@ def _config(args: argparse.Namespace) -> SynthConfig:
             config.render = dataclasses.replace(config.render, **overrides)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
+    if args.layout:
+        config.topics = LAYOUTS[args.layout]()
     if args.no_compress:
         config.compress = False
     return config
