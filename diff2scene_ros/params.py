@@ -35,6 +35,9 @@ T = TypeVar("T")
 
 #: Unit of a parameter by the suffix of its name (STYLE rule 4: units live in names).
 UNIT_SUFFIXES: tuple[tuple[str, str], ...] = (
+    # rates first: ``max_speed_m_s`` is in m/s, not in s
+    ("_m_s", "m/s"),
+    ("_deg_s", "deg/s"),
     ("_mm", "mm"),
     ("_m", "m"),
     ("_deg", "deg"),

@@ -285,3 +285,13 @@ def test_check_params_file_rejects_what_is_not_a_parameter_file(
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         params.check_params_file(path, Outer(), node_fqn="/mapper").raise_for_unknown()
+
+
+@pytest.mark.parametrize(
+    ("name", "unit"),
+    [("pipeline.mapper.voxel_size_m", "m"), ("max_speed_m_s", "m/s"),
+     ("max_angular_speed_deg_s", "deg/s"), ("period_s", "s"), ("border_px", "px"),
+     ("count", "")],
+)
+def test_units_come_from_name_suffixes(name: str, unit: str) -> None:
+    assert params.unit_of(name) == unit
