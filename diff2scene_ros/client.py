@@ -226,6 +226,7 @@ class QueryClient:
         _check_timeout(timeout_s)
         self.service = text_query_service(node_name)
         self.timeout_s = float(timeout_s)
+        self._closed = False
         self._owned_context: Context | None = None
         self._executor: SingleThreadedExecutor | None = None
         self._thread: threading.Thread | None = None
@@ -327,7 +328,11 @@ class QueryClient:
     # ------------------------------------------------------------------ lifetime
 
     def close(self) -> None:
-        """Destroy the service client, and the node, executor and context this client made."""
+        """Destroy the service client, and the node, executor and context this client made
+        (a second call does nothing)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._executor is not None:
             self._executor.shutdown(timeout_sec=5.0)
         if self._thread is not None:

@@ -275,6 +275,7 @@ def test_bad_arguments_are_refused_before_sending(server: Server) -> None:
             client.query("chair", timeout_s=0)
     with pytest.raises(InputError, match="node name"):
         QueryClient("  ")
+    client.close()  # closing twice (the with block closed it) is harmless
 
 
 def test_table_of_an_answer_without_instances() -> None:
