@@ -442,3 +442,33 @@ def test_a_hung_model_does_not_keep_the_process_alive(tmp_path: Path) -> None:
     # alive until the timeout above). Its status is 1 only because Open3D, at exit, reports
     # the TSDF the stuck worker still references as a leak and exits with EXIT_FAILURE.
     assert done.returncode == 0 or "Memory Statistics" in done.stdout, done.stdout[-2000:]
+
+
+def test_query_session_follows_the_live_map(room, encoder) -> None:
+    from diff2scene.mapping.snapshot import MapSnapshot
+    from diff2scene.query.session import QuerySession
+
+    frames, table = room
+    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    pipe = Pipeline(_config(threaded=True, overflow_policy="block"), oracle)
+
+    def snapshot() -> MapSnapshot:
+        with pipe.lock:
+            return pipe.map.snapshot()
+
+    session = QuerySession(snapshot, encoder, oracle)
+    versions = []
+    for frame in frames:
+        assert pipe.add_frame(frame)
+        answer = session.query("chair", viewpoint_m=frame.T_world_camera[:3, 3])
+        versions.append(answer.freshness.map_version)
+        assert answer.freshness.map_version <= answer.freshness.latest_map_version
+    pipe.close()
+    assert versions == sorted(versions) and len(set(versions)) > 1
+    assert session.wait_until_current(timeout_s=120)
+    final = session.query("chair")
+    assert final.freshness.up_to_date
+    assert final.freshness.map_version == pipe.map.version
+    assert final.snapshot.num_masks == pipe.map.mask_bank.num_masks > 0
+    assert session.stats().queries_waited == 1  # only the very first query built in place
+    session.close()

@@ -58,7 +58,7 @@ def _run(args: argparse.Namespace) -> int:
     from diff2scene.eval.datasets import load_scene
     from diff2scene.eval.evaluate import evaluate_scene, summarise, write_report
     from diff2scene.mapping.semantic_map import SemanticMap
-    from diff2scene.query.engine import QueryEngine
+    from diff2scene.query.session import QuerySession
     from diff2scene.replay import build_segmenter
 
     cfg = load_command_config(args.config)
@@ -72,7 +72,10 @@ def _run(args: argparse.Namespace) -> int:
     scene = load_scene(args.scene, args.format, vocabulary=args.vocabulary)
     smap = SemanticMap.load(args.map)
     segmenter, encoder = build_segmenter(cfg.segmenter, bag=Path(args.scene) / "bag")
-    engine = QueryEngine.from_map(smap, encoder, segmenter, cfg.query, ensemble=cfg.ensemble)
+    session = QuerySession.of_snapshot(
+        smap.snapshot(), encoder, segmenter, query=cfg.query, ensemble=cfg.ensemble
+    )
+    engine = session.engine()
     report = summarise([evaluate_scene(scene, engine, cfg.eval)])
     paths = write_report(report, args.out)
     for branch, entry in report["branches"].items():
