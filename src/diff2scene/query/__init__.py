@@ -15,6 +15,7 @@ from diff2scene.query.labelling import Labelling, LabellingConfig, MaskClassifie
 from diff2scene.query.relations import RelationConfig
 from diff2scene.query.session import (
     Freshness,
+    LockedSnapshotSource,
     QuerySession,
     SessionAnswer,
     SessionLabelling,
@@ -32,6 +33,7 @@ __all__ = [
     "InstanceConfig",
     "Labelling",
     "LabellingConfig",
+    "LockedSnapshotSource",
     "MaskClassifier",
     "ParsedQuery",
     "QueryConfig",

@@ -29,11 +29,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from diff2scene.errors import Diff2SceneError, InputError
+from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.query.engine import QueryConfig, QueryEngine, QueryResult
 from diff2scene.query.ensemble import Branch, EnsembleConfig, GeometricIndex
@@ -43,8 +45,43 @@ from diff2scene.segmentation.vocabularies import build_vocabulary, get_vocabular
 
 _LOG = logging.getLogger(__name__)
 
-#: Returns the map's current snapshot (e.g. ``pipeline.snapshot`` or ``lambda: snap``).
+#: Returns the map's current snapshot (e.g. a :class:`LockedSnapshotSource`, or
+#: ``lambda: snap`` for a fixed map).
 SnapshotSource = Callable[[], MapSnapshot]
+
+
+class _Lock(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
+class LockedSnapshotSource:
+    """Snapshots of a map guarded by a lock, without making a query wait for that lock.
+
+    The pipeline holds its lock while it fuses a frame or merges a keyframe (tens of
+    milliseconds); a query arriving then gets the snapshot taken last time instead of
+    waiting (it is at most one mutation old, and the answer says which version it is). Only
+    the very first call blocks for the lock. ``get_map`` is called under the lock, so a map
+    replaced by a load is picked up.
+    """
+
+    def __init__(self, get_map: Callable[[], SemanticMap], lock: _Lock) -> None:
+        self._get_map = get_map
+        self._lock = lock
+        self._last: MapSnapshot | None = None
+
+    def __call__(self) -> MapSnapshot:
+        last = self._last
+        if not self._lock.acquire(blocking=last is None):
+            assert last is not None
+            return last
+        try:
+            snapshot = self._get_map().snapshot()
+        finally:
+            self._lock.release()
+        self._last = snapshot
+        return snapshot
 
 
 @dataclass(frozen=True)

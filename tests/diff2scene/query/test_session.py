@@ -17,7 +17,7 @@ from diff2scene.query.engine import QueryConfig
 from diff2scene.query.ensemble import EnsembleConfig
 from diff2scene.query.instances import InstanceConfig
 from diff2scene.query.labelling import LabellingConfig
-from diff2scene.query.session import QuerySession
+from diff2scene.query.session import LockedSnapshotSource, QuerySession
 from diff2scene.segmentation.clip import ClipConfig, build_clip
 from diff2scene.segmentation.oracle import OracleSegmenter
 from diff2scene.segmentation.text import ClipTextEncoder, TextEncoderConfig
@@ -186,3 +186,32 @@ def test_labelling_follows_the_map_and_the_vocabulary(
     with pytest.raises(InputError):
         session.set_vocabulary()
     session.close()
+
+
+def test_locked_source_does_not_wait_for_a_busy_lock() -> None:
+    smap = SemanticMap(0.05)
+    coords = np.arange(30, dtype=np.int32).reshape(10, 3)
+    smap.apply_surface_update(
+        SurfaceUpdate(0.05, coords, np.zeros_like(coords, np.uint8), 0, np.arange(10))
+    )
+    lock = threading.RLock()
+    source = LockedSnapshotSource(lambda: smap, lock)
+    first = source()  # the first call may wait; it gets the lock at once here
+    assert first.version == smap.version
+    held, release = threading.Event(), threading.Event()
+
+    def writer() -> None:
+        with lock:  # a keyframe being merged: the map changes under the lock
+            smap.count_views(np.arange(5, dtype=np.int64))
+            held.set()
+            assert release.wait(timeout=60)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert held.wait(timeout=60)
+    during = source()  # must not block on the held lock
+    assert during is first
+    release.set()
+    thread.join(timeout=60)
+    after = source()
+    assert after.version == smap.version > first.version
