@@ -148,8 +148,19 @@ class CloseReport:
 class Pipeline:
     """Owns the map; thread-safe: frames, queries and saves may come from different threads."""
 
-    def __init__(self, config: PipelineConfig, segmenter: Segmenter2D) -> None:
+    def __init__(
+        self,
+        config: PipelineConfig,
+        segmenter: Segmenter2D,
+        *,
+        on_stage_time: Callable[[str, float], None] | None = None,
+    ) -> None:
+        """``on_stage_time(stage, seconds)``, when given, is called after every fusion
+        ("fusion"), 2D model ("segment2d"), unprojection ("unproject") and 3D refresh
+        ("net3d") with its wall time, from the thread that ran it (replay's timing report
+        needs per-item latencies, which the running totals of :class:`PipelineStats` lose)."""
         self.config = config
+        self._on_stage_time = on_stage_time
         self.segmenter = segmenter
         self.mapper = Mapper(config.mapper)
         self.map = SemanticMap(
@@ -198,7 +209,10 @@ class Pipeline:
         t0 = time.perf_counter()
         with self.lock:
             fused = self._fusion.call(self.mapper.integrate, frame)
-        self.stats.integrate_s_total += time.perf_counter() - t0
+        fusion_s = time.perf_counter() - t0
+        self.stats.integrate_s_total += fusion_s
+        if self._on_stage_time is not None:
+            self._on_stage_time("fusion", fusion_s)
         if isinstance(fused, Failure):
             self.stats.integrate_errors[fused.key] += 1
             return False
@@ -269,7 +283,10 @@ class Pipeline:
         if isinstance(masks, Failure):
             self.stats.segment_errors[masks.key] += 1
             return
-        self.stats.segment_s_total += time.perf_counter() - t0
+        t1 = time.perf_counter()
+        self.stats.segment_s_total += t1 - t0
+        if self._on_stage_time is not None:
+            self._on_stage_time("segment2d", t1 - t0)
         if not self._unproject.enabled:
             self.stats.segment_errors[self._unproject.skip_disabled().key] += 1
             return
@@ -294,6 +311,8 @@ class Pipeline:
             self.stats.segment_errors[self._unproject.record_failure(exc).key] += 1
             return
         self._unproject.record_success()
+        if self._on_stage_time is not None:
+            self._on_stage_time("unproject", time.perf_counter() - t1)
         self.stats.keyframes_segmented += 1
         every = self.config.net3d_every_keyframes
         if every and self.stats.keyframes_segmented % every == 0:
@@ -320,8 +339,11 @@ class Pipeline:
             return
         t0 = time.perf_counter()
         refresh_map_features(self.net3d, self.map, lock=self.lock)
+        net3d_s = time.perf_counter() - t0
         self.stats.net3d_runs += 1
-        self.stats.net3d_s_total += time.perf_counter() - t0
+        self.stats.net3d_s_total += net3d_s
+        if self._on_stage_time is not None:
+            self._on_stage_time("net3d", net3d_s)
 
     def flush(self, timeout_s: float | None = None) -> FlushReport:
         """Wait until every queued keyframe is segmented, then refresh surface and 3D features.

@@ -1,50 +1,444 @@
-"""Offline replay: a bag through the same pipeline a robot runs, into a saved semantic map.
+"""Offline replay: a bag through the same pipeline a robot runs, measured and written out.
 
-``diff2scene replay BAG --out MAP.npz`` reads the bag with the frame source, feeds every frame
-to :class:`~diff2scene.pipeline.Pipeline` (keyframe queue policy ``block``, so no keyframe is
-lost to a slow model) and saves the map. The 2D model is chosen by ``segmenter.kind``:
-``oracle`` (synthetic bags: ground-truth masks degraded in known ways, DESIGN §5) or
-``diffusion`` (a model profile from ``models/``; ``tiny`` runs anywhere, the real one needs
-weights).
+``diff2scene replay BAG --out DIR [--config FILE] [--queries FILE] [--realtime RATE]`` reads
+the bag with the frame source (the frame assembler the live node uses), feeds every frame to
+:class:`~diff2scene.pipeline.Pipeline`, and writes into DIR:
+
+* ``map.npz`` — the semantic map (``diff2scene map-info``, ``~/load_map``);
+* ``bag/`` — a rosbag2 MCAP bag with what the node would have published: the labelled cloud
+  (``/diff2scene/labelled_cloud``, at the last frame's stamp) and, one second apart after it,
+  each query's text (``/diff2scene/query_text``), markers (``/diff2scene/query_markers``) and
+  result cloud (``/diff2scene/query_cloud``);
+* ``map_rgb.png``, ``map_labels.png`` and ``queries/NN_<query>.png`` (per-voxel score heat map);
+* ``report.json`` / ``report.md`` / ``timing.png`` — frames/s, per-stage p50/p95/max latency,
+  keyframes, drops, peak memory, input problems and the query answers
+  (:mod:`diff2scene.replay_report`);
+* ``eval.json`` / ``eval.md`` / ``eval.png`` — when the bag has ground truth beside it
+  (``diff2scene synth``): mIoU per branch and query precision/recall;
+* ``salvaged_bag/`` — only when the bag could not be opened: the readable part of its MCAP file.
+
+Modes. **Deterministic** (default): the 2D model runs inline, frame by frame in bag order, so
+the same bag gives the same map and labels every time (with a worker thread, the number of
+frames fused before a keyframe is unprojected depends on thread timing, and so do its
+memberships). ``deterministic: false`` runs the 2D model in the pipeline's worker thread
+(overlaps fusion with the model; results vary slightly run to run). **Real time**
+(``--realtime RATE``): a reader thread releases frames at RATE times the pace of their stamps
+into a bounded frame queue that drops its oldest frame when the mapper falls behind, and the
+pipeline drops its oldest keyframe when the 2D model does — the node's policy, with every drop
+counted. (The node decodes images after its queue, the replay before: decoding does not delay
+the mapper here.)
+
+A bag that cannot be opened (an MCAP file cut short has no footer) is recovered as far as its
+complete chunks go; a message that cannot be decoded costs its frame (counted, named in the
+report); a read error in the middle stops reading there. In each case the map, bag and report
+are written from what was read, and the report says what was wrong.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
+import platform
+import re
+import shutil
+import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
 from diff2scene.config import from_dict, load_yaml
-from diff2scene.io.bag import BagFrameSource, BagSourceConfig
+from diff2scene.errors import ConfigError, DataFormatError, InputError
+from diff2scene.eval.evaluate import EvalConfig
+from diff2scene.io.bag import BagFrameSource, BagLayout, BagSourceConfig
 from diff2scene.io.cli import add_topic_flags, apply_topic_flags
-from diff2scene.pipeline import Pipeline, PipelineConfig
-from diff2scene.segmentation.base import Segmenter2D
-from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
+from diff2scene.io.mcap_salvage import SalvageReport, find_mcap_file, salvage_mcap
+from diff2scene.mapping.render import RenderConfig
+from diff2scene.pipeline import CloseReport, Pipeline, PipelineConfig
+from diff2scene.query.engine import QueryConfig
+from diff2scene.query.ensemble import EnsembleConfig
+from diff2scene.query.labelling import LabellingConfig
+from diff2scene.replay_report import StageTimes, peak_rss_mib, write_report
+from diff2scene.segmentation.base import Segmenter2D, TextEncoder
+from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter, ground_truth_dir
+from diff2scene.types import Frame
 
-__all__ = ["ReplayConfig", "SegmenterConfig", "build_segmenter", "load_replay_config", "replay"]
+if TYPE_CHECKING:
+    from diff2scene.io.bag_writer import ResultBagWriter
+    from diff2scene.query.session import QuerySession
+
+__all__ = [
+    "ReplayConfig",
+    "ReplayRun",
+    "SegmenterConfig",
+    "build_segmenter",
+    "load_replay_config",
+    "read_queries",
+    "replay",
+    "replay_to_dir",
+    "run_replay",
+]
 
 _LOG = logging.getLogger(__name__)
+
+#: Topics of the output bag (the node's output names under its default node name).
+CLOUD_TOPIC = "/diff2scene/labelled_cloud"
+MARKERS_TOPIC = "/diff2scene/query_markers"
+QUERY_CLOUD_TOPIC = "/diff2scene/query_cloud"
+QUERY_TEXT_TOPIC = "/diff2scene/query_text"
+#: Spacing of the query answers after the labelled cloud in the output bag, nanoseconds: a
+#: player (Foxglove, ``ros2 bag play``) then shows them one at a time.
+QUERY_SPACING_NS = 1_000_000_000
+#: Most input warnings kept for the report (the counters have the totals).
+_MAX_WARNINGS = 50
+
+
+def _room_view() -> RenderConfig:
+    return RenderConfig(top_down_max_z_m=2.0)
 
 
 @dataclass
 class ReplayConfig:
     """Everything a replay needs besides the bag path."""
 
-    pipeline: PipelineConfig = field(
-        default_factory=lambda: PipelineConfig(overflow_policy="block")
-    )
+    #: The mapping pipeline. Its ``threaded`` and ``overflow_policy`` are set by the replay
+    #: mode (``deterministic``, ``--realtime``), not read from here.
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     source: BagSourceConfig = field(default_factory=BagSourceConfig)
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
+    #: Run the 2D model inline in bag order (same bag → same map, every time); False runs it
+    #: in the pipeline's worker thread (faster on several cores, results vary slightly).
+    #: Every keyframe is processed either way; ``--realtime`` overrides this.
+    deterministic: bool = True
+    #: Frames waiting between the reader and the mapper under ``--realtime``; the oldest is
+    #: dropped (counted as ``frame_queue_full``) beyond it — the node's ``frame_queue_size``.
+    frame_queue_size: int = 4
+    #: Thresholds, background and instances of the queries.
+    query: QueryConfig = field(default_factory=QueryConfig)
+    #: How the 2D (salient) and 3D (geometric) branches are combined.
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
+    #: Vocabulary of the labelled cloud and ``map_labels.png``.
+    labelling: LabellingConfig = field(default_factory=LabellingConfig)
+    #: With ground truth beside the bag and no ``labelling.classes``, label with the scene's
+    #: classes (what the evaluation scores) instead of ``labelling.vocabulary``.
+    label_with_scene_classes: bool = True
+    #: Comparison with the bag's ground truth, when it has one.
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    #: Map pictures; the top-down view leaves out points above 2 m to see under a ceiling.
+    render: RenderConfig = field(default_factory=_room_view)
+
+    def __post_init__(self) -> None:
+        if self.frame_queue_size < 1:
+            raise ConfigError(f"frame_queue_size must be >= 1, got {self.frame_queue_size}")
 
 
 def load_replay_config(path: str | Path | None) -> ReplayConfig:
     return ReplayConfig() if path is None else from_dict(ReplayConfig, load_yaml(path))
+
+
+def read_queries(path: str | Path) -> list[str]:
+    """Queries of a text file: one per line; blank lines and lines starting with ``#`` are
+    skipped. :class:`ConfigError` for a missing or unreadable file or one without a query."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read queries from {path}: {exc}") from exc
+    queries = [line.strip() for line in text.splitlines()]
+    queries = [q for q in queries if q and not q.startswith("#")]
+    if not queries:
+        raise ConfigError(f"{path} holds no query (one per line; # starts a comment)")
+    return queries
+
+
+# --------------------------------------------------------------------------- reading
+
+
+@dataclass
+class ReplayRun:
+    """A bag read into a pipeline: the map, what was read, how long each stage took."""
+
+    pipeline: Pipeline
+    #: The bag actually read: the one given, or the salvaged copy of it.
+    bag_read: Path
+    layout: BagLayout
+    #: "deterministic", "threaded" or "realtime".
+    mode: str
+    realtime_rate: float | None
+    times: StageTimes
+    #: Frames the frame source delivered (before the realtime frame queue).
+    frames_delivered: int
+    #: The frame assembler's counters (messages, skips by reason, gaps).
+    input_counters: dict[str, int | float]
+    #: Input warnings logged while reading (they name the topic and stamp of bad messages).
+    input_warnings: list[str]
+    #: What was wrong with the bag, one sentence each; empty for a clean bag.
+    problems: list[str]
+    salvage: SalvageReport | None
+    close: CloseReport
+    #: Seconds from the first read to the closed pipeline.
+    wall_s: float
+    first_stamp_ns: int
+    last_stamp_ns: int
+    #: The fixed frame of the map (the frame of every output).
+    map_frame: str
+    #: (3,) camera position of the last frame (the viewpoint of left/right in queries).
+    last_camera_position_m: NDArray[np.float64] | None
+
+
+class _WarningLog(logging.Handler):
+    """Keeps the first warnings of the frame source (they name what was skipped, and why)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.messages) < _MAX_WARNINGS:
+            self.messages.append(record.getMessage())
+
+
+def _timed_frames(source: BagFrameSource, times: StageTimes) -> Iterator[Frame]:
+    """``source``'s frames, each with the time it took to read and assemble recorded."""
+    frames = iter(source)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        times.add("assemble_decode", time.perf_counter() - t0)
+        yield frame
+
+
+def _open_source(
+    bag: Path, config: BagSourceConfig, salvage_dir: Path | None, problems: list[str]
+) -> tuple[BagFrameSource, dict[str, tuple[str, int]], SalvageReport | None]:
+    """The frame source of ``bag``, or of the salvaged part of its MCAP file when the bag
+    cannot be opened; the topics it has; the salvage report if one was needed."""
+    source = BagFrameSource(bag, config)
+    try:
+        return source, source.topics(), None
+    except DataFormatError as exc:
+        mcap = find_mcap_file(bag)
+        if mcap is None or salvage_dir is None:
+            raise
+        try:
+            salvage = salvage_mcap(mcap, salvage_dir)
+        except DataFormatError as salvage_exc:
+            raise DataFormatError(f"{exc}; recovering it failed too: {salvage_exc}") from exc
+        problems.append(f"the bag cannot be opened ({exc}); {salvage.describe()}")
+        source = BagFrameSource(salvage_dir, config)
+        return source, source.topics(), salvage
+
+
+def run_replay(
+    bag: str | Path,
+    config: ReplayConfig,
+    *,
+    segmenter: Segmenter2D,
+    progress: bool = True,
+    realtime_rate: float | None = None,
+    salvage_dir: Path | None = None,
+    times: StageTimes | None = None,
+) -> ReplayRun:
+    """Read ``bag`` into a new pipeline (see the module doc for the modes); the pipeline is
+    flushed and closed when this returns.
+
+    ``salvage_dir``: where the readable part of an MCAP file that cannot be opened is written
+    (None: such a bag raises :class:`DataFormatError`). Raises :class:`DataFormatError` when
+    nothing of the bag can be read or it has no usable topics, :class:`ConfigError` for a
+    ``realtime_rate`` that is not positive.
+    """
+    bag = Path(bag)
+    if realtime_rate is not None and not realtime_rate > 0:
+        raise ConfigError(f"--realtime RATE must be > 0, got {realtime_rate}")
+    times = times or StageTimes()
+    problems: list[str] = []
+    source, topics, salvage = _open_source(bag, config.source, salvage_dir, problems)
+    layout = source.layout
+    if realtime_rate is not None:
+        mode = "realtime"
+        pcfg = replace(config.pipeline, threaded=True, overflow_policy="drop_oldest")
+    elif config.deterministic:
+        mode = "deterministic"
+        pcfg = replace(config.pipeline, threaded=False, overflow_policy="block")
+    else:
+        mode = "threaded"
+        pcfg = replace(config.pipeline, threaded=True, overflow_policy="block")
+    pipeline = Pipeline(pcfg, segmenter, on_stage_time=times.add)
+    pipeline.map.metadata["source_bag"] = str(bag)
+    pipeline.map.metadata["replay_mode"] = mode
+    total = topics.get(layout.color_topic, ("", 0))[1] // config.source.frame_stride
+    if config.source.max_frames:
+        total = min(total, config.source.max_frames)
+    state = _ReadState()
+    warnings = _WarningLog()
+    io_log = logging.getLogger("diff2scene.io")
+    io_log.addHandler(warnings)
+    t0 = time.perf_counter()
+    try:
+        with tqdm(total=total or None, desc="replay", unit="frame", disable=not progress) as bar:
+            frames = _timed_frames(source, times)
+            if realtime_rate is None:
+                _read_in_order(frames, pipeline, state, times, bar)
+            else:
+                _read_realtime(frames, pipeline, state, times, bar, source=source,
+                               rate=realtime_rate, queue_size=config.frame_queue_size)
+        close = pipeline.close()
+    finally:
+        io_log.removeHandler(warnings)
+    wall_s = time.perf_counter() - t0
+    times.sample_memory()
+    if state.error is not None:
+        exc = state.error
+        problems.append(
+            f"reading {source.path} stopped after {state.delivered} frame(s)"
+            + (f" (last stamp {state.last_stamp_ns} ns)" if state.delivered else "")
+            + f": {type(exc).__name__}: {exc}"
+        )
+    counters = source.assembler.counters()
+    problems.extend(_skip_problems(counters))
+    pipeline.map.metadata["frame_source_stats"] = counters
+    return ReplayRun(
+        pipeline=pipeline, bag_read=source.path, layout=layout, mode=mode,
+        realtime_rate=realtime_rate, times=times, frames_delivered=state.delivered,
+        input_counters=counters, input_warnings=warnings.messages, problems=problems,
+        salvage=salvage, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
+        last_stamp_ns=state.last_stamp_ns, map_frame=source.assembler.map_frame,
+        last_camera_position_m=state.last_position_m,
+    )  # fmt: skip
+
+
+#: Skip reasons that mean the bag's content is bad (others are policy: stride, queue full).
+_BAD_INPUT_WORDS = ("undecodable", "bad_", "nan", "size_mismatch", "encoding", "truncated")
+
+
+def _skip_problems(counters: dict[str, int | float]) -> list[str]:
+    out = []
+    for key, value in sorted(counters.items()):
+        if not value or not key.startswith(("skipped_", "rejected_")):
+            continue
+        reason = key.split("_", 1)[1]
+        if any(w in reason for w in _BAD_INPUT_WORDS):
+            what = "frame(s) skipped" if key.startswith("skipped_") else "message(s) refused"
+            out.append(f"{int(value)} {what}: {reason} (the warnings below name the first ones)")
+    return out
+
+
+@dataclass
+class _ReadState:
+    delivered: int = 0
+    first_stamp_ns: int = 0
+    last_stamp_ns: int = 0
+    last_position_m: NDArray[np.float64] | None = None
+    error: Exception | None = None
+
+    def saw(self, frame: Frame) -> None:
+        if self.delivered == 0:
+            self.first_stamp_ns = frame.stamp_ns
+        self.delivered += 1
+        self.last_stamp_ns = frame.stamp_ns
+        self.last_position_m = np.asarray(frame.T_world_camera, np.float64)[:3, 3].copy()
+
+
+#: Memory is sampled every this many frames (a /proc read; cheap, but not free).
+_MEMORY_EVERY_FRAMES = 5
+
+
+def _read_in_order(
+    frames: Iterator[Frame], pipeline: Pipeline, state: _ReadState, times: StageTimes, bar: Any
+) -> None:
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except Exception as exc:  # bag content is untrusted and rosbags raises many types
+            state.error = exc
+            return
+        state.saw(frame)
+        pipeline.add_frame(frame)
+        bar.update(1)
+        if state.delivered % _MEMORY_EVERY_FRAMES == 0:
+            times.sample_memory()
+
+
+def _read_realtime(
+    frames: Iterator[Frame],
+    pipeline: Pipeline,
+    state: _ReadState,
+    times: StageTimes,
+    bar: Any,
+    *,
+    source: BagFrameSource,
+    rate: float,
+    queue_size: int,
+) -> None:
+    """A reader thread releases frames at ``rate`` times their stamps' pace into a bounded
+    queue (oldest dropped, counted as ``frame_queue_full``); this thread maps them."""
+    waiting: deque[Frame] = deque()
+    ready = threading.Condition()
+    stop = threading.Event()
+    done = False
+
+    def read() -> None:
+        nonlocal done
+        start_wall = 0.0
+        try:
+            for frame in frames:
+                if stop.is_set():
+                    return
+                if state.delivered == 0:
+                    start_wall = time.monotonic()
+                state.saw(frame)
+                due = start_wall + (frame.stamp_ns - state.first_stamp_ns) / 1e9 / rate
+                delay = due - time.monotonic()
+                if delay > 0 and stop.wait(delay):
+                    return
+                with ready:
+                    if len(waiting) >= queue_size:
+                        old = waiting.popleft()
+                        source.assembler.stats.skip(
+                            "frame_queue_full",
+                            f"t={old.stamp_ns}: mapper slower than the bag at {rate:g}x",
+                        )
+                    waiting.append(frame)
+                    ready.notify()
+        except Exception as exc:  # bag content is untrusted and rosbags raises many types
+            state.error = exc
+        finally:
+            with ready:
+                done = True
+                ready.notify()
+
+    reader = threading.Thread(target=read, name="replay-reader", daemon=True)
+    reader.start()
+    mapped = 0
+    try:
+        while True:
+            with ready:
+                while not waiting and not done:
+                    ready.wait(timeout=0.5)
+                if not waiting:
+                    break
+                frame = waiting.popleft()
+            pipeline.add_frame(frame)
+            mapped += 1
+            bar.update(1)
+            if mapped % _MEMORY_EVERY_FRAMES == 0:
+                times.sample_memory()
+    finally:
+        stop.set()
+        reader.join(timeout=60.0)
 
 
 def replay(
@@ -54,40 +448,310 @@ def replay(
     segmenter: Segmenter2D,
     progress: bool = True,
 ) -> Pipeline:
-    """Run every frame of ``bag`` through a new pipeline; returns it flushed and closed."""
-    source = BagFrameSource(bag, config.source)
-    pipeline = Pipeline(config.pipeline, segmenter)
-    pipeline.map.metadata["source_bag"] = str(bag)
-    for frame in tqdm(source, desc="replay", unit="frame", disable=not progress):
-        pipeline.add_frame(frame)
-    pipeline.close()
-    pipeline.map.metadata["frame_source_stats"] = source.assembler.counters()
-    return pipeline
+    """Run every frame of ``bag`` through a new pipeline (deterministic mode unless the config
+    says otherwise); returns it flushed and closed."""
+    return run_replay(bag, config, segmenter=segmenter, progress=progress).pipeline
+
+
+# --------------------------------------------------------------------------- outputs
+
+#: Files and directories a replay writes into its output directory.
+_OUTPUT_FILES = (
+    "map.npz", "report.json", "report.md", "timing.png", "map_rgb.png", "map_labels.png",
+    "eval.json", "eval.md", "eval.png",
+)  # fmt: skip
+_OUTPUT_BAGS = ("bag", "salvaged_bag")
+
+
+def _prepare_out(out: Path, *, force: bool) -> None:
+    """Make ``out``; refuse to write over an earlier replay's outputs unless ``force``, and
+    then delete only those (never a file a replay does not write)."""
+    existing = [out / n for n in (*_OUTPUT_FILES, *_OUTPUT_BAGS, "queries") if (out / n).exists()]
+    if existing and not force:
+        names = ", ".join(p.name for p in existing)
+        raise ConfigError(f"{out} already holds replay outputs ({names}); pass --force")
+    for path in existing:
+        if path.name in _OUTPUT_BAGS or path.name == "queries":
+            allowed = {".mcap", ".yaml"} if path.name in _OUTPUT_BAGS else {".png"}
+            strays = [c for c in path.iterdir() if c.suffix not in allowed or c.is_dir()]
+            if strays:
+                raise ConfigError(f"{path} holds files a replay does not write ({strays[0]})")
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "query"
+
+
+def _heat_colors(scores: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """(M, 3) uint8 colours of (M,) scores in [0, 1] (matplotlib's inferno map)."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["inferno"](np.clip(np.nan_to_num(scores), 0.0, 1.0))
+    return np.asarray(np.rint(rgba[:, :3] * 255), dtype=np.uint8)
+
+
+def _conditions() -> str:
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    torch_mod = sys.modules.get("torch")
+    torch_threads = f", torch {torch_mod.get_num_threads()} thread(s)" if torch_mod else ""
+    return (
+        f"{os.cpu_count()} CPU core(s) visible, OMP_NUM_THREADS={threads}{torch_threads}, "
+        f"Python {platform.python_version()} on {platform.machine()}"
+    )
+
+
+def replay_to_dir(
+    bag: str | Path,
+    out: str | Path,
+    config: ReplayConfig,
+    *,
+    segmenter: Segmenter2D,
+    encoder: TextEncoder,
+    queries: Sequence[str] = (),
+    realtime_rate: float | None = None,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Replay ``bag`` and write the map, output bag, pictures and reports into ``out`` (see
+    the module doc); returns the report (also in ``out/report.json``)."""
+    from diff2scene.eval.datasets import load_synthetic
+    from diff2scene.eval.evaluate import evaluate_scene, summarise
+    from diff2scene.eval.evaluate import write_report as write_eval
+    from diff2scene.io.bag_writer import UNKNOWN_LABEL, ResultBagWriter
+    from diff2scene.mapping.render import label_palette, render_map
+    from diff2scene.query.session import QuerySession
+
+    bag, out = Path(bag), Path(out)
+    _prepare_out(out, force=force)
+    times = StageTimes()
+    times.sample_memory()
+    run = run_replay(
+        bag, config, segmenter=segmenter, progress=progress, realtime_rate=realtime_rate,
+        salvage_dir=out / "salvaged_bag", times=times,
+    )  # fmt: skip
+    pipeline = run.pipeline
+    outputs = [pipeline.save(out / "map.npz")]
+    with pipeline.lock:
+        snapshot = pipeline.map.snapshot()
+    gt_dir = ground_truth_dir(bag)
+    scene = load_synthetic(gt_dir) if (gt_dir / "scene.json").is_file() else None
+    labelling_cfg = config.labelling
+    if scene is not None and config.label_with_scene_classes and not labelling_cfg.classes:
+        labelling_cfg = replace(labelling_cfg, classes=tuple(scene.class_names))
+    problems = list(run.problems)
+    answers: list[dict[str, Any]] = []
+    evaluation: dict[str, Any] | None = None
+    end_ns = run.last_stamp_ns
+    bag_out = out / "bag"
+    with ResultBagWriter(bag_out, frame_id=run.map_frame) as writer:
+        if snapshot.num_voxels == 0:
+            problems.append("the map is empty (no frame was integrated): no labels, no queries")
+        else:
+            session = QuerySession.of_snapshot(
+                snapshot, encoder, segmenter, query=config.query, ensemble=config.ensemble,
+                labelling=labelling_cfg,
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            session.engine()
+            times.add("query_engine_build", time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            lab = session.labelling().labelling
+            times.add("labelling", time.perf_counter() - t0)
+            known = lab.labels >= 0
+            labels = np.full(snapshot.num_voxels, UNKNOWN_LABEL, np.uint32)
+            labels[known] = lab.labels[known]
+            colors = np.array(snapshot.colors, dtype=np.uint8)
+            if np.any(known):
+                colors[known] = label_palette(len(lab.names))[lab.labels[known]]
+            writer.write_cloud(CLOUD_TOPIC, end_ns, snapshot.points_m, rgb=colors,
+                               labels=labels, scores=lab.confidence)  # fmt: skip
+            outputs.append(render_map(snapshot.points_m, out / "map_rgb.png",
+                                      colors=np.asarray(snapshot.colors), title="fused colour",
+                                      config=config.render))  # fmt: skip
+            outputs.append(render_map(snapshot.points_m, out / "map_labels.png",
+                                      labels=lab.labels, label_names=lab.names,
+                                      title=f"labels ({config.labelling.branch})",
+                                      config=config.render))  # fmt: skip
+            for i, text in enumerate(queries, start=1):
+                stamp_ns = end_ns + i * QUERY_SPACING_NS
+                answers.append(_answer(session, text, index=i, stamp_ns=stamp_ns, run=run,
+                                       writer=writer, out=out, times=times,
+                                       render=config.render))  # fmt: skip
+                outputs.extend(out / a["heatmap"] for a in answers[-1:] if a.get("heatmap"))
+            if scene is not None:
+                t0 = time.perf_counter()
+                evaluation = summarise([evaluate_scene(scene, session.engine(), config.eval)])
+                outputs.extend(write_eval(evaluation, out, name="eval"))
+                times.add("evaluation", time.perf_counter() - t0)
+    outputs.insert(1, bag_out)
+    stats = pipeline.stats_dict()
+    counters = run.input_counters
+    skipped = {k[len("skipped_"):]: int(v) for k, v in counters.items()
+               if k.startswith("skipped_") and v}  # fmt: skip
+    skipped.update({f"not_integrated_{k[len('frames_skipped_'):]}": int(v)
+                    for k, v in stats.items() if k.startswith("frames_skipped_") and v})
+    duration_s = (run.last_stamp_ns - run.first_stamp_ns) / 1e9
+    report: dict[str, Any] = {
+        "bag": str(bag),
+        "bag_read": str(run.bag_read),
+        "run": {
+            "mode": run.mode,
+            "realtime_rate": run.realtime_rate,
+            "segmenter": f"{config.segmenter.kind}"
+            + (f" ({config.segmenter.profile})" if config.segmenter.kind == "diffusion" else ""),
+            "conditions": _conditions(),
+            "wall_s": round(run.wall_s, 3),
+            "frames_per_s": round(stats["frames_in"] / run.wall_s, 3) if run.wall_s else None,
+            "bag_duration_s": round(duration_s, 3),
+            "topics": {"color": run.layout.color_topic, "depth": run.layout.depth_topic,
+                       "camera_info": run.layout.camera_info_topic,
+                       "pose": run.layout.pose_topic or "TF"},
+            "close_completed": run.close.completed,
+        },
+        "frames": {
+            "delivered": run.frames_delivered,
+            "mapped": stats["frames_in"],
+            "integrated": stats["frames_integrated"],
+            "skipped": skipped,
+        },
+        "keyframes": {
+            "selected": stats["keyframes_selected"],
+            "segmented": stats["keyframes_segmented"],
+        },
+        "drops": {
+            "frame_queue_full": int(counters.get("skipped_frame_queue_full", 0)),
+            "keyframes_dropped": stats["keyframes_dropped"],
+            "keyframes_abandoned": stats["keyframes_abandoned"],
+        },
+        "stages_ms": times.summary_ms(),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "map": {"voxels": snapshot.num_voxels, "masks": snapshot.num_masks,
+                "frame_id": run.map_frame},
+        "problems": problems,
+        "input_warnings": run.input_warnings,
+        "queries": answers,
+        "evaluation": None if evaluation is None else {
+            k: v for k, v in evaluation.items() if k != "queries"
+        },
+        "pipeline": stats,
+        "input": counters,
+        "output_bag_messages": writer.counts,
+        "outputs": [str(p.relative_to(out)) for p in outputs]
+        + ["report.json", "report.md", "timing.png"],
+    }
+    write_report(report, out, times)
+    return report
+
+
+def _answer(
+    session: QuerySession,
+    text: str,
+    *,
+    index: int,
+    stamp_ns: int,
+    run: ReplayRun,
+    writer: ResultBagWriter,
+    out: Path,
+    times: StageTimes,
+    render: RenderConfig,
+) -> dict[str, Any]:
+    """Ask ``text``; write its text, markers and result cloud to the bag and its heat map."""
+    from diff2scene.mapping.render import render_map
+
+    writer.write_text(QUERY_TEXT_TOPIC, stamp_ns, text)
+    t0 = time.perf_counter()
+    try:
+        answer = session.query(text, viewpoint_m=run.last_camera_position_m)
+    except InputError as exc:  # a query the grammar or the limits refuse: reported, not fatal
+        writer.write_markers(MARKERS_TOPIC, stamp_ns, [])
+        return {"text": text, "error": str(exc), "instances": [], "matched_voxels": 0}
+    elapsed_s = time.perf_counter() - t0
+    times.add("query", elapsed_s)
+    result, snap = answer.result, answer.snapshot
+    matched = result.matched
+    ranks = np.zeros(snap.num_voxels, np.uint32)  # 1-based instance rank, 0 = none (the node's)
+    for rank, inst in reversed(list(enumerate(result.instances, start=1))):
+        ranks[inst.voxel_indices] = rank
+    writer.write_markers(MARKERS_TOPIC, stamp_ns, result.instances)
+    writer.write_cloud(QUERY_CLOUD_TOPIC, stamp_ns, snap.points_m[matched],
+                       rgb=np.asarray(snap.colors)[matched], labels=ranks[matched],
+                       scores=result.scores[matched])  # fmt: skip
+    heatmap = Path("queries") / f"{index:02d}_{_slug(text)}.png"
+    (out / "queries").mkdir(exist_ok=True)
+    title = (f"'{text}': {len(result.instances)} instance(s), {matched.size} voxel(s) "
+             "above the threshold (score heat map)")  # fmt: skip
+    render_map(snap.points_m, out / heatmap, colors=_heat_colors(result.scores), title=title,
+               config=render)
+    return {
+        "text": text,
+        "target": result.parsed.target,
+        "instances": [
+            {"label": inst.label, "score": round(float(inst.score), 4),
+             "centroid_m": [round(float(v), 3) for v in inst.centroid_m],
+             "box_size_m": [round(float(v), 3) for v in inst.box_size_m],
+             "num_points": inst.num_points}
+            for inst in result.instances
+        ],
+        "matched_voxels": int(matched.size),
+        "ms": round(elapsed_s * 1e3, 2),
+        "engine_timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+        "heatmap": str(heatmap),
+        "bag_stamp_ns": stamp_ns,
+    }
+
+
+# --------------------------------------------------------------------------- command line
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("replay", help="replay a bag into a saved semantic map")
-    parser.add_argument("bag", type=Path, help="rosbag2 directory (sqlite3 or MCAP)")
-    parser.add_argument("--out", type=Path, required=True, help="map file to write (.npz)")
+    parser = subparsers.add_parser(
+        "replay",
+        help="replay a bag through the pipeline: map, output bag, pictures, timing report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("bag", type=Path, help="rosbag2 directory or file (sqlite3 or MCAP)")
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
     parser.add_argument("--config", type=Path, default=None, help="ReplayConfig YAML")
+    parser.add_argument("--queries", type=Path, default=None,
+                        help="text file, one query per line (# comments)")
+    parser.add_argument("--realtime", type=float, default=None, metavar="RATE",
+                        help="pace frames at RATE x the bag's stamps with the node's drop "
+                        "policy (default: every frame, deterministic)")  # fmt: skip
+    parser.add_argument("--force", action="store_true",
+                        help="replace the outputs of an earlier replay in --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_topic_flags(parser)
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    out: Path = args.out
+    if out.suffix == ".npz":
+        raise ConfigError(
+            f"--out is an output directory (the map is written as DIR/map.npz), got {out}"
+        )
     config = load_replay_config(args.config)
     config.source = apply_topic_flags(config.source, args)
-    layout = BagFrameSource(args.bag, config.source).layout
-    print(f"reading {layout.color_topic} + {layout.depth_topic} + {layout.camera_info_topic}, "
-          f"pose from {layout.pose_topic or 'TF'}")
-    for note in layout.notes:
-        print(f"  (auto) {note}")
-    segmenter, _ = build_segmenter(config.segmenter, bag=args.bag)
-    t0 = time.perf_counter()
-    pipeline = replay(args.bag, config, segmenter=segmenter, progress=not args.no_progress)
-    path = pipeline.save(args.out)
-    stats = pipeline.stats_dict() | {"replay_s": round(time.perf_counter() - t0, 2)}
-    print(json.dumps(stats, indent=2))
-    print(f"map written to {path}")
-    return 0
+    queries = read_queries(args.queries) if args.queries is not None else []
+    segmenter, encoder = build_segmenter(config.segmenter, bag=args.bag)
+    report = replay_to_dir(
+        args.bag, out, config, segmenter=segmenter, encoder=encoder, queries=queries,
+        realtime_rate=args.realtime, progress=not args.no_progress, force=args.force,
+    )  # fmt: skip
+    run = report["run"]
+    print(f"{report['frames']['mapped']} frames in {run['wall_s']:.1f} s "
+          f"({run['frames_per_s']} frames/s, mode {run['mode']}); "
+          f"{report['keyframes']['segmented']} keyframes; map {report['map']['voxels']} voxels")
+    for stage, s in report["stages_ms"].items():
+        print(f"  {stage:<18} n={s['count']:<5} p50 {s['p50_ms']:9.1f} ms  "
+              f"p95 {s['p95_ms']:9.1f} ms  max {s['max_ms']:9.1f} ms")
+    for problem in report["problems"]:
+        print(f"  PROBLEM: {problem}")
+    print(f"outputs in {out} (report.md)")
+    # A damaged bag still gives results, but a script must be able to tell.
+    return 1 if report["problems"] else 0

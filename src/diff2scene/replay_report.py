@@ -1,0 +1,270 @@
+"""Per-stage latencies of a replay, and the report files ``diff2scene replay`` writes.
+
+A replay is the project's benchmarking tool: the same bag through the same pipeline a robot
+runs, with every stage timed item by item. Totals hide what matters on a robot — a p95 of the
+2D model far above its mean means keyframes pile up — so each stage keeps every latency it
+measured and the report gives count, p50, p95, max and mean per stage.
+
+Stages (names as in the report):
+
+* ``assemble_decode`` — reading the bag, deserialising, pairing colour/depth/pose and
+  decoding the images of one frame (the frame source's work between two frames);
+* ``fusion`` — TSDF integration of one frame into the map;
+* ``segment2d`` — the 2D model on one keyframe;
+* ``unproject`` — unprojecting one keyframe's masks into the map and merging memberships;
+* ``net3d`` — one run of the 3D network over the map;
+* ``query`` — one text query answered from the final map (the engine build of the first
+  query is reported apart, as ``query_engine_build``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "STAGES",
+    "StageTimes",
+    "peak_rss_mib",
+    "plot_timing",
+    "rss_mib",
+    "write_report",
+]
+
+#: Stages in pipeline order (others, if recorded, follow).
+STAGES = (
+    "assemble_decode", "fusion", "segment2d", "unproject", "net3d",
+    "query_engine_build", "query", "labelling",
+)  # fmt: skip
+
+
+class StageTimes:
+    """Thread-safe record of (seconds since start, duration) per stage, plus RSS samples."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._t0 = time.perf_counter()
+        self._items: dict[str, list[tuple[float, float]]] = {}
+        self._rss: list[tuple[float, float]] = []
+
+    def add(self, stage: str, seconds: float) -> None:
+        """Record one ``stage`` item that took ``seconds`` (ending now)."""
+        now = time.perf_counter() - self._t0
+        with self._lock:
+            self._items.setdefault(stage, []).append((now, seconds))
+
+    def sample_memory(self) -> None:
+        """Record the current resident set size (for the memory curve of the plot)."""
+        rss = rss_mib()
+        if rss is not None:
+            with self._lock:
+                self._rss.append((time.perf_counter() - self._t0, rss))
+
+    def durations_s(self, stage: str) -> list[float]:
+        with self._lock:
+            return [d for _, d in self._items.get(stage, [])]
+
+    def series(self, stage: str) -> list[tuple[float, float]]:
+        """(end time since start s, duration s) of each item of ``stage``."""
+        with self._lock:
+            return list(self._items.get(stage, []))
+
+    def memory(self) -> list[tuple[float, float]]:
+        with self._lock:
+            return list(self._rss)
+
+    def stages(self) -> list[str]:
+        with self._lock:
+            seen = list(self._items)
+        return [s for s in STAGES if s in seen] + sorted(s for s in seen if s not in STAGES)
+
+    def summary_ms(self) -> dict[str, dict[str, float]]:
+        """stage → count, p50_ms, p95_ms, max_ms, mean_ms, total_s."""
+        out: dict[str, dict[str, float]] = {}
+        for stage in self.stages():
+            d = np.asarray(self.durations_s(stage), dtype=np.float64)
+            if d.size == 0:
+                continue
+            out[stage] = {
+                "count": int(d.size),
+                "p50_ms": round(float(np.percentile(d, 50)) * 1e3, 3),
+                "p95_ms": round(float(np.percentile(d, 95)) * 1e3, 3),
+                "max_ms": round(float(d.max()) * 1e3, 3),
+                "mean_ms": round(float(d.mean()) * 1e3, 3),
+                "total_s": round(float(d.sum()), 4),
+            }
+        return out
+
+
+def rss_mib() -> float | None:
+    """Current resident set size of this process in MiB (Linux ``/proc``); None elsewhere."""
+    try:
+        with Path("/proc/self/statm").open() as f:
+            pages = int(f.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return pages * resource.getpagesize() / 2**20
+
+
+def peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (``getrusage``; KiB on Linux)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _markdown(report: Mapping[str, Any]) -> str:
+    run = report["run"]
+    lines = [
+        f"# Replay of `{report['bag']}`",
+        "",
+        f"Mode **{run['mode']}**"
+        + (f" at {run['realtime_rate']:g}x the bag's stamps" if run.get("realtime_rate") else "")
+        + f"; 2D model: {run['segmenter']}; {run['conditions']}.",
+        "",
+        "| figure | value |",
+        "|---|---|",
+        f"| frames delivered by the bag / mapped / integrated | {report['frames']['delivered']} / "
+        f"{report['frames']['mapped']} / {report['frames']['integrated']} |",
+        f"| replay wall time (read → map closed) | {_fmt(run['wall_s'], 2)} s |",
+        f"| frames/s (mapped frames over wall time) | {_fmt(run['frames_per_s'], 2)} |",
+        f"| bag duration (first → last frame stamp) | {_fmt(run['bag_duration_s'], 2)} s |",
+        f"| keyframes selected / segmented | {report['keyframes']['selected']} / "
+        f"{report['keyframes']['segmented']} |",
+        f"| dropped: frames (frame queue full) / keyframes (queue full) / keyframes abandoned | "
+        f"{report['drops']['frame_queue_full']} / {report['drops']['keyframes_dropped']} / "
+        f"{report['drops']['keyframes_abandoned']} |",
+        f"| map voxels / masks | {report['map']['voxels']} / {report['map']['masks']} |",
+        f"| peak RSS (whole process) | {_fmt(report['peak_rss_mib'])} MiB |",
+        "",
+        "## Stage latencies",
+        "",
+        "| stage | count | p50 ms | p95 ms | max ms | mean ms | total s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for stage, s in report["stages_ms"].items():
+        lines.append(
+            f"| {stage} | {s['count']} | {_fmt(s['p50_ms'])} | {_fmt(s['p95_ms'])} | "
+            f"{_fmt(s['max_ms'])} | {_fmt(s['mean_ms'])} | {_fmt(s['total_s'], 3)} |"
+        )
+    lines += ["", "![timing](timing.png)", ""]
+    skipped = report["frames"]["skipped"]
+    if skipped:
+        lines += ["## Frames not mapped, by reason", "", "| reason | frames |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in sorted(skipped.items())]
+        lines.append("")
+    problems: Sequence[str] = report["problems"]
+    if problems:
+        lines += ["## Problems with the bag", ""] + [f"- {p}" for p in problems] + [""]
+    warnings: Sequence[str] = report.get("input_warnings", [])
+    if warnings:
+        lines += ["## Input warnings (first ones)", ""] + [f"- {w}" for w in warnings] + [""]
+    queries: Sequence[Mapping[str, Any]] = report["queries"]
+    if queries:
+        lines += [
+            "## Queries", "",
+            "| query | instances | best | score | centre x y z m | matched voxels | ms "
+            "| heat map |",
+            "|---|---|---|---|---|---|---|---|",
+        ]  # fmt: skip
+        for q in queries:
+            if q.get("error"):
+                lines.append(f"| {q['text']} | refused: {q['error']} | | | | | | |")
+                continue
+            best = q["instances"][0] if q["instances"] else None
+            centre = " ".join(f"{v:.2f}" for v in best["centroid_m"]) if best else "–"
+            lines.append(
+                f"| {q['text']} | {len(q['instances'])} | {best['label'] if best else '–'} | "
+                f"{_fmt(best['score'], 2) if best else '–'} | {centre} | "
+                f"{q['matched_voxels']} | {_fmt(q['ms'])} | ![]({q['heatmap']}) |"
+            )
+        lines.append("")
+    evaluation = report.get("evaluation")
+    if evaluation:
+        lines += ["## Evaluation against the bag's ground truth", "",
+                  "| branch | mIoU all | head | common | tail |", "|---|---|---|---|---|"]
+        for branch, e in evaluation["branches"].items():
+            lines.append(
+                f"| {branch} | " + " | ".join(
+                    _fmt(None if e.get(k) is None else 100 * e[k])
+                    for k in ("miou_all", "miou_head", "miou_common", "miou_tail")
+                ) + " |"
+            )  # fmt: skip
+        lines += ["", "Per class and queries: [eval.md](eval.md).", ""]
+    lines += ["## Files", ""] + [f"- `{p}`" for p in report["outputs"]] + [""]
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path, times: StageTimes) -> list[Path]:
+    """``report.json``, ``report.md`` and ``timing.png`` in ``out_dir``; returns the paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "report.json"
+    json_path.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    md_path = out_dir / "report.md"
+    md_path.write_text(_markdown(report))
+    png_path = plot_timing(times, out_dir / "timing.png", title=f"replay of {report['bag']}")
+    return [json_path, md_path, png_path]
+
+
+def plot_timing(times: StageTimes, path: Path, *, title: str = "") -> Path:
+    """Three panels: latency of each item over the run, p50/p95/max per stage, memory."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(14, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    over_time, bars, memory = (fig.add_subplot(1, 3, i) for i in (1, 2, 3))
+    stages = times.stages()
+    for stage in stages:
+        series = times.series(stage)
+        if series:
+            t, d = zip(*series, strict=True)
+            style = "-" if len(series) > 20 else "o-"
+            over_time.plot(t, np.asarray(d) * 1e3, style, ms=3, lw=0.8, label=stage)
+    over_time.set_yscale("log")
+    over_time.set_xlabel("time since the replay started [s]")
+    over_time.set_ylabel("latency of one item [ms]")
+    over_time.set_title("latency per item")
+    if stages:
+        over_time.legend(fontsize="small")
+    summary = times.summary_ms()
+    x = np.arange(len(summary))
+    for k, (key, label) in enumerate((("p50_ms", "p50"), ("p95_ms", "p95"), ("max_ms", "max"))):
+        values = [max(s[key], 1e-3) for s in summary.values()]
+        bars.bar(x + (k - 1) * 0.27, values, width=0.27, label=label)
+    bars.set_xticks(x, list(summary), rotation=30, ha="right", fontsize="small")
+    bars.set_yscale("log")
+    bars.set_ylabel("ms")
+    bars.set_title("per stage")
+    bars.legend(fontsize="small")
+    mem = times.memory()
+    if mem:
+        t, m = zip(*mem, strict=True)
+        memory.plot(t, m, lw=1.0)
+    memory.set_xlabel("time since the replay started [s]")
+    memory.set_ylabel("resident set size [MiB]")
+    memory.set_title("memory")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
