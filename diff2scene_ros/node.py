@@ -44,6 +44,7 @@ from rclpy.qos import (
 )
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
+from vision_msgs.msg import Detection3DArray
 from visualization_msgs.msg import MarkerArray
 
 from diff2scene.errors import ConfigError, Diff2SceneError, InputError
@@ -56,6 +57,7 @@ from diff2scene.io.messages import (
     read_pose,
     read_transforms,
 )
+from diff2scene.mapping.mapfiles import MapDir
 from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.pipeline import Pipeline, PipelineConfig
 from diff2scene.query import (
@@ -68,7 +70,9 @@ from diff2scene.query import (
 )
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 from diff2scene.segmentation.factory import SegmenterConfig
+from diff2scene.supervise import Failure
 from diff2scene_ros import conversions as cv
+from diff2scene_ros.detections import instance_msgs_to_detections
 from diff2scene_ros.params import declare_config
 
 #: Node-relative input topics (remap them; the launch file does). With a compressed transport
@@ -80,6 +84,9 @@ POSE_TOPIC = "camera/pose"
 ODOM_TOPIC = "odom"
 #: Ground-truth instance ids of a synthetic bag or a simulator (oracle segmenter only).
 INSTANCE_TOPIC = "camera/instance/image_raw"
+#: Bounds of ``~/set_vocabulary`` requests (any DDS participant may call it).
+MAX_VOCABULARY_CLASSES = 1000
+MAX_CLASS_NAME_CHARS = 100
 
 
 def _diffusion_segmenter() -> SegmenterConfig:
@@ -105,9 +112,10 @@ class NodeConfig:
     #: Depth transport: "raw" or "compressedDepth" (image_transport, ``<depth
     #: topic>/compressedDepth``, PNG or RVL).
     depth_transport: Literal["raw", "compressedDepth"] = "raw"
-    #: Decoded-frame waiting room between the callbacks and the mapper, in frames; the oldest
-    #: is dropped (and counted as ``frame_queue_full``) when the mapper falls behind.
-    frame_queue_size: int = 4
+    #: Frames (posed, not yet decoded) waiting for the mapper at most; the oldest is dropped
+    #: (and counted as ``frame_queue_full``) when the mapper falls behind. Room for the burst
+    #: that a late pose releases at once.
+    frame_queue_size: int = 16
     #: The 2D model: "diffusion" (a model profile; "odise_sd15" needs the real weights, "tiny"
     #: runs anywhere with random weights) or "oracle" (ground-truth masks of a synthetic scene
     #: or simulator, degraded in known ways, with the synthetic text space).
@@ -129,13 +137,25 @@ class NodeConfig:
     diagnostics_period_s: float = 1.0
     #: Input loss (stamp gaps over colour images published) above which diagnostics warn.
     warn_input_loss_ratio: float = 0.05
-    #: File ``~/save_map`` writes when its request has an empty path.
-    default_map_path: str = "diff2scene_map.npz"
+    #: The only directory ``~/save_map`` and ``~/load_map`` read and write (created if
+    #: missing): request paths are taken relative to it, and paths leaving it are refused.
+    map_dir: str = "~/.ros/diff2scene/maps"
+    #: Map file (inside ``map_dir``) that ``~/save_map`` writes when its request has no path.
+    default_map_name: str = "map.npz"
+    #: Map file (inside ``map_dir``) saved atomically when the node shuts down (SIGINT,
+    #: SIGTERM); empty = no autosave.
+    autosave_path: str = ""
+    #: Shutdown takes at most this long, in seconds: queued keyframes are finished (or
+    #: abandoned, see ``shutdown_policy``) within about half of it, then the map is saved.
+    shutdown_timeout_s: float = 10.0
+    #: At shutdown: "finish" the queued keyframes while time allows, or "abandon" them.
+    shutdown_policy: Literal["finish", "abandon"] = "finish"
 
     def __post_init__(self) -> None:
         positive = {
             "cloud_period_s": self.cloud_period_s,
             "diagnostics_period_s": self.diagnostics_period_s,
+            "shutdown_timeout_s": self.shutdown_timeout_s,
         }
         for name, value in positive.items():
             if not value > 0:
@@ -172,6 +192,11 @@ class MappingNode(Node):
         self.segmenter = segmenter
         self.text_encoder = text_encoder
         self.pipeline = Pipeline(cfg.pipeline, segmenter)
+        self.maps = MapDir(cfg.map_dir, create=True)
+        self.autosave = self.maps.resolve(cfg.autosave_path) if cfg.autosave_path else None
+        #: Whether the shutdown autosave happened, and whether the 2D worker stopped in time.
+        self.autosaved = False
+        self.worker_stopped = True
         self.labelling_config = cfg.labelling
         #: Guards the cached snapshot/engine/labelling below; held while they are rebuilt.
         self._semantic_lock = threading.Lock()
@@ -180,7 +205,8 @@ class MappingNode(Node):
         self._labelling: tuple[tuple[Any, ...], Labelling] | None = None
 
         oracle = cfg.segmenter.kind == "oracle"
-        self.assembler = FrameAssembler(cfg.input, expect_instances=oracle)
+        self.assembler = FrameAssembler(cfg.input, expect_instances=oracle,
+                                        clock_ns=time.monotonic_ns)
         self._lock = threading.Lock()  # guards the frame queue
         self._frames: deque[RawFrame] = deque()
         self._wake = threading.Condition(self._lock)
@@ -190,30 +216,37 @@ class MappingNode(Node):
         #: (monotonic time, counters) at the last diagnostics, for rates.
         self._rate_since: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
-        inputs = MutuallyExclusiveCallbackGroup()
         qos = (
             qos_profile_sensor_data
             if cfg.input_qos == "sensor_data"
             else QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
         )
+        # Poses, calibration and TF are small and must not be lost while the images of the
+        # same instant are handled: a deeper reader queue for them (measured: at depth 10 a
+        # busy node lost a quarter of the poses of an 848x480 stream).
+        small = QoSProfile(depth=100, reliability=qos.reliability, durability=qos.durability)
 
-        def subscribe(msg_type: Any, topic: str, callback: Any, profile: QoSProfile = qos
+        def subscribe(msg_type: Any, topic: str, callback: Any, profile: QoSProfile = small
                       ) -> None:
             events = SubscriptionEventCallbacks(
                 incompatible_qos=functools.partial(self._on_incompatible_qos, topic)
             )
+            # one group per topic: each topic's messages are handled in order, and a slow
+            # image callback never holds back a pose
             self.create_subscription(msg_type, topic, callback, profile,
-                                     callback_group=inputs, event_callbacks=events)
+                                     callback_group=MutuallyExclusiveCallbackGroup(),
+                                     event_callbacks=events)
 
         if cfg.color_transport == "compressed":
-            subscribe(CompressedImage, f"{COLOR_TOPIC}/compressed", self._on_compressed_color)
+            subscribe(CompressedImage, f"{COLOR_TOPIC}/compressed", self._on_compressed_color,
+                      qos)
         else:
-            subscribe(Image, COLOR_TOPIC, self._on_color)
+            subscribe(Image, COLOR_TOPIC, self._on_color, qos)
         if cfg.depth_transport == "compressedDepth":
             subscribe(CompressedImage, f"{DEPTH_TOPIC}/compressedDepth",
-                      self._on_compressed_depth)
+                      self._on_compressed_depth, qos)
         else:
-            subscribe(Image, DEPTH_TOPIC, self._on_depth)
+            subscribe(Image, DEPTH_TOPIC, self._on_depth, qos)
         subscribe(CameraInfo, CAMERA_INFO_TOPIC, self._on_camera_info)
         source = cfg.input.pose_source
         if source in ("auto", "pose"):
@@ -228,7 +261,7 @@ class MappingNode(Node):
                       QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE,
                                  durability=DurabilityPolicy.TRANSIENT_LOCAL))
         if oracle:
-            subscribe(Image, INSTANCE_TOPIC, self._on_instances)
+            subscribe(Image, INSTANCE_TOPIC, self._on_instances, qos)
 
         latched = QoSProfile(
             depth=1,
@@ -238,21 +271,31 @@ class MappingNode(Node):
         )
         self.cloud_pub = self.create_publisher(PointCloud2, "~/labelled_cloud", latched)
         self.marker_pub = self.create_publisher(MarkerArray, "~/query_markers", latched)
+        #: Each query's instances as standard detections (Nav2, MoveIt, rviz vision_msgs).
+        self.detections_pub = self.create_publisher(Detection3DArray, "~/detections", latched)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
         services = ReentrantCallbackGroup()
-        self.create_service(TextQuery, "~/text_query", self._on_text_query,
-                            callback_group=services)
-        self.create_service(SetVocabulary, "~/set_vocabulary", self._on_set_vocabulary,
-                            callback_group=services)
-        self.create_service(SaveMap, "~/save_map", self._on_save_map, callback_group=services)
-        self.create_service(LoadMap, "~/load_map", self._on_load_map, callback_group=services)
+        for srv_type, name, handler in (
+            (TextQuery, "text_query", self._on_text_query),
+            (SetVocabulary, "set_vocabulary", self._on_set_vocabulary),
+            (SaveMap, "save_map", self._on_save_map),
+            (LoadMap, "load_map", self._on_load_map),
+        ):
+            self.create_service(srv_type, f"~/{name}", self._supervised_service(name, handler),
+                                callback_group=services)
 
+        # frames whose pose never comes are resolved even when no further message arrives
+        self.create_timer(0.1, self._supervised("expire_frames", self._expire),
+                          callback_group=MutuallyExclusiveCallbackGroup())
         timers = MutuallyExclusiveCallbackGroup()
-        self.create_timer(cfg.cloud_period_s, self.publish_cloud, callback_group=timers)
-        self.create_timer(cfg.diagnostics_period_s, self.publish_diagnostics,
+        self.create_timer(cfg.cloud_period_s, self._supervised("publish_cloud",
+                                                               self.publish_cloud),
                           callback_group=timers)
+        self.create_timer(cfg.diagnostics_period_s, self._supervised(
+            "diagnostics", self.publish_diagnostics), callback_group=timers)
 
+        self._assemble_stage = self.pipeline.supervisor.stage("frame_assembly")
         self._worker = threading.Thread(target=self._work, name="diff2scene_frames", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -260,6 +303,32 @@ class MappingNode(Node):
             f"voxels, pose from {source}, input QoS {cfg.input_qos}, 2D model "
             f"'{cfg.segmenter.kind}' ({cfg.segmenter.profile})"
         )
+
+    # ------------------------------------------------------------------ supervision
+
+    def _supervised(self, stage: str, fn: Any) -> Any:
+        """``fn`` run through the pipeline's supervisor: an exception is counted, logged once
+        and reported in /diagnostics instead of ending the executor."""
+        supervised_stage = self.pipeline.supervisor.stage(stage)
+
+        def run(*args: Any) -> Any:
+            return supervised_stage.call(fn, *args)
+
+        return run
+
+    def _supervised_service(self, name: str, handler: Any) -> Any:
+        """A service handler whose unexpected failures still answer (success False)."""
+        stage = self.pipeline.supervisor.stage(f"service_{name}")
+
+        def run(request: Any, response: Any) -> Any:
+            result = stage.call(handler, request, response)
+            if isinstance(result, Failure):
+                response.success = False
+                response.message = f"internal error in {name}: {result.error}"
+                return response
+            return result
+
+        return run
 
     # ------------------------------------------------------------------ callbacks (enqueue only)
 
@@ -306,6 +375,9 @@ class MappingNode(Node):
             return
         self._enqueue(self.assembler.add_transforms(records, static=static))
 
+    def _expire(self) -> None:
+        self._enqueue(self.assembler.expire())
+
     def _take(self, add: Any, record: ImageData) -> None:
         self._enqueue(add(record))
 
@@ -341,8 +413,11 @@ class MappingNode(Node):
                 if self._stop:
                     return
                 raw = self._frames.popleft()
-            frame = self.assembler.finish(raw)  # decoding happens here, not in a callback
-            if frame is None:
+            # decoding happens here, not in a callback
+            frame = self._assemble_stage.call(self.assembler.finish, raw)
+            if frame is None or isinstance(frame, Failure):
+                if isinstance(frame, Failure):
+                    self.assembler.stats.skip(f"assembly_{frame.key}", str(frame.error))
                 continue
             try:
                 self.pipeline.add_frame(frame)
@@ -469,6 +544,10 @@ class MappingNode(Node):
         if self.qos_incompatible:
             level = DiagnosticStatus.ERROR
             problems.append(f"incompatible QoS on {sorted(self.qos_incompatible)}")
+        for name, st in self.pipeline.stage_status().items():
+            if st.state != "ok":
+                level = DiagnosticStatus.ERROR
+                problems.append(f"stage {name} {st.state}: {st.last_error}")
         status = DiagnosticStatus(
             level=level,
             name=f"{self.get_fully_qualified_name()}: mapping",
@@ -490,6 +569,14 @@ class MappingNode(Node):
 
         if not classes and not name:
             raise InputError("empty_vocabulary", "give labels or a vocabulary name")
+        if len(classes) > MAX_VOCABULARY_CLASSES:
+            raise InputError("vocabulary_too_large",
+                             f"{len(classes)} classes; at most {MAX_VOCABULARY_CLASSES}")
+        long_names = [c[:20] + "…" for c in classes if len(c) > MAX_CLASS_NAME_CHARS]
+        if long_names or len(name) > MAX_CLASS_NAME_CHARS:
+            raise InputError("class_name_too_long",
+                             f"names are at most {MAX_CLASS_NAME_CHARS} characters: "
+                             f"{long_names or [name[:20]]}")
         config = replace(self.labelling_config, classes=tuple(classes), vocabulary=name or
                          self.labelling_config.vocabulary)
         # embed now: a bad vocabulary is refused here, not in the next cloud
@@ -548,6 +635,8 @@ class MappingNode(Node):
         response.instances = cv.instances_to_msgs(result.instances)
         self.marker_pub.publish(cv.query_markers(response.instances, frame_id=frame_id,
                                                  stamp_ns=stamp_ns))
+        self.detections_pub.publish(instance_msgs_to_detections(
+            response.instances, frame_id=frame_id, stamp_ns=stamp_ns))
         response.success = True
         response.message = (
             f"{matched.size} points, {len(result.instances)} instances of "
@@ -562,23 +651,22 @@ class MappingNode(Node):
     def _on_save_map(
         self, request: SaveMap.Request, response: SaveMap.Response
     ) -> SaveMap.Response:
-        path = Path(request.path or self.config.default_map_path).expanduser()
         try:
-            written = self.pipeline.save(path)
+            path = self.maps.for_save(request.path or self.config.default_map_name)
+            self.pipeline.save(path)
         except (Diff2SceneError, OSError) as exc:
             response.success, response.message = False, f"not saved: {exc}"
             return response
-        response.success, response.message = True, f"saved {written}"
+        response.success = True
+        response.message = f"saved {path.relative_to(self.maps.root)} in {self.maps.root}"
         return response
 
     def _on_load_map(
         self, request: LoadMap.Request, response: LoadMap.Response
     ) -> LoadMap.Response:
-        if not request.path:
-            response.success, response.message = False, "empty path"
-            return response
         try:
-            self.pipeline.load(Path(request.path).expanduser())
+            path = self.maps.for_load(request.path)
+            self.pipeline.load(path)
         except (Diff2SceneError, OSError) as exc:
             response.success, response.message = False, f"not loaded (map kept): {exc}"
             return response
@@ -589,15 +677,29 @@ class MappingNode(Node):
     # ------------------------------------------------------------------ shutdown
 
     def shutdown(self) -> None:
-        """Stop the frame worker and the pipeline's 2D worker; the map stays usable."""
+        """Stop taking frames, finish or abandon queued keyframes within the shutdown budget,
+        and save the map to ``autosave_path`` (atomically) when one is set."""
+        budget_s = self.config.shutdown_timeout_s
+        start = time.monotonic()
         with self._lock:
             self._stop = True
             self._wake.notify_all()
-        self._worker.join(timeout=10)
-        try:
-            self.pipeline.close()
-        except Diff2SceneError as exc:  # shutting down anyway: report, do not raise
-            self.get_logger().error(f"pipeline did not close cleanly: {exc}")
+        self._worker.join(timeout=budget_s * 0.2)
+        report = self.pipeline.close(timeout_s=budget_s * 0.5,
+                                     policy=self.config.shutdown_policy)
+        log = self.get_logger()
+        log.info(f"pipeline closed ({report.policy}): {report.keyframes_finished} keyframes "
+                 f"finished, {report.keyframes_abandoned} abandoned in {report.duration_s:.1f} s")
+        self.worker_stopped = report.worker_stopped
+        if self.autosave is not None:
+            try:
+                path = self.maps.for_save(self.config.autosave_path)
+                self.pipeline.save(path)
+                log.info(f"map saved to {path} ({time.monotonic() - start:.1f} s after the "
+                         "shutdown request)")
+                self.autosaved = True
+            except (Diff2SceneError, OSError) as exc:
+                log.error(f"autosave to {self.autosave} failed: {exc}")
 
 
 def _palette(num_labels: int) -> NDArray[np.uint8]:
@@ -635,16 +737,33 @@ def _profile_path(name: str) -> str:
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``ros2 run diff2scene diff2scene_node``."""
+    """Entry point of ``ros2 run diff2scene diff2scene_node``.
+
+    SIGINT and SIGTERM (what ``ros2 launch`` and systemd send) stop the executor; the node then
+    shuts down within ``shutdown_timeout_s`` (queued work, autosave) and the process exits 0.
+    """
+    import os
+    import signal
     import sys
 
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
 
     context = Context()
-    rclpy.init(args=args, context=context)
+    rclpy.init(args=args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stop.set()
+        # not from inside the handler: shutting the context down wakes the executor
+        threading.Thread(target=context.try_shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     node: MappingNode | None = None
+    code = 0
     try:
         node = MappingNode(context=context)
         executor = MultiThreadedExecutor(num_threads=4, context=context)
@@ -654,12 +773,27 @@ def main(args: list[str] | None = None) -> None:
         pass
     except Diff2SceneError as exc:
         sys.stderr.write(f"diff2scene_node: {exc}\n")
-        raise SystemExit(1) from exc
+        code = 1
+    except Exception:
+        if not stop.is_set():
+            raise
+        # stopped while starting up: rclpy refuses to create entities on a shut-down context
     finally:
         if node is not None:
+            budget_s = node.config.shutdown_timeout_s
+            watchdog = threading.Timer(budget_s + 5.0, lambda: os._exit(2))
+            watchdog.daemon = True
+            watchdog.start()
             node.shutdown()
             node.destroy_node()
+            watchdog.cancel()
         context.try_shutdown()
+    # Everything is saved and logged. Leave without the interpreter's teardown of the native
+    # libraries: it took 11 s here (far beyond the shutdown budget), and with a 2D model still
+    # running Open3D's teardown turns the exit status into 1.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

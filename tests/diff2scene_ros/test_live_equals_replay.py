@@ -55,10 +55,10 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _frame_pixels(i: int) -> tuple[np.ndarray, np.ndarray]:
+def _frame_pixels(i: int, w: int = W, h: int = H) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(i)
-    rgb = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
-    depth = np.full((H, W), 1.2 + 0.01 * i, np.float32)
+    rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    depth = np.full((h, w), 1.2 + 0.01 * i, np.float32)
     depth[0, :5] = np.nan  # holes, as sensors report them
     return rgb, depth
 
@@ -71,6 +71,8 @@ def write_camera_bag(
     pose: str = "odometry",
     missing: tuple[int, ...] = (),
     bad_encoding: tuple[int, ...] = (),
+    width: int = W,
+    height: int = H,
 ) -> None:
     """``n`` camera frames (bgr8 colour, 32FC1 depth) moving along x at 0.3 m/s, with the pose
     as an Odometry on /odom (``pose="odometry"``) or only through a TF chain
@@ -114,8 +116,8 @@ def write_camera_bag(
                 b.write("/odom", t, odom)
             if i in missing:
                 continue
-            rgb, depth = _frame_pixels(i)
-            info = camera_info(t, W, H, f=50.0)
+            rgb, depth = _frame_pixels(i, width, height)
+            info = camera_info(t, width, height, f=0.8 * width)
             info.header.frame_id = CAMERA
             b.write("/camera/color/camera_info", t, info)
             encoding = "yuv422" if i in bad_encoding else "bgr8"

@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ pytest.importorskip(
 )
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from diff2scene_interfaces.srv import LoadMap, SaveMap, SetVocabulary, TextQuery
 from geometry_msgs.msg import PoseStamped
 from rclpy.context import Context
@@ -110,7 +109,8 @@ def models() -> tuple[Any, Any]:
 
 
 @pytest.fixture(scope="module")
-def harness(models: tuple[Any, Any]) -> Iterator[Harness]:
+def harness(models: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory
+            ) -> Iterator[Harness]:
     context = Context()
     rclpy.init(context=context, domain_id=1 + (os.getpid() + 37) % 100)
     namespace = f"/t{uuid.uuid4().hex[:8]}"
@@ -124,6 +124,7 @@ def harness(models: tuple[Any, Any]) -> Iterator[Harness]:
         Parameter("pipeline.mapper.device", value="CPU:0"),
         Parameter("pipeline.keyframes.min_translation_m", value=0.05),
         Parameter("pipeline.overflow_policy", value="block"),
+        Parameter("map_dir", value=str(tmp_path_factory.mktemp("maps"))),
     ]
     segmenter, encoder = models
     node = MappingNode(segmenter=segmenter, text_encoder=encoder, context=context,
@@ -278,20 +279,44 @@ def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
     assert mapped.node.pipeline.map.num_voxels > 0
 
 
-def test_save_and_load_map(mapped: Harness, tmp_path: Path) -> None:
+def test_a_failing_stage_is_reported_and_mapping_goes_on(mapped: Harness) -> None:
+    node = mapped.node
+    segmenter = node.pipeline.segmenter
+    original = segmenter.segment
+
+    def broken(frame: Any) -> Any:
+        raise RuntimeError("injected 2D model failure")
+
+    segmenter.segment = broken  # type: ignore[method-assign]
+    try:
+        frames_before = node.pipeline.stats.frames_in
+        for i in range(40, 46):  # far along x: new keyframes for the broken model
+            mapped.publish_frame(i)
+        _wait_for(lambda: node.pipeline.stats.frames_in >= frames_before + 6, "frames mapped")
+        node.pipeline.flush()
+        status = node.pipeline.stage_status()["segment2d"]
+        assert status.failures >= 1 and "injected" in status.last_error
+        _wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "segment2d" in s.message
+                              for d in list(mapped.diagnostics)[-5:] for s in d.status),
+                  "an ERROR diagnostic naming the stage")
+    finally:
+        segmenter.segment = original  # type: ignore[method-assign]
+    assert node.pipeline.stats.frames_in >= frames_before + 6  # fusion went on
+
+
+def test_save_and_load_map(mapped: Harness) -> None:
     # last on purpose: the map it loads replaces the one the other tests look at
     mapped.node.pipeline.flush()  # the frames of the previous test are in the map
     n = mapped.node.pipeline.map.num_voxels
-    path = tmp_path / "map.npz"
-    saved = mapped.call(SaveMap, "save_map", SaveMap.Request(path=str(path)))
+    saved = mapped.call(SaveMap, "save_map", SaveMap.Request(path="map.npz"))
     assert saved.success, saved.message
-    assert path.is_file()
+    assert (mapped.node.maps.root / "map.npz").is_file()
 
-    missing = mapped.call(LoadMap, "load_map", LoadMap.Request(path=str(tmp_path / "none.npz")))
+    missing = mapped.call(LoadMap, "load_map", LoadMap.Request(path="none.npz"))
     assert not missing.success and "map kept" in missing.message
     assert mapped.node.pipeline.map.num_voxels == n
 
-    loaded = mapped.call(LoadMap, "load_map", LoadMap.Request(path=str(path)))
+    loaded = mapped.call(LoadMap, "load_map", LoadMap.Request(path="map.npz"))
     assert loaded.success, loaded.message
     assert mapped.node.pipeline.map.num_voxels == n
 

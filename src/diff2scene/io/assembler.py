@@ -28,7 +28,7 @@ from __future__ import annotations
 import statistics
 import threading
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -80,14 +80,18 @@ class InputConfig:
     sync_slop_s: float = 0.02
     #: Pose samples at most this far apart are interpolated, in seconds.
     max_pose_gap_s: float = 0.5
-    #: A frame waits for a pose sample after its stamp for at most this much camera time, in
-    #: seconds (later images arriving tell the time); then it is resolved or skipped.
-    max_pose_wait_s: float = 0.5
+    #: A frame waits at most this long for a pose sample after its stamp (and for the first
+    #: calibration), in seconds: wall time live, camera time in a replay; then it is resolved
+    #: with what there is, or skipped. Above 3 s because a reliable DDS sample lost next to a
+    #: burst of image fragments is repaired at the writer's next heartbeat, every 3 s by
+    #: default in Fast DDS (measured here: poses and calibration up to 2.8 s late).
+    max_pose_wait_s: float = 3.5
     #: Outside the pose samples the nearest one is held for at most this long, in seconds
     #: (0: never extrapolate, as tf2 does).
     max_pose_extrapolation_s: float = 0.0
-    #: Frames waiting for their pose at most; beyond it the oldest is resolved or skipped.
-    max_pending_frames: int = 30
+    #: Frames waiting for their pose at most (about 2 s of a 30 Hz camera); beyond it the
+    #: oldest is resolved or skipped.
+    max_pending_frames: int = 60
     #: A colour stamp jumping further than this from the previous one (forward or back), in
     #: seconds, is skipped as a bad stamp unless the following frames confirm a time reset.
     max_stamp_jump_s: float = 10.0
@@ -180,6 +184,8 @@ class _Pending:
     stamp_ns: int
     color: ImageData
     depth: ImageData
+    #: When the pair was made, on the assembler's clock (wall time live, camera time replay).
+    paired_ns: int
 
 
 class _Timeline:
@@ -237,11 +243,24 @@ class _Timeline:
 class FrameAssembler:
     """Turns input records into frames; thread-safe (callbacks and a worker may share it)."""
 
-    def __init__(self, config: InputConfig | None = None, *, expect_instances: bool = False):
+    def __init__(
+        self,
+        config: InputConfig | None = None,
+        *,
+        expect_instances: bool = False,
+        clock_ns: Callable[[], int] | None = None,
+    ):
         """``expect_instances``: frames wait for a ground-truth instance image (synthetic
-        bags, simulators) with the same stamp and carry it in ``Frame.instance_ids``."""
+        bags, simulators) with the same stamp and carry it in ``Frame.instance_ids``.
+
+        ``clock_ns`` measures how long a frame has waited for its pose: live, a wall clock
+        (``time.monotonic_ns``), because messages of different topics are delivered with
+        different delays and call :meth:`expire` periodically; None (replay), the camera's own
+        time, the newest image stamp seen, so a replay is deterministic whatever its speed.
+        """
         self.config = cfg = config or InputConfig()
         self.expect_instances = expect_instances
+        self._clock_ns = clock_ns
         #: Colour images that did not become frames, by reason (one count per image).
         self.stats = SkipStats()
         #: Other messages refused (bad calibration, bad pose, ...), by reason.
@@ -341,6 +360,12 @@ class FrameAssembler:
         with self._lock:
             self.received["instances"] += 1
             self._instances.append(image)
+            return self._resolve(final=False)
+
+    def expire(self) -> list[RawFrame]:
+        """Frames whose wait is over on the clock (live: call it periodically, so a frame
+        whose pose never comes is counted even when no further message arrives)."""
+        with self._lock:
             return self._resolve(final=False)
 
     def flush(self) -> list[RawFrame]:
@@ -453,20 +478,25 @@ class FrameAssembler:
         self._newest_image_ns = -1
         self._last_frame_ns = -1
 
+    def _now_ns(self) -> int:
+        return self._clock_ns() if self._clock_ns is not None else self._newest_image_ns
+
     def _enqueue(self, matched: list[tuple[int, ImageData, ImageData]]) -> list[RawFrame]:
         for stamp_ns, color, depth in matched:
-            self._pending.append(_Pending(stamp_ns, color, depth))
+            paired = self._now_ns() if self._clock_ns is not None else stamp_ns
+            self._pending.append(_Pending(stamp_ns, color, depth, paired))
         return self._resolve(final=False)
 
     def _resolve(self, *, final: bool) -> list[RawFrame]:
         out: list[RawFrame] = []
         wait_ns = round(self.config.max_pose_wait_s * 1e9)
         hold_ns = round(self.config.max_pose_extrapolation_s * 1e9)
+        now_ns = self._now_ns()
         while self._pending:
             p = self._pending[0]
             patience_left = (
                 not final
-                and self._newest_image_ns - p.stamp_ns < wait_ns
+                and now_ns - p.paired_ns < wait_ns
                 and len(self._pending) <= self.config.max_pending_frames
             )
             instances = self._instances_at(p.stamp_ns) if self.expect_instances else None
