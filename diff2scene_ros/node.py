@@ -58,16 +58,9 @@ from diff2scene.io.messages import (
     read_transforms,
 )
 from diff2scene.mapping.mapfiles import MapDir
-from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.pipeline import Pipeline, PipelineConfig
-from diff2scene.query import (
-    EnsembleConfig,
-    Labelling,
-    LabellingConfig,
-    QueryConfig,
-    QueryEngine,
-    label_map,
-)
+from diff2scene.query import EnsembleConfig, LabellingConfig, QueryConfig
+from diff2scene.query.session import LockedSnapshotSource, QuerySession
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.supervise import Failure
@@ -197,12 +190,13 @@ class MappingNode(Node):
         #: Whether the shutdown autosave happened, and whether the 2D worker stopped in time.
         self.autosaved = False
         self.worker_stopped = True
-        self.labelling_config = cfg.labelling
-        #: Guards the cached snapshot/engine/labelling below; held while they are rebuilt.
-        self._semantic_lock = threading.Lock()
-        self._snapshot: MapSnapshot | None = None
-        self._engine: QueryEngine | None = None
-        self._labelling: tuple[tuple[Any, ...], Labelling] | None = None
+        #: Queries and labelling: answered from the last ready map version while the next is
+        #: built in the background, so a planner never waits for an index rebuild.
+        self.session = QuerySession(
+            LockedSnapshotSource(lambda: self.pipeline.map, self.pipeline.lock),
+            text_encoder, segmenter, query=cfg.query, ensemble=cfg.ensemble,
+            labelling=cfg.labelling,
+        )
 
         oracle = cfg.segmenter.kind == "oracle"
         self.assembler = FrameAssembler(cfg.input, expect_instances=oracle,
@@ -431,42 +425,14 @@ class MappingNode(Node):
 
     # ------------------------------------------------------------------ outputs
 
-    def semantic_state(self) -> tuple[MapSnapshot, QueryEngine]:
-        """A frozen snapshot of the map and a query engine over it, rebuilt when it changed.
-
-        Scoring works on the snapshot, so mapping goes on while a query or a labelling runs;
-        only taking the snapshot holds the pipeline's lock.
-        """
-        with self._semantic_lock:
-            with self.pipeline.lock:
-                snapshot = self.pipeline.map.snapshot()
-            if self._snapshot is None or self._snapshot.version != snapshot.version:
-                self._snapshot, self._engine = snapshot, None
-            if self._engine is None:
-                self._engine = QueryEngine.from_snapshot(
-                    snapshot, self.text_encoder, self.segmenter, self.config.query,
-                    ensemble=self.config.ensemble,
-                )
-            return snapshot, self._engine
-
-    def labelling(self) -> tuple[MapSnapshot, Labelling]:
-        """Per-voxel labels of the current vocabulary (cached until the map changes)."""
-        snapshot, engine = self.semantic_state()
-        with self._semantic_lock:
-            key = (snapshot.version, self.labelling_config)
-            if self._labelling is None or self._labelling[0] != key:
-                result = label_map(engine.scorer, snapshot.bank_embeddings,
-                                   self.text_encoder, self.segmenter, self.labelling_config)
-                self._labelling = (key, result)
-            return snapshot, self._labelling[1]
-
     def labelled_arrays(self) -> cv.Cloud:
         """The map as arrays: voxel centres, colours by label, labels and their confidence.
 
         Labels index the vocabulary; voxels with too little evidence get
         :data:`~diff2scene_ros.conversions.UNKNOWN_LABEL` and keep their fused colour.
         """
-        snapshot, labelling = self.labelling()
+        answer = self.session.labelling()
+        snapshot, labelling = answer.snapshot, answer.labelling
         known = labelling.labels >= 0
         labels = np.full(snapshot.num_voxels, cv.UNKNOWN_LABEL, np.uint32)
         labels[known] = labelling.labels[known]
@@ -564,11 +530,8 @@ class MappingNode(Node):
     # ------------------------------------------------------------------ services
 
     def set_vocabulary(self, *, classes: list[str], name: str = "") -> LabellingConfig:
-        """Label with ``classes`` (or the named vocabulary when empty); validated first."""
-        from diff2scene.segmentation.vocabularies import build_vocabulary, get_vocabulary_names
-
-        if not classes and not name:
-            raise InputError("empty_vocabulary", "give labels or a vocabulary name")
+        """Label with ``classes`` (or the named vocabulary when empty); validated first,
+        within bounds, because any participant of the DDS domain may call the service."""
         if len(classes) > MAX_VOCABULARY_CLASSES:
             raise InputError("vocabulary_too_large",
                              f"{len(classes)} classes; at most {MAX_VOCABULARY_CLASSES}")
@@ -577,14 +540,7 @@ class MappingNode(Node):
             raise InputError("class_name_too_long",
                              f"names are at most {MAX_CLASS_NAME_CHARS} characters: "
                              f"{long_names or [name[:20]]}")
-        config = replace(self.labelling_config, classes=tuple(classes), vocabulary=name or
-                         self.labelling_config.vocabulary)
-        # embed now: a bad vocabulary is refused here, not in the next cloud
-        build_vocabulary(classes or get_vocabulary_names(name), self.text_encoder,
-                         templates=config.templates)
-        with self._semantic_lock:
-            self.labelling_config = config
-        return config
+        return self.session.set_vocabulary(classes=classes, name=name)
 
     def _on_set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
@@ -607,18 +563,18 @@ class MappingNode(Node):
         response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32), frame_id=frame_id,
                                              stamp_ns=stamp_ns)
         try:
-            snapshot, engine = self.semantic_state()
-            if snapshot.num_voxels == 0:
-                raise InputError("empty_map", "nothing mapped yet")
-            result = engine.query(
+            answer = self.session.query(
                 request.query,
-                request.score_threshold if request.score_threshold > 0 else None,
-                request.top_k if request.top_k > 0 else _ALL,
+                score_threshold=request.score_threshold if request.score_threshold > 0 else None,
+                top_k=request.top_k if request.top_k > 0 else _ALL,
                 viewpoint_m=self._latest_camera_position(),
             )
+            if answer.snapshot.num_voxels == 0:
+                raise InputError("empty_map", "nothing mapped yet")
         except (Diff2SceneError, ValueError) as exc:
             response.success, response.message = False, str(exc)
             return response
+        snapshot, result, fresh = answer.snapshot, answer.result, answer.freshness
         matched = result.matched
         # label = rank (1-based) of the returned instance a point belongs to, 0 = none
         labels = np.zeros(snapshot.num_voxels, np.uint32)
@@ -640,7 +596,9 @@ class MappingNode(Node):
         response.success = True
         response.message = (
             f"{matched.size} points, {len(result.instances)} instances of "
-            f"'{result.parsed.target}' in {result.timings_ms.get('total', 0.0):.0f} ms"
+            f"'{result.parsed.target}' in {result.timings_ms.get('total', 0.0):.0f} ms; "
+            f"map version {fresh.map_version} (newest {fresh.latest_map_version}), "
+            f"{fresh.map_age_s:.1f} s old"
         )
         return response
 
@@ -687,6 +645,7 @@ class MappingNode(Node):
         self._worker.join(timeout=budget_s * 0.2)
         report = self.pipeline.close(timeout_s=budget_s * 0.5,
                                      policy=self.config.shutdown_policy)
+        self.session.close(timeout_s=budget_s * 0.1)
         log = self.get_logger()
         log.info(f"pipeline closed ({report.policy}): {report.keyframes_finished} keyframes "
                  f"finished, {report.keyframes_abandoned} abandoned in {report.duration_s:.1f} s")

@@ -212,7 +212,7 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     cloud = cv.cloud_to_arrays(_fresh_cloud(mapped))
     assert cloud.labels is not None
     assert set(np.unique(cloud.labels).tolist()) <= {0, 1, 2, cv.UNKNOWN_LABEL}
-    labelling = mapped.node.labelling()[1]
+    labelling = mapped.node.session.labelling().labelling
     assert labelling.names == names
     expected = labelling.labels.astype(np.int64)
     expected[expected < 0] = cv.UNKNOWN_LABEL
@@ -224,7 +224,7 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     unknown = mapped.call(SetVocabulary, "set_vocabulary",
                           SetVocabulary.Request(vocabulary_name="no_such_vocabulary"))
     assert not unknown.success
-    assert mapped.node.labelling_config.classes == tuple(names)  # refused ones changed nothing
+    assert mapped.node.session.labelling_config.classes == tuple(names)  # refused ones changed nothing
 
 
 def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -> None:
@@ -234,12 +234,14 @@ def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -
         QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                    durability=DurabilityPolicy.TRANSIENT_LOCAL),
     )
+    node = mapped.node
+    assert node.session.wait_until_current(60.0)  # the map is still: one version answers
     response = mapped.call(TextQuery, "text_query",
                            TextQuery.Request(query="wall", score_threshold=0.01, top_k=0))
     assert response.success, response.message
-    node = mapped.node
     # top_k 0 asks for every instance; compare with the engine's own answer
-    snapshot, engine = node.semantic_state()
+    engine = node.session.engine()
+    snapshot = engine.snapshot
     expected = engine.query("wall", 0.01, 2**31 - 1)
     assert expected.matched.size > 0  # a low threshold keeps points even with random weights
     cloud = cv.cloud_to_arrays(response.points)
