@@ -192,6 +192,8 @@ class ReplayRun:
     map_frame: str
     #: (3,) camera position of the last frame (the viewpoint of left/right in queries).
     last_camera_position_m: NDArray[np.float64] | None
+    #: The exception that ended reading early, if one did.
+    error: Exception | None = None
 
 
 class _WarningLog(logging.Handler):
@@ -253,10 +255,12 @@ def run_replay(
     """Read ``bag`` into a new pipeline (see the module doc for the modes); the pipeline is
     flushed and closed when this returns.
 
-    ``salvage_dir``: where the readable part of an MCAP file that cannot be opened is written
-    (None: such a bag raises :class:`DataFormatError`). Raises :class:`DataFormatError` when
-    nothing of the bag can be read or it has no usable topics, :class:`ConfigError` for a
-    ``realtime_rate`` that is not positive.
+    ``salvage_dir``: where the readable part of a damaged MCAP file is written — one that
+    cannot be opened, or whose reading fails part-way (a corrupt chunk); the replay then reads
+    that copy. None: a bag that cannot be opened raises :class:`DataFormatError`, and a read
+    error part-way ends the replay there (reported in ``problems``). Raises
+    :class:`DataFormatError` when nothing of the bag can be read or it has no usable topics,
+    :class:`ConfigError` for a ``realtime_rate`` that is not positive.
     """
     bag = Path(bag)
     if realtime_rate is not None and not realtime_rate > 0:
@@ -264,6 +268,54 @@ def run_replay(
     times = times or StageTimes()
     problems: list[str] = []
     source, topics, salvage = _open_source(bag, config.source, salvage_dir, problems)
+    run = _read(bag, source, topics, config=config, segmenter=segmenter, progress=progress,
+                realtime_rate=realtime_rate, times=times)  # fmt: skip
+    mcap = find_mcap_file(bag)
+    if run.error is not None and salvage is None and salvage_dir is not None and mcap:
+        # A corrupt chunk in the middle: rosbags stops there, but the chunks after it are
+        # readable. Start again from a copy without the bad chunk (a new map: a second pass
+        # over the frames read so far would count them twice).
+        problems.append(f"reading {bag} failed part-way ({_read_error(run)}); replayed the "
+                        "readable part of it instead")  # fmt: skip
+        try:
+            salvage = salvage_mcap(mcap, salvage_dir)
+        except DataFormatError as exc:
+            problems.append(f"recovering it failed: {exc}")
+        else:
+            problems.append(salvage.describe())
+            times.clear()
+            source = BagFrameSource(salvage_dir, config.source)
+            run = _read(bag, source, source.topics(), config=config, segmenter=segmenter,
+                        progress=progress, realtime_rate=realtime_rate, times=times)  # fmt: skip
+    if run.error is not None:
+        problems.append(_read_error(run))
+    problems.extend(_skip_problems(run.input_counters))
+    run.problems = problems
+    run.salvage = salvage
+    return run
+
+
+def _read_error(run: ReplayRun) -> str:
+    exc = run.error
+    return (
+        f"reading {run.bag_read} stopped after {run.frames_delivered} frame(s)"
+        + (f" (last stamp {run.last_stamp_ns} ns)" if run.frames_delivered else "")
+        + f": {type(exc).__name__}: {exc}"
+    )
+
+
+def _read(
+    bag: Path,
+    source: BagFrameSource,
+    topics: dict[str, tuple[str, int]],
+    *,
+    config: ReplayConfig,
+    segmenter: Segmenter2D,
+    progress: bool,
+    realtime_rate: float | None,
+    times: StageTimes,
+) -> ReplayRun:
+    """One pass over ``source`` into a new pipeline, closed at the end."""
     layout = source.layout
     if realtime_rate is not None:
         mode = "realtime"
@@ -298,23 +350,15 @@ def run_replay(
         io_log.removeHandler(warnings)
     wall_s = time.perf_counter() - t0
     times.sample_memory()
-    if state.error is not None:
-        exc = state.error
-        problems.append(
-            f"reading {source.path} stopped after {state.delivered} frame(s)"
-            + (f" (last stamp {state.last_stamp_ns} ns)" if state.delivered else "")
-            + f": {type(exc).__name__}: {exc}"
-        )
     counters = source.assembler.counters()
-    problems.extend(_skip_problems(counters))
     pipeline.map.metadata["frame_source_stats"] = counters
     return ReplayRun(
         pipeline=pipeline, bag_read=source.path, layout=layout, mode=mode,
         realtime_rate=realtime_rate, times=times, frames_delivered=state.delivered,
-        input_counters=counters, input_warnings=warnings.messages, problems=problems,
-        salvage=salvage, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
+        input_counters=counters, input_warnings=warnings.messages, problems=[],
+        salvage=None, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
         last_stamp_ns=state.last_stamp_ns, map_frame=source.assembler.map_frame,
-        last_camera_position_m=state.last_position_m,
+        last_camera_position_m=state.last_position_m, error=state.error,
     )  # fmt: skip
 
 
@@ -738,6 +782,21 @@ def _run(args: argparse.Namespace) -> int:
     config = load_replay_config(args.config)
     config.source = apply_topic_flags(config.source, args)
     queries = read_queries(args.queries) if args.queries is not None else []
+    # The bag first: a missing bag or unusable topics are the problem to name, not the
+    # models (the oracle would complain about ground truth beside a bag that is not there).
+    probe = BagFrameSource(args.bag, config.source)
+    try:
+        probe.topics()
+    except DataFormatError:
+        if find_mcap_file(args.bag) is None:
+            raise
+        print(f"{args.bag} cannot be opened; recovering what is readable of it")
+    else:
+        layout = probe.layout
+        print(f"reading {layout.color_topic} + {layout.depth_topic} + "
+              f"{layout.camera_info_topic}, pose from {layout.pose_topic or 'TF'}")
+        for note in layout.notes:
+            print(f"  (auto) {note}")
     segmenter, encoder = build_segmenter(config.segmenter, bag=args.bag)
     report = replay_to_dir(
         args.bag, out, config, segmenter=segmenter, encoder=encoder, queries=queries,

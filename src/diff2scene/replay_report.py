@@ -56,6 +56,12 @@ class StageTimes:
         self._items: dict[str, list[tuple[float, float]]] = {}
         self._rss: list[tuple[float, float]] = []
 
+    def clear(self) -> None:
+        """Forget everything recorded (a replay that starts again from a salvaged bag)."""
+        with self._lock:
+            self._items.clear()
+            self._rss.clear()
+
     def add(self, stage: str, seconds: float) -> None:
         """Record one ``stage`` item that took ``seconds`` (ending now)."""
         now = time.perf_counter() - self._t0

@@ -256,6 +256,44 @@ def test_truncated_mcap_gives_results_for_what_was_readable(
     assert "cannot be opened" in (tmp_path / "out" / "report.md").read_text()
 
 
+def _chunks(data: bytes) -> list[int]:
+    """Offsets of the top-level chunk records (opcode 0x06) of an MCAP file."""
+    pos, out = 8, []
+    while pos + 9 <= len(data) and data[pos] != 0x02:  # up to the footer
+        if data[pos] == 0x06:
+            out.append(pos)
+        pos += 9 + int.from_bytes(data[pos + 1 : pos + 9], "little")
+    return out
+
+
+def test_a_corrupt_chunk_is_skipped_and_the_rest_replayed(
+    room: SynthResult, tmp_path: Path
+) -> None:
+    scene = tmp_path / "scene"
+    shutil.copytree(room.out_dir, scene)
+    (mcap,) = (scene / "bag").glob("*.mcap")
+    data = bytearray(mcap.read_bytes())
+    chunks = _chunks(bytes(data))
+    assert len(chunks) >= 2
+    frame = chunks[0] + 9 + 44  # the zstd frame of the first chunk (see test_mcap_salvage)
+    data[frame : frame + 4] = bytes(4)
+    mcap.write_bytes(bytes(data))
+    config = load_replay_config(None)
+    config.pipeline.mapper.voxel_size_m = 0.05
+    segmenter, _ = build_segmenter(config.segmenter, bag=scene / "bag")
+    # Without a place to put a salvaged copy, reading stops at the bad chunk, reported.
+    plain = run_replay(scene / "bag", config, segmenter=segmenter, progress=False)
+    assert plain.error is not None and plain.frames_delivered == 0
+    assert any("stopped after 0 frame(s)" in p and "Zstd" in p for p in plain.problems)
+    run = run_replay(scene / "bag", config, segmenter=segmenter, progress=False,
+                     salvage_dir=tmp_path / "salvaged")  # fmt: skip
+    assert "failed part-way" in run.problems[0]
+    assert any("1 corrupt chunk(s) dropped" in p for p in run.problems)
+    assert run.error is None and run.bag_read == tmp_path / "salvaged"
+    assert 0 < run.frames_delivered < N_FRAMES
+    assert run.pipeline.stats.frames_in == run.frames_delivered
+
+
 def _sqlite_copy_with_garbage(src: Path, dst: Path, *, bad_index: int) -> None:
     """``src`` rewritten as a sqlite3 bag whose ``bad_index``-th colour message is garbage."""
     store = get_typestore(Stores.ROS2_JAZZY)
