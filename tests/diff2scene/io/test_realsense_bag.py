@@ -194,10 +194,10 @@ def test_bag_info_proposal_replays_into_the_raw_recordings_map(
         agreement = _map_agreement(maps["raw"], maps[name])
         print(name, agreement, "frame JPEG error mean", frame_error.mean(),
               "p99", np.percentile(frame_error, 99))
-        # the surface is refreshed when keyframes are processed, so two replays of one bag
-        # differ by a few boundary voxels; within one voxel size they agree
+        # same depth (lossless PNG), same poses up to ~1e-15 (TF chain vs PoseStamped): the
+        # voxels agree within one voxel size, and nearly all are the very same voxels
         assert agreement["within_voxel_a"] >= 0.99 and agreement["within_voxel_b"] >= 0.99
-        assert agreement["shared"] >= 0.85
+        assert agreement["shared"] >= 0.98
         # fused colours err no more than the JPEG frames they were fused from
         assert agreement["colour_mean"] <= frame_error.mean()
         assert agreement["colour_p99"] <= np.percentile(frame_error, 99)
@@ -296,11 +296,6 @@ def test_a_bag_that_cannot_be_opened_is_a_clear_error(
             assert expected in _error_line(capsys, command[0]), command
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="replay's _run builds the 2D model before opening the bag, so the default oracle "
-    "reports the ground truth missing beside a bag that does not exist",
-)
 def test_replay_of_a_missing_bag_names_the_bag_with_the_default_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
