@@ -22,7 +22,7 @@ import functools
 import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -232,12 +232,14 @@ class MappingNode(Node):
                                      event_callbacks=events)
 
         if cfg.color_transport == "compressed":
-            subscribe(CompressedImage, f"{COLOR_TOPIC}/compressed", self._on_compressed_color,
-                      qos)
+            # image_transport's sub-topic of the (remapped) base topic
+            subscribe(CompressedImage, f"{self.resolve_topic_name(COLOR_TOPIC)}/compressed",
+                      self._on_compressed_color, qos)
         else:
             subscribe(Image, COLOR_TOPIC, self._on_color, qos)
         if cfg.depth_transport == "compressedDepth":
-            subscribe(CompressedImage, f"{DEPTH_TOPIC}/compressedDepth",
+            subscribe(CompressedImage,
+                      f"{self.resolve_topic_name(DEPTH_TOPIC)}/compressedDepth",
                       self._on_compressed_depth, qos)
         else:
             subscribe(Image, DEPTH_TOPIC, self._on_depth, qos)
@@ -470,6 +472,8 @@ class MappingNode(Node):
         with self._lock:
             stats["frame_queue_depth"] = len(self._frames)
         stats.update(self.pipeline.stats_dict())
+        # how the queries were served: a planner-facing promise is that none waits for a build
+        stats.update({f"session_{k}": v for k, v in asdict(self.session.stats()).items()})
         stats.update({f"qos_incompatible_{t}": n for t, n in self.qos_incompatible.items()})
         rated = {k: int(stats.get(k, 0)) for k in ("color_msgs", "depth_msgs",
                                                    "frames_assembled", "frames_integrated")}

@@ -30,6 +30,7 @@ INPUT_TOPICS = (
     ("camera_info_topic", "camera/color/camera_info", "/camera/color/camera_info"),
     ("pose_topic", "camera/pose", "/camera/pose"),
     ("odom_topic", "odom", "/odom"),
+    ("instance_topic", "camera/instance/image_raw", "/camera/instance/image_raw"),
 )
 
 

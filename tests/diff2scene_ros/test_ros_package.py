@@ -86,7 +86,7 @@ def test_launch_remaps_the_node_inputs() -> None:
 
     remapped = set(_launch_remaps().values())
     assert remapped == {node.COLOR_TOPIC, node.DEPTH_TOPIC, node.CAMERA_INFO_TOPIC,
-                        node.POSE_TOPIC, node.ODOM_TOPIC}
+                        node.POSE_TOPIC, node.ODOM_TOPIC, node.INSTANCE_TOPIC}
     source = (REPO / "launch" / "bringup.launch.py").read_text()
     assert 'executable="diff2scene_node"' in source
     assert '"config", "diff2scene.yaml"' in source and '"config", "diff2scene.rviz"' in source
