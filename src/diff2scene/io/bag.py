@@ -64,6 +64,9 @@ class BagSourceConfig:
     instance_topic: str = "/camera/instance/image_raw"
     #: Assembly of the messages into frames (shared with the live node).
     input: InputConfig = field(default_factory=InputConfig)
+    #: Topics that must be in the bag as named (those given on the command line): an automatic
+    #: choice never replaces them, so a typo stops the run instead of reading another topic.
+    required_topics: tuple[str, ...] = ()
     #: Deliver every n-th frame (1 = all).
     frame_stride: int = 1
     #: Stop after this many delivered frames (0 = no limit).
@@ -143,6 +146,11 @@ def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
     """Pick the topics to read from ``topics`` (name → type); :class:`DataFormatError` when the
     bag cannot provide frames, naming what is missing and what the bag has."""
     notes: list[str] = []
+    absent = [t for t in config.required_topics if t not in topics]
+    if absent:
+        raise DataFormatError(
+            f"topic(s) {absent} given explicitly are not in the bag (it has {sorted(topics)})"
+        )
 
     def typed(role: str, topic: str, accepted: tuple[str, ...]) -> None:
         found = topics[topic]

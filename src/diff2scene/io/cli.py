@@ -47,6 +47,7 @@ def apply_topic_flags(config: BagSourceConfig, args: argparse.Namespace) -> BagS
         input_config = replace(input_config, pose_source="tf")
     elif pose:
         changes["pose_topic"] = pose
+    changes["required_topics"] = (*config.required_topics, *changes.values())
     world = getattr(args, "world_frame", None)
     if world:
         input_config = replace(input_config, world_frame=world)

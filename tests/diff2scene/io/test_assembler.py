@@ -242,3 +242,10 @@ def test_layout_takes_the_single_pose_topic_and_refuses_wrong_types() -> None:
     no_pose = {k: v for k, v in topics.items() if k != "/odom"}
     with pytest.raises(DataFormatError, match="no pose source"):
         choose_layout(no_pose, BagSourceConfig())
+
+
+def test_layout_refuses_an_explicit_topic_that_is_absent() -> None:
+    config = BagSourceConfig(color_topic="/camera/camera/colr/image_raw/compressed",
+                             required_topics=("/camera/camera/colr/image_raw/compressed",))
+    with pytest.raises(DataFormatError, match="given explicitly are not in the bag"):
+        choose_layout(REALSENSE, config)
