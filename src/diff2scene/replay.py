@@ -194,6 +194,8 @@ class ReplayRun:
     last_camera_position_m: NDArray[np.float64] | None
     #: The exception that ended reading early, if one did.
     error: Exception | None = None
+    #: Realtime mode: the furthest the reader (read + decode) fell behind the pace, seconds.
+    reader_lag_s_max: float = 0.0
 
 
 class _WarningLog(logging.Handler):
@@ -359,6 +361,7 @@ def _read(
         salvage=None, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
         last_stamp_ns=state.last_stamp_ns, map_frame=source.assembler.map_frame,
         last_camera_position_m=state.last_position_m, error=state.error,
+        reader_lag_s_max=state.reader_lag_s_max,
     )  # fmt: skip
 
 
@@ -385,6 +388,8 @@ class _ReadState:
     last_stamp_ns: int = 0
     last_position_m: NDArray[np.float64] | None = None
     error: Exception | None = None
+    #: Realtime mode: the furthest the reader fell behind the frames' release times, s.
+    reader_lag_s_max: float = 0.0
 
     def saw(self, frame: Frame) -> None:
         if self.delivered == 0:
@@ -448,6 +453,9 @@ def _read_realtime(
                 delay = due - time.monotonic()
                 if delay > 0 and stop.wait(delay):
                     return
+                # Reading and decoding slower than the pace: the replay no longer reproduces
+                # the stream's rate (reported, so a figure from such a run is not mistaken).
+                state.reader_lag_s_max = max(state.reader_lag_s_max, -delay)
                 with ready:
                     if len(waiting) >= queue_size:
                         old = waiting.popleft()
@@ -651,6 +659,7 @@ def replay_to_dir(
             "wall_s": round(run.wall_s, 3),
             "frames_per_s": round(stats["frames_in"] / run.wall_s, 3) if run.wall_s else None,
             "bag_duration_s": round(duration_s, 3),
+            "reader_lag_s_max": round(run.reader_lag_s_max, 3) if run.realtime_rate else None,
             "topics": {"color": run.layout.color_topic, "depth": run.layout.depth_topic,
                        "camera_info": run.layout.camera_info_topic,
                        "pose": run.layout.pose_topic or "TF"},

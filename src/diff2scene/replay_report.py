@@ -154,6 +154,8 @@ def _markdown(report: Mapping[str, Any]) -> str:
         f"| replay wall time (read → map closed) | {_fmt(run['wall_s'], 2)} s |",
         f"| frames/s (mapped frames over wall time) | {_fmt(run['frames_per_s'], 2)} |",
         f"| bag duration (first → last frame stamp) | {_fmt(run['bag_duration_s'], 2)} s |",
+        *([f"| reader behind the pace at most (read + decode slower than RATE) | "
+           f"{_fmt(run['reader_lag_s_max'], 3)} s |"] if run.get("realtime_rate") else []),
         f"| keyframes selected / segmented | {report['keyframes']['selected']} / "
         f"{report['keyframes']['segmented']} |",
         f"| dropped: frames (frame queue full) / keyframes (queue full) / keyframes abandoned | "
