@@ -10,8 +10,9 @@ walks the records in file order, one record in memory at a time, keeps schemas, 
 messages from every complete record, skips (and counts) chunks that fail to decompress or
 check, and stops at the first record that runs past the end of the file. A first, cheap pass
 reads the schemas and channels outside chunks (a complete file repeats them all in its summary),
-so messages stay readable when the chunk that first declared their channel is the corrupt one. The messages are written, in the order read, to a fresh rosbag2 MCAP bag
-with ``rosbags``, so every reader (the frame source included) reads them as from any bag.
+so messages stay readable when the chunk that first declared their channel is the corrupt one.
+The messages are written, in the order read, to a fresh rosbag2 MCAP bag with ``rosbags``, so
+every reader (the frame source included) reads them as from any bag.
 
 Only the records a replay needs are interpreted (schema 0x03, channel 0x04, message 0x05,
 chunk 0x06, footer 0x02); indexes, statistics, attachments and metadata are skipped, they are
