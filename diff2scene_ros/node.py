@@ -574,6 +574,12 @@ class MappingNode(Node):
                 viewpoint_m=self._latest_camera_position(),
             )
             if answer.snapshot.num_voxels == 0:
+                fresh = answer.freshness
+                if fresh.latest_map_version > fresh.map_version:
+                    # e.g. just after load_map: the loaded map's engine is still being built
+                    raise InputError("map_not_ready",
+                                     f"map version {fresh.latest_map_version} is being "
+                                     "prepared for queries; ask again shortly")
                 raise InputError("empty_map", "nothing mapped yet")
         except (Diff2SceneError, ValueError) as exc:
             response.success, response.message = False, str(exc)
@@ -632,6 +638,9 @@ class MappingNode(Node):
         except (Diff2SceneError, OSError) as exc:
             response.success, response.message = False, f"not loaded (map kept): {exc}"
             return response
+        # build the loaded map's engine now rather than at the first query, which would
+        # otherwise be answered from the map that was replaced
+        self.session.refresh()
         response.success = True
         response.message = f"loaded {self.pipeline.map.num_voxels} voxels from {request.path}"
         return response
