@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -263,10 +263,8 @@ class Observer:
     def _spin(self) -> None:
         from rclpy.executors import ExternalShutdownException
 
-        try:
+        with suppress(ExternalShutdownException):
             self.executor.spin()
-        except ExternalShutdownException:
-            pass
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
