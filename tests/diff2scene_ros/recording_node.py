@@ -22,13 +22,14 @@ import rclpy
 from rclpy.executors import MultiThreadedExecutor
 
 from diff2scene.types import Frame
-from diff2scene_ros.node import MappingNode
+from diff2scene_ros.node import MappingNode, choose_dds_transport
 
 
 def main() -> None:
     out = Path(sys.argv[1])
     lifetime_s = float(sys.argv[2])
     out.mkdir(parents=True, exist_ok=True)
+    choose_dds_transport()  # as the node's own main does
     rclpy.init(args=sys.argv)
     node = MappingNode()
     add_frame = node.pipeline.add_frame

@@ -78,8 +78,9 @@ class InputConfig:
     pose_convention: Literal["optical", "body"] = "optical"
     #: Colour and depth images at most this far apart in time are paired, in seconds.
     sync_slop_s: float = 0.02
-    #: Pose samples at most this far apart are interpolated, in seconds.
-    max_pose_gap_s: float = 0.5
+    #: Pose samples at most this far apart are interpolated, in seconds (1 s bridges one lost
+    #: sample of a slow pose stream, e.g. odometry at 4 Hz).
+    max_pose_gap_s: float = 1.0
     #: A frame waits at most this long for a pose sample after its stamp (and for the first
     #: calibration), in seconds: wall time live, camera time in a replay; then it is resolved
     #: with what there is, or skipped. Above 3 s because a reliable DDS sample lost next to a
