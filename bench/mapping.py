@@ -1,4 +1,5 @@
-"""Mapping benchmark: fusion overhead, unprojection speed, memory per voxel.
+"""Mapping benchmark: fusion overhead with and without the semantic bookkeeping, accumulate,
+snapshots and the incremental geometric index at 1M voxels, memory per voxel.
 
 Run: ``PYTHONPATH=src:. .venv/bin/python -m bench.mapping`` (writes bench/results/mapping.*).
 
@@ -7,17 +8,29 @@ its 300-frame camera loop at 640 × 480 with the sensor noise model, 2 cm voxels
 is rendered once and fed, in alternating order, to a bare Open3D ``VoxelBlockGrid`` (block
 coordinates + integrate, with the same array → Open3D image conversions) and to the full path
 (``Mapper.integrate`` with its checks, keyframe selection, and every 10th frame
-``update_voxels`` + ``SemanticMap.apply_surface_update``); only those calls are timed.
-Unprojection is timed separately: 100 soft masks from each of five keyframes into the final map.
+``update_voxels`` + ``SemanticMap.apply_surface_update``); only those calls are timed. On
+every keyframe the full path also does what the pipeline's worker does with the 2D model's
+output — surface refresh, unprojection of 100 soft 640 × 480 masks, ``accumulate`` — and a
+``snapshot()`` as a query session takes one per map version (so the copy-on-write cost of the
+next keyframe is in the figure); that work is timed separately and, amortised over the frames,
+gives ``fusion_overhead_ratio_with_semantics``. The 2D model itself is not timed (it runs in
+its own worker at its own rate).
+
+The 1M-voxel part builds a semantic map of 1M voxels with a 10k-mask bank and fp16 3D
+features at the real widths (256 + 768), times a snapshot, the copy-on-write of the next
+keyframe's membership write, and ``GeometricIndex.update`` for keyframes of 100 new masks and
+10k new voxels after one full build.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
 import open3d as o3d
+from numpy.typing import NDArray
 
 from bench.common import RESULTS_DIR, peak_rss_mb, timed, write_results
 from diff2scene.mapping import (
@@ -27,10 +40,12 @@ from diff2scene.mapping import (
     MapperConfig,
     MaskUnprojector,
     SemanticMap,
+    SurfaceUpdate,
     Unprojection,
     render_map,
 )
 from diff2scene.mapping import RenderConfig as MapRenderConfig
+from diff2scene.query.ensemble import EnsembleConfig, GeometricIndex
 from diff2scene.synth.render import RenderConfig, render_frames
 from diff2scene.synth.scene import SceneConfig, generate_scene
 from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, Frame, MaskSet
@@ -57,10 +72,133 @@ def bare_integrate(
                   cfg.trunc_voxel_multiplier)
 
 
+def _object_bank(
+    rng: np.random.Generator, objects: int, masks: int, dims: dict[str, int]
+) -> tuple[NDArray[np.int64], dict[str, NDArray[np.float32]], dict[str, NDArray[np.float32]]]:
+    """Masks of ``objects`` objects: (K,) owner, per space (K, D) unit embeddings (the object's
+    direction + noise, around a shared direction as text-derived embeddings are) and (objects,
+    D) the 3D feature each object's voxels get (logit ≈ +5 with its own masks, ≈ -8 with
+    other objects')."""
+    owner = rng.integers(0, objects, masks)
+    emb: dict[str, NDArray[np.float32]] = {}
+    feat: dict[str, NDArray[np.float32]] = {}
+    for space, d in dims.items():
+        common = rng.standard_normal(d)
+        common /= np.linalg.norm(common)
+        centres = common + 0.5 * rng.standard_normal((objects, d)) / np.sqrt(d)
+        e = centres[owner] + 0.05 * rng.standard_normal((masks, d)) / np.sqrt(d)
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        emb[space] = e.astype(np.float32)
+        direction = centres - centres.mean(axis=0)
+        direction -= np.outer(direction @ common, common)
+        scale = 12.0 / np.einsum("jd,jd->j", direction, direction)
+        feat[space] = (scale[:, None] * direction - 8.0 * common).astype(np.float32)
+    return owner, emb, feat
+
+
+def million_voxels(figures: dict[str, float | int | str], *, keyframes: int) -> None:
+    """Snapshot, copy-on-write and the incremental geometric index at 1M voxels / 10k masks."""
+    rng = np.random.default_rng(1)
+    objects, per_object, dims = 100, 10_000, {SPACE_DIFFUSION: 256, SPACE_CLIP: 768}
+    cube = np.stack(np.meshgrid(np.arange(25), np.arange(20), np.arange(20), indexing="ij"), -1)
+    cube = cube.reshape(-1, 3).astype(np.int32)
+    side = 10
+    coords = np.concatenate(
+        [cube + np.array([30 * (j % side), 30 * (j // side), 0], np.int32) for j in range(objects)]
+    )
+    voxel_owner = np.repeat(np.arange(objects), per_object)
+    m = coords.shape[0]
+    smap = SemanticMap(0.02)
+    smap.apply_surface_update(SurfaceUpdate(0.02, coords, np.zeros_like(coords, np.uint8), 0,
+                                            np.arange(m)))
+    mask_owner, emb, feat = _object_bank(rng, objects, 10_000, dims)
+    for kf in range(100):
+        sl = slice(100 * kf, 100 * kf + 100)
+        smap.mask_bank.append(
+            MaskSet(masks=np.zeros((100, 1, 1), np.float32),
+                    embeddings={s: e[sl] for s, e in emb.items()}),
+            kf,
+        )
+    by_obj = [np.flatnonzero(mask_owner == j) for j in range(objects)]
+    ids = np.stack([rng.choice(by_obj[j], size=(per_object, 8)) for j in range(objects)])
+    smap.member_ids = ids.reshape(m, 8).astype(np.int32)
+    smap.member_weights = rng.uniform(0.3, 1.0, (m, 8)).astype(np.float32)
+    features = {s: f[voxel_owner].astype(np.float16) for s, f in feat.items()}
+    smap.features_3d = features
+
+    snap_s = []
+    for _ in range(5):
+        smap.mark_changed()  # a new version: snapshot() freezes again instead of reusing
+        t0 = time.perf_counter()
+        snap = smap.snapshot()
+        snap_s.append(time.perf_counter() - t0)
+    figures["snapshot_ms_1m"] = 1000 * float(np.median(snap_s))
+    t0, c0 = time.perf_counter(), time.thread_time()
+    _ = snap.member_ids, snap.member_weights, snap.view_counts
+    figures["snapshot_assemble_memberships_ms_1m"] = 1000 * (time.perf_counter() - t0)
+    figures["snapshot_assemble_memberships_cpu_ms_1m"] = 1000 * (time.thread_time() - c0)
+    # A keyframe's membership write (93k voxels) with no snapshot holding the blocks, then with
+    # one: scattered voxels (worst case, every block touched) and a contiguous run (best case).
+    visible = 93_000
+    for name, vox in (
+        ("scattered", np.sort(rng.choice(m, visible, replace=False))),
+        ("contiguous", np.arange(m - visible, m, dtype=np.int64)),
+    ):
+        new_ids, new_w = smap.gather_memberships(vox)
+        smap.write_memberships(vox, new_ids, new_w)  # unshares what earlier snapshots held
+        t0 = time.perf_counter()
+        smap.write_memberships(vox, new_ids, new_w)
+        plain = time.perf_counter() - t0
+        smap.snapshot()
+        before = smap.copy_on_write_blocks
+        t0 = time.perf_counter()
+        smap.write_memberships(vox, new_ids, new_w)
+        shared = time.perf_counter() - t0
+        figures[f"copy_on_write_ms_per_keyframe_1m_{name}"] = 1000 * (shared - plain)
+        figures[f"copy_on_write_blocks_per_keyframe_1m_{name}"] = (
+            smap.copy_on_write_blocks - before
+        )
+
+    cfg = EnsembleConfig()
+    bank = smap.mask_bank.embeddings
+    t0, c0 = time.perf_counter(), time.thread_time()
+    index = GeometricIndex.build(features, bank, cfg)
+    figures["geometric_index_build_s_1m"] = time.perf_counter() - t0
+    figures["geometric_index_build_cpu_s_1m"] = time.thread_time() - c0
+    # Keyframes: 100 new masks (views of the same objects) and 10k new voxels (1 %) with
+    # features, the worst case (live, new voxels have zero features until the 3D refresh).
+    update_s = []
+    update_cpu_s = []
+    for kf in range(keyframes):
+        owner_new, emb_new, _ = _object_bank(np.random.default_rng(100 + kf), objects, 100, dims)
+        for space in emb_new:  # the same objects: their directions, fresh noise
+            centre = emb[space][np.array([by_obj[j][0] for j in owner_new])]
+            emb_new[space] = (centre + 0.01 * emb_new[space]).astype(np.float32)
+        grown_owner = rng.integers(0, objects, 10_000)
+        features = {
+            s: np.concatenate([f, feat[s][grown_owner].astype(np.float16)])
+            for s, f in features.items()
+        }
+        bank = {s: np.concatenate([e, emb_new[s]]) for s, e in bank.items()}
+        t0, c0 = time.perf_counter(), time.thread_time()
+        index = index.update(features, bank, cfg)
+        update_s.append(time.perf_counter() - t0)
+        update_cpu_s.append(time.thread_time() - c0)
+    figures["geometric_index_update_s_per_keyframe"] = float(np.median(update_s))
+    figures["geometric_index_update_s_per_keyframe_max"] = max(update_s)
+    figures["geometric_index_update_cpu_s_per_keyframe"] = float(np.median(update_cpu_s))
+    figures["geometric_index_refit_due_after_keyframes"] = int(
+        np.ceil(cfg.geometric_refit_growth * 10_000 / 100)
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=300)
+    parser.add_argument("--index-keyframes", type=int, default=3,
+                        help="keyframes of the 1M-voxel geometric index update")
     args = parser.parse_args()
+    load_start = os.getloadavg()
 
     scene = generate_scene(
         0, SceneConfig(room_width_range_m=(7.0, 7.0), room_depth_range_m=(6.0, 6.0))
@@ -80,9 +218,25 @@ def main() -> None:
         cfg.block_count,
         o3d.core.Device("CPU:0"),
     )
+    rng = np.random.default_rng(0)
+    masks = rng.random((NUM_MASKS, intr.height, intr.width), dtype=np.float32)
+    unprojector = MaskUnprojector()
+
+    def mask_set() -> MaskSet:
+        return MaskSet(
+            masks=masks,
+            embeddings={
+                SPACE_DIFFUSION: rng.standard_normal((NUM_MASKS, 256)).astype(np.float32),
+                SPACE_CLIP: rng.standard_normal((NUM_MASKS, 768)).astype(np.float32),
+            },
+        )
+
     bare_s = 0.0
     full_s = 0.0
     refresh_s = 0.0
+    semantic_s = 0.0
+    live: dict[str, list[float]] = {"refresh": [], "unproject": [], "accumulate": [], "snap": []}
+    live_cpu: dict[str, list[float]] = {"unproject": [], "accumulate": []}
     keyframes: list[Frame] = []
     num_frames = 0
     for i, frame in enumerate(render_frames(scene, render_cfg)):
@@ -102,20 +256,47 @@ def main() -> None:
                 smap.apply_surface_update(mapper.update_voxels())
                 refresh_s += time.perf_counter() - t1
             full_s += time.perf_counter() - t0
-            if is_keyframe:
-                keyframes.append(frame)
+            if not is_keyframe:
+                continue
+            # What the pipeline's worker does with the 2D model's output for this keyframe.
+            keyframes.append(frame)
+            masks_kf = mask_set()
+            t1 = time.perf_counter()
+            smap.apply_surface_update(mapper.update_voxels())
+            t2, c2 = time.perf_counter(), time.thread_time()
+            un = unprojector.unproject(
+                masks, frame.depth_m, intr, frame.T_world_camera, smap.points_m
+            )
+            t3, c3 = time.perf_counter(), time.thread_time()
+            unprojector.accumulate(smap, un, masks_kf, len(keyframes) - 1)
+            t4, c4 = time.perf_counter(), time.thread_time()
+            live_cpu["unproject"].append(c3 - c2)
+            live_cpu["accumulate"].append(c4 - c3)
+            smap.snapshot()  # a query session's, once per map version
+            t5 = time.perf_counter()
+            semantic_s += t5 - t1
+            for key, dt in zip(live, (t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
+                live[key].append(dt)
     smap.apply_surface_update(mapper.update_voxels())
 
-    # Unprojection: 100 soft masks from each of five keyframes spread over the loop.
-    rng = np.random.default_rng(0)
-    masks = rng.random((NUM_MASKS, intr.height, intr.width), dtype=np.float32)
+    # Unprojection and accumulate at the final map: five keyframes spread over the loop, dense
+    # random masks (every pixel in ~95 of 100 masks: the worst case) and sparse ones (each
+    # pixel in ~3 masks, faint elsewhere, like a real segmenter's).
+    sparse = rng.uniform(0.0, 0.03, masks.shape).astype(np.float32)
+    for _ in range(3):
+        pick = rng.integers(0, NUM_MASKS, (intr.height, intr.width))
+        sparse[pick, np.arange(intr.height)[:, None], np.arange(intr.width)[None, :]] = (
+            rng.uniform(0.2, 1.0, (intr.height, intr.width))
+        )
     points = smap.points_m
-    unprojector = MaskUnprojector()
     picks = [keyframes[j] for j in np.linspace(0, len(keyframes) - 1, 5).round().astype(int)]
     unproject_s = []
     accumulate_s = []
+    accumulate_cpu_s = []
+    accumulate_sparse_s = []
+    accumulate_sparse_cpu_s = []
     visible = []
-    for kf_id, kf in enumerate(picks):
+    for kf in picks:
 
         def unproject(kf: Frame = kf) -> Unprojection:
             return unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points)
@@ -123,16 +304,15 @@ def main() -> None:
         unproject_s.append(timed(unproject, repeats=3))
         un = unproject(kf)
         visible.append(un.num_visible)
-        mask_set = MaskSet(
-            masks=masks,
-            embeddings={
-                SPACE_DIFFUSION: rng.standard_normal((NUM_MASKS, 256)).astype(np.float32),
-                SPACE_CLIP: rng.standard_normal((NUM_MASKS, 768)).astype(np.float32),
-            },
-        )
-        t0 = time.perf_counter()
-        unprojector.accumulate(smap, un, mask_set, kf_id)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        unprojector.accumulate(smap, un, mask_set(), len(keyframes))
         accumulate_s.append(time.perf_counter() - t0)
+        accumulate_cpu_s.append(time.thread_time() - c0)
+        un_sparse = unprojector.unproject(sparse, kf.depth_m, intr, kf.T_world_camera, points)
+        t0, c0 = time.perf_counter(), time.thread_time()
+        unprojector.accumulate(smap, un_sparse, mask_set(), len(keyframes))
+        accumulate_sparse_s.append(time.perf_counter() - t0)
+        accumulate_sparse_cpu_s.append(time.thread_time() - c0)
 
     m = smap.num_voxels
     frames_timed = num_frames
@@ -143,12 +323,27 @@ def main() -> None:
         "fusion_ms_per_frame_open3d": 1000 * bare_s / frames_timed,
         "fusion_ms_per_frame_full": 1000 * full_s / frames_timed,
         "fusion_overhead_ratio": full_s / bare_s,
+        "fusion_overhead_ratio_with_semantics": (full_s + semantic_s) / bare_s,
+        "semantic_ms_per_frame_amortised": 1000 * semantic_s / frames_timed,
+        "keyframes_with_semantics": len(keyframes),
+        "live_refresh_ms_per_keyframe": 1000 * float(np.median(live["refresh"])),
+        "live_unproject_ms_per_keyframe": 1000 * float(np.median(live["unproject"])),
+        "live_accumulate_ms_per_keyframe": 1000 * float(np.median(live["accumulate"])),
+        "live_accumulate_ms_per_keyframe_max": 1000 * max(live["accumulate"]),
+        "live_snapshot_ms_per_keyframe": 1000 * float(np.median(live["snap"])),
+        "copy_on_write_blocks_total": smap.copy_on_write_blocks,
         "surface_refresh_ms_per_frame_amortised": 1000 * refresh_s / frames_timed,
         "surface_refresh_ms_each": 1000 * refresh_s / (frames_timed // UPDATE_EVERY_FRAMES),
         "unproject_ms_per_keyframe": 1000 * float(np.median(unproject_s)),
         "unproject_ms_per_keyframe_max": 1000 * max(unproject_s),
         "unproject_visible_voxels_mean": float(np.mean(visible)),
         "accumulate_ms_per_keyframe": 1000 * float(np.median(accumulate_s)),
+        "accumulate_ms_per_keyframe_sparse_masks": 1000 * float(np.median(accumulate_sparse_s)),
+        "accumulate_cpu_ms_per_keyframe": 1000 * float(np.median(accumulate_cpu_s)),
+        "accumulate_cpu_ms_per_keyframe_sparse_masks": 1000
+        * float(np.median(accumulate_sparse_cpu_s)),
+        "live_unproject_cpu_ms_per_keyframe": 1000 * float(np.median(live_cpu["unproject"])),
+        "live_accumulate_cpu_ms_per_keyframe": 1000 * float(np.median(live_cpu["accumulate"])),
         "map_voxels": m,
         "tsdf_blocks": mapper.num_blocks,
         "bytes_per_voxel_geometry": mapper.geometry_nbytes / m,
@@ -156,8 +351,12 @@ def main() -> None:
         "bytes_per_voxel_features_3d_fp16": 2 * (256 + 768),
         "mask_bank_bytes_per_mask": smap.mask_bank.nbytes / max(1, smap.mask_bank.num_masks),
         "keyframes": selector.stats.keyframes,
-        "peak_rss_mb": peak_rss_mb(),
     }
+    million_voxels(figures, keyframes=args.index_keyframes)
+    figures["peak_rss_mb"] = peak_rss_mb()
+    figures["load_average_1min_start"] = round(load_start[0], 2)
+    figures["load_average_1min_end"] = round(os.getloadavg()[0], 2)
+    figures["cpu_count"] = os.cpu_count() or 0
     render_map(
         smap.points_m,
         RESULTS_DIR / "mapping_map.png",
@@ -169,14 +368,31 @@ def main() -> None:
         "Fusion: same frames, same run, alternating order. `full` = Mapper.integrate (input "
         "checks, pose-jump/bounds/depth filtering, Open3D integration, dirty-block bookkeeping) "
         f"+ keyframe selection + a surface refresh (update_voxels + SemanticMap update) every "
-        f"{UPDATE_EVERY_FRAMES} frames, amortised. The 2D model and unprojection run on "
-        "keyframes in a worker and are timed separately (`unproject_ms_per_keyframe`: 100 "
-        "soft 640x480 masks into the fused map; `accumulate_ms_per_keyframe`: bank + top-8 "
-        "merge). Geometry bytes = allocated TSDF blocks (tsdf, weight, RGB as float32 = 20 B "
-        "per TSDF voxel) + voxel index + colours, per surface voxel. Semantic bytes = top-8 "
-        "memberships (int32 id + float32 weight) + view count; 3D features, if filled by the "
-        "3D branch, add `bytes_per_voxel_features_3d_fp16`. Unprojection/accumulate: median over "
-        "five keyframes."
+        f"{UPDATE_EVERY_FRAMES} frames, amortised. `fusion_overhead_ratio_with_semantics` adds, "
+        "on every keyframe of the run, what the pipeline's worker does with the 2D model's "
+        "output: surface refresh, unprojection of 100 dense random 640x480 masks, accumulate "
+        "(bank + top-8 merge), and a snapshot as a query session takes one per map version "
+        "(`live_*` medians; the 2D model itself runs in its worker and is not counted). "
+        "`unproject_ms_per_keyframe` / `accumulate_ms_per_keyframe`: median over five "
+        "keyframes into the final map with dense random masks (every pixel in ~95 of 100 masks, "
+        "the worst case for the merge); `_sparse_masks`: each pixel in ~3 masks, faint noise "
+        "elsewhere. 1M-voxel part: a 1M-voxel map with 10k masks and fp16 3D features (256 + "
+        "768); `snapshot_ms_1m` = SemanticMap.snapshot(); `snapshot_assemble_memberships_ms_1m` "
+        "= the snapshot's (M, 8) tables assembled from their blocks (once, in the reader); "
+        "`copy_on_write_ms_per_keyframe_1m_*` = extra time of a 93k-voxel membership write when "
+        "a snapshot holds the blocks (scattered voxels: every 64k-row block copied; contiguous: "
+        "two); `geometric_index_update_s_per_keyframe` = GeometricIndex.update for 100 new masks "
+        "+ 10k new voxels with features (median of the keyframes) after one full build "
+        "(`geometric_index_build_s_1m`); the bank is refitted by a full build once it grew by "
+        "geometric_refit_growth (25 %: every ~25 keyframes at 10k masks), in the query "
+        "session's background thread. `*_cpu_*` figures are the thread's CPU time for the same "
+        "work: on this shared 2-core machine (load averages below) wall times include waiting "
+        "for a core, CPU time is the better estimate of the wall time on an idle machine "
+        "(numpy/scipy here run single-threaded). Geometry bytes = allocated TSDF blocks (tsdf, "
+        "weight, RGB as float32 = 20 B per TSDF voxel) + voxel index + colours, per surface "
+        "voxel. Semantic bytes = top-8 memberships (int32 id + float32 weight) + view count; "
+        "3D features, if filled by the 3D branch, add `bytes_per_voxel_features_3d_fp16`. The "
+        "CPU (2 cores) is shared with other jobs: load averages at start and end are recorded."
     )
     path = write_results("mapping", figures, title="Mapping benchmark", notes=notes)
     for key, value in figures.items():
