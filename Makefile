@@ -2,6 +2,7 @@
 #   make demo   bag replay → labelled map, query answers, pictures (in demo_out/)
 #   make test   lint + type check + the test suite
 #   make bench  benchmarks → bench/results/*.json + *.md
+#   make soak   the node under faults for 10 minutes → bench/results/soak.json + .md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -34,10 +35,11 @@ RUN_ENV := PYTHONPATH=$(subst $(space),:,$(addsuffix /lib/python3.11/site-packag
 	RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_LOCALHOST_ONLY=1 \
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=2
 
-.PHONY: help setup venv debs ws interfaces lint test demo bench bench-quality clean lock
+.PHONY: help setup venv debs ws interfaces lint test demo bench bench-quality bench-gpu \
+	bench-real-weights soak clean lock
 
 help:
-	@echo "make demo | make test | make bench | make bench-quality | make setup | make clean"
+	@echo "make demo | make test | make bench | make bench-quality | make soak | make setup | make clean"
 
 setup: venv ws
 
@@ -96,6 +98,18 @@ bench: setup
 
 bench-quality: setup
 	$(RUN_ENV) $(VPY) -m bench.quality
+
+# CUDA machine only: the GPU figures (bench/gpu.sh makes its own environment).
+bench-gpu:
+	PYTHON=$${PYTHON:-python3} bench/gpu.sh bench/results
+
+bench-real-weights: setup
+	$(RUN_ENV) $(VPY) -m bench.real_weights
+
+# The node as its own process for 10 minutes under injected faults (not part of `make test`):
+# SOAK_ARGS="--minutes 2" for a short run.
+soak: setup
+	$(RUN_ENV) $(VPY) -m bench.soak $${SOAK_ARGS:-}
 
 # Rewrite requirements.lock from the current venv. The ROS 2 wheels carry Python
 # sub-distributions (rclpy, *_msgs egg-infos) that pip lists but cannot install by name.

@@ -10,7 +10,14 @@ import subprocess
 import sys
 import time
 
-BENCHMARKS = ("bench.mapping", "bench.segmenter2d", "bench.net3d", "bench.query")
+BENCHMARKS = (
+    "bench.mapping",
+    "bench.segmenter2d",
+    "bench.net3d",
+    "bench.query",
+    "bench.decode",
+    "bench.dds_input",
+)
 
 
 def main() -> int:

@@ -5,6 +5,12 @@ Messages go out as the CDR bytes stored in the bag (rclpy publishes serialized m
 what a subscriber receives is byte for byte what was recorded. Messages keep their recorded
 header stamps; the pace follows the log times, scaled by ``--rate``. ``/tf_static`` is published
 latched (transient local), as tf2's static broadcaster does.
+
+``--loops N --restamp`` plays a bag N times as one stream moving forward in time: every header
+stamp (and every ``/tf`` transform's stamp) of loop ``i`` is shifted by ``i`` times the bag's
+span plus one mean period, so a subscriber sees a long recording rather than time jumping back
+at each loop (which a mapping node treats as stale stamps or a time reset). Those messages are
+deserialized, restamped and serialized again; everything else still goes out byte for byte.
 """
 
 from __future__ import annotations
@@ -54,8 +60,10 @@ def play(
     loops: int = 1,
     wait_for_subscribers_s: float = 0.0,
     node_name: str = "diff2scene_player",
+    restamp: bool = False,
 ) -> PlayReport:
-    """Publish the bag's messages in log order at ``rate`` × recorded speed."""
+    """Publish the bag's messages in log order at ``rate`` × recorded speed; with ``restamp``
+    each loop after the first is shifted forward in time (see the module docstring)."""
     import rclpy
     from rclpy.context import Context
     from rclpy.qos import (
@@ -98,8 +106,11 @@ def play(
             p.get_subscription_count() > 0 for t, p in publishers.items() if t != "/tf_static"
         ):
             time.sleep(0.05)
+        loop_offset_ns = _loop_period_ns(reader, connections) if restamp else 0
+        classes = {c.topic: message_class(c.msgtype) for c in connections}
         start = time.monotonic()
-        for _ in range(max(loops, 1)):
+        for loop in range(max(loops, 1)):
+            shift_ns = loop * loop_offset_ns
             first_log_ns: int | None = None
             loop_start = time.monotonic()
             for conn, log_ns, raw in reader.messages(connections=connections):
@@ -108,7 +119,10 @@ def play(
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-                publishers[conn.topic].publish(bytes(raw))
+                if shift_ns and conn.topic != "/tf_static":
+                    publishers[conn.topic].publish(_shifted(raw, classes[conn.topic], shift_ns))
+                else:
+                    publishers[conn.topic].publish(bytes(raw))
                 report.published[conn.topic] += 1
         report.duration_s = time.monotonic() - start
         # A reliable writer repairs lost samples until its readers acknowledge them (Fast DDS
@@ -126,6 +140,40 @@ def play(
     return report
 
 
+def _loop_period_ns(reader: Any, connections: Sequence[Any]) -> int:
+    """Time between the starts of two restamped loops: the span of the log times plus one mean
+    period of the busiest topic, so the first message of a loop follows the last of the
+    previous one as the next sample of the stream would."""
+    stamps: dict[str, list[int]] = {}
+    for conn, log_ns, _raw in reader.messages(connections=connections):
+        stamps.setdefault(conn.topic, []).append(log_ns)
+    if not stamps:
+        return 0
+    busiest = max(stamps.values(), key=len)
+    first = min(s[0] for s in stamps.values())
+    last = max(s[-1] for s in stamps.values())
+    period = (busiest[-1] - busiest[0]) // max(len(busiest) - 1, 1)
+    return last - first + max(period, 1)
+
+
+def _shift_stamp(stamp: Any, shift_ns: int) -> None:
+    sec, nanosec = divmod(stamp.sec * 1_000_000_000 + stamp.nanosec + shift_ns, 1_000_000_000)
+    stamp.sec, stamp.nanosec = sec, nanosec
+
+
+def _shifted(raw: bytes | memoryview, msg_class: Any, shift_ns: int) -> Any:
+    """The message of ``raw`` with its header stamp (or its transforms' stamps) moved by
+    ``shift_ns``; a message without a stamp comes back unchanged."""
+    from rclpy.serialization import deserialize_message
+
+    msg = deserialize_message(bytes(raw), msg_class)
+    if hasattr(msg, "header"):
+        _shift_stamp(msg.header.stamp, shift_ns)
+    for transform in getattr(msg, "transforms", ()):
+        _shift_stamp(transform.header.stamp, shift_ns)
+    return msg
+
+
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser("play", help="publish a bag's messages on live topics")
     parser.add_argument("bag", type=Path, help="rosbag2 directory or file (sqlite3 or MCAP)")
@@ -136,12 +184,15 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--loops", type=int, default=1, help="play the bag this many times")
     parser.add_argument("--wait-for-subscribers-s", type=float, default=0.0,
                         help="wait up to this long for a subscriber on every topic")
+    parser.add_argument("--restamp", action="store_true",
+                        help="shift the stamps of each loop forward by the bag's span, so a "
+                             "looped bag is one stream moving forward in time")
     parser.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     report = play(args.bag, rate=args.rate, qos=args.qos, topics=args.topics, loops=args.loops,
-                  wait_for_subscribers_s=args.wait_for_subscribers_s)
+                  wait_for_subscribers_s=args.wait_for_subscribers_s, restamp=args.restamp)
     for topic, count in sorted(report.published.items()):
         print(f"{topic:<52} {count:>7} published")
     print(f"played in {report.duration_s:.2f} s")

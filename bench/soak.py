@@ -1,0 +1,492 @@
+"""Soak test (``make soak``): the mapping node as its own process, fed a looped synthetic bag for
+minutes while other processes attack it → ``bench/results/soak.json`` + ``.md``.
+
+Why: a mapping node runs for hours next to nodes it does not trust. A short test shows that a
+fault is handled once; only a long run shows that the handling leaks nothing, that every
+camera frame stays accounted for, and that the node still stops cleanly with its map saved.
+
+What runs, each in its own process, on a private ``ROS_DOMAIN_ID``:
+
+- the node (``bench.soak_faults node``: the real ``diff2scene_ros.node.main`` whose 2D model, the
+  tiny diffusion profile, raises on every 7th keyframe);
+- ``diff2scene play --restamp --loops N --rate R`` of a small synthetic room bag (160×120,
+  5 Hz), played at twice its recorded speed, every loop shifted forward in time;
+- a pre-roll of colour/depth pairs before any calibration exists (``missing_camera_info``), and
+  an injector cycling through 10 kinds of malformed messages between the real frames
+  (``bench.soak_faults inject``);
+- a query storm (20 concurrent clients × 50 queries, hostile texts among them) at 40 % of the
+  run;
+- this process: samples the node's RSS every 5 s, reads ``/diagnostics``, and saves and loads
+  the map (``map_dir``-relative names) every minute; at the end it sends SIGTERM and times the
+  shutdown, then loads the autosaved map.
+
+Figures (all over the whole run): ``rss_growth_pct_after_plateau`` (median RSS of the last
+minute over the median of the first minute after the map stopped growing, i.e. reached 99 %
+of its largest voxel count), ``node_crashes``, ``fault_kinds_injected``, ``faults_counted``
+(kinds whose node counter is at least the number injected), ``frames_unaccounted`` (colour
+images published − integrated − counted skips − counted gaps, once the node has settled),
+``queries_failed_unexpectedly`` (timeouts, internal errors, ordinary queries refused on a
+non-empty map), ``shutdown_s`` (SIGTERM → process exit), ``autosave_ok``.
+
+    python -m bench.soak [--minutes 10] [--rate 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench.common import RESULTS_DIR, write_results
+from bench.soak_faults import FAULT_RECORD_ENV, KINDS, OTHER_KINDS, SEGMENTER_FAULT_EVERY
+
+REPO = Path(__file__).resolve().parents[1]
+RSS_PERIOD_S = 5.0
+SAVE_LOAD_PERIOD_S = 60.0
+NODE_NAME = "/diff2scene"
+MAP_NAME = "soak_map.npz"
+AUTOSAVE_NAME = "autosave.npz"
+#: Topics of the bag the node gets (the instance topic is ground truth for the oracle only).
+PLAYED_TOPICS = ("/camera/color/image_raw", "/camera/depth/image_rect_raw",
+                 "/camera/color/camera_info", "/camera/pose", "/tf")
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        import psutil
+
+        return int(psutil.Process(pid).memory_info().rss)
+    except ImportError:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _value(text: str) -> int | float | str:
+    try:
+        return int(text)
+    except ValueError:
+        try:
+            return float(text)
+        except ValueError:
+            return text
+
+
+class Observer:
+    """This process's view of the node: its latest ``/diagnostics`` and its map services."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from diff2scene_interfaces.srv import LoadMap, SaveMap
+        from rclpy.executors import MultiThreadedExecutor
+
+        rclpy.init()
+        self.node = rclpy.create_node("soak_observer")
+        self._lock = threading.Lock()
+        self.stats: dict[str, Any] = {}
+        self.level = 0
+        self.message = ""
+        self.received = 0
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.save = self.node.create_client(SaveMap, f"{NODE_NAME}/save_map")
+        self.load = self.node.create_client(LoadMap, f"{NODE_NAME}/load_map")
+        self._save_type, self._load_type = SaveMap, LoadMap
+        self._executor = MultiThreadedExecutor(num_threads=2)
+        self._executor.add_node(self.node)
+        threading.Thread(target=self._executor.spin, daemon=True).start()
+
+    def _on_diag(self, msg: Any) -> None:
+        for status in msg.status:
+            if status.hardware_id != "diff2scene":
+                continue
+            with self._lock:
+                self.stats = {kv.key: _value(kv.value) for kv in status.values}
+                self.level = int.from_bytes(status.level, "little") \
+                    if isinstance(status.level, bytes) else int(status.level)
+                self.message = status.message
+                self.received += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.stats)
+
+    def wait_for(self, condition: Any, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition(self.snapshot()):
+                return True
+            time.sleep(0.2)
+        return False
+
+    def call(self, kind: str, path: str, timeout_s: float = 60.0) -> tuple[bool, str]:
+        client, srv = (self.save, self._save_type) if kind == "save" else (self.load,
+                                                                          self._load_type)
+        if not client.wait_for_service(timeout_sec=timeout_s):
+            return False, "service unavailable"
+        future = client.call_async(srv.Request(path=path))
+        done = threading.Event()
+        future.add_done_callback(lambda _f, event=done: event.set())
+        if not done.wait(timeout_s):
+            client.remove_pending_request(future)
+            return False, "timeout"
+        response = future.result()
+        return bool(response.success), str(response.message)
+
+    def close(self) -> None:
+        import rclpy
+
+        self._executor.shutdown()
+        self.node.destroy_node()
+        rclpy.try_shutdown()
+
+
+def _synth_bag(out: Path, *, width: int, height: int, frames: int, rate_hz: float) -> Path:
+    from diff2scene.synth.dataset import SynthConfig, synthesize
+
+    config = SynthConfig()
+    config.render = replace(config.render, width=width, height=height, n_frames=frames,
+                            rate_hz=rate_hz)
+    return synthesize(out, 0, config).bag_path
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["ROS_DOMAIN_ID"] = str(random.randint(101, 200))
+    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+def _count(stats: dict[str, Any], key: str) -> int:
+    value = stats.get(key, 0)
+    return int(value) if isinstance(value, (int, float)) else 0
+
+
+def frames_unaccounted(stats: dict[str, Any], published: int) -> int:
+    """Colour images published that the node's counters do not explain."""
+    mapper_skips = sum(_count(stats, k) for k in stats
+                       if k.startswith("frames_skipped_") and k != "frames_skipped_input")
+    return published - (_count(stats, "frames_integrated") + mapper_skips
+                        + _count(stats, "frames_skipped_input") + _count(stats, "input_gaps"))
+
+
+def rss_growth_pct(samples: list[tuple[float, int, int]], window_s: float = 60.0
+                   ) -> tuple[float, float]:
+    """(growth in %, plateau start in s) from (time s, RSS bytes, map voxels) samples."""
+    if not samples:
+        return math.nan, math.nan
+    top = max(v for _, _, v in samples)
+    start = next(t for t, _, v in samples if v >= 0.99 * top)
+    end = samples[-1][0]
+    window_s = min(window_s, max((end - start) / 3, RSS_PERIOD_S))
+    first = [r for t, r, _ in samples if start <= t <= start + window_s]
+    last = [r for t, r, _ in samples if t >= end - window_s]
+    base = statistics.median(first)
+    return 100.0 * (statistics.median(last) - base) / base, start
+
+
+def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int,
+        bag_hz: float, keep: bool) -> dict[str, Any]:
+    tmp = Path(tempfile.mkdtemp(prefix="d2s_soak_"))
+    env = _env()
+    os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
+    maps = tmp / "maps"
+    logs = tmp / "logs"
+    logs.mkdir()
+    bag = _synth_bag(tmp / "scene", width=width, height=height, frames=bag_frames,
+                     rate_hz=bag_hz)
+    from rosbags.highlevel import AnyReader
+
+    with AnyReader([bag]) as reader:
+        first_stamp_ns = reader.start_time
+    env[FAULT_RECORD_ENV] = str(logs / "segmenter_faults.json")
+    loop_wall_s = bag_frames / bag_hz / rate
+    loops = max(1, round(minutes * 60.0 / loop_wall_s))
+    py = sys.executable
+    node_log = (logs / "node.log").open("w")
+    node = subprocess.Popen(
+        [py, "-m", "bench.soak_faults", "node", "--ros-args",
+         "-p", "segmenter.profile:=tiny", "-p", f"map_dir:={maps}",
+         "-p", f"autosave_path:={AUTOSAVE_NAME}", "-p", "shutdown_timeout_s:=10.0",
+         "-p", "frame_queue_size:=64"],
+        cwd=REPO, env=env, stdout=node_log, stderr=subprocess.STDOUT,
+    )
+    observer = Observer()
+    children: list[subprocess.Popen[Any]] = []
+    figures: dict[str, Any] = {}
+    crashes = 0
+    samples: list[tuple[float, int, int]] = []
+    gap_trace: list[tuple[int, int, int]] = []
+    save_load = {"saves_ok": 0, "saves_failed": 0, "loads_ok": 0, "loads_failed": 0}
+    save_load_errors: list[str] = []
+    try:
+        if not observer.wait_for(lambda s: "color_msgs" in s or "map_voxels" in s, 300.0):
+            raise RuntimeError(f"no diagnostics from the node; log: {tmp / 'logs/node.log'}")
+        # 1. frames before any calibration
+        pre = subprocess.run(
+            [py, "-m", "bench.soak_faults", "preroll", "--out", str(logs / "preroll.json"),
+             "--first-stamp-ns", str(first_stamp_ns), "--width", str(width),
+             "--height", str(height)],
+            cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
+        if not (logs / "preroll.json").is_file():
+            raise RuntimeError(f"pre-roll failed ({pre.returncode}): {pre.stdout[-2000:]}")
+        if pre.returncode:
+            print(f"warning: pre-roll exited {pre.returncode} after publishing", flush=True)
+        preroll = json.loads((logs / "preroll.json").read_text())
+        n_pre = preroll["injected"]["missing_camera_info"]
+        if not observer.wait_for(
+                lambda s: _count(s, "skipped_missing_camera_info") >= n_pre, 60.0):
+            print("warning: pre-roll frames not counted as missing_camera_info yet", flush=True)
+        # 2. the bag, the injector, the clock
+        stop = logs / "stop_injector"
+        injector = subprocess.Popen(
+            [py, "-m", "bench.soak_faults", "inject", "--out", str(logs / "inject.json"),
+             "--stop", str(stop), "--period-ns", str(round(1e9 / bag_hz))],
+            cwd=REPO, env=env, stdout=(logs / "inject.log").open("w"),
+            stderr=subprocess.STDOUT)
+        children.append(injector)
+        player = subprocess.Popen(
+            [py, "-m", "diff2scene.cli", "play", str(bag), "--rate", str(rate),
+             "--loops", str(loops), "--restamp", "--wait-for-subscribers-s", "60",
+             "--topics", *PLAYED_TOPICS],
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        children.append(player)
+        t0 = time.monotonic()
+        storm_at_s = 0.4 * minutes * 60.0
+        storm: subprocess.Popen[Any] | None = None
+        next_rss = t0
+        next_save = t0 + SAVE_LOAD_PERIOD_S
+        while player.poll() is None:
+            now = time.monotonic()
+            if node.poll() is not None:
+                crashes += 1
+                break
+            if now >= next_rss:
+                snap = observer.snapshot()
+                samples.append((now - t0, _rss_bytes(node.pid), _count(snap, "map_voxels")))
+                gap_trace.append((round(now - t0), _count(snap, "input_gaps"),
+                                  _count(snap, "color_msgs")))
+                next_rss += RSS_PERIOD_S
+            if storm is None and now - t0 >= storm_at_s:
+                storm = subprocess.Popen(
+                    [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
+                     "--service", f"{NODE_NAME}/text_query"],
+                    cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
+                    stderr=subprocess.STDOUT)
+                children.append(storm)
+            if now >= next_save:
+                next_save += SAVE_LOAD_PERIOD_S
+                for kind in ("save", "load"):
+                    ok, message = observer.call(kind, MAP_NAME)
+                    save_load[f"{kind}s_{'ok' if ok else 'failed'}"] += 1
+                    if not ok:
+                        save_load_errors.append(f"{kind}: {message}")
+            time.sleep(0.2)
+        played_s = time.monotonic() - t0
+        player_out = player.communicate(timeout=120)[0] if player.poll() is not None else ""
+        stop.touch()
+        injector.wait(timeout=60)
+        if storm is None:  # a run shorter than the storm's start time: storm now
+            storm = subprocess.Popen(
+                [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
+                 "--service", f"{NODE_NAME}/text_query"],
+                cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
+                stderr=subprocess.STDOUT)
+            children.append(storm)
+        storm.wait(timeout=900)
+        if node.poll() is not None and crashes == 0:
+            crashes += 1
+        injected_doc = json.loads((logs / "inject.json").read_text())
+        color_played = 0
+        for line in player_out.splitlines():
+            parts = line.split()
+            if parts and parts[0] == PLAYED_TOPICS[0]:
+                color_played = int(parts[1])
+        published = color_played + injected_doc["color_published"] + preroll["color_published"]
+
+        last_seen = {"color_msgs": -1, "since": time.monotonic()}
+
+        def settled(s: dict[str, Any]) -> bool:
+            """Nothing left on its way: every colour image arrived (or has stopped arriving for
+            5 s: lost in transport), none waits for a pose or the mapper."""
+            if _count(s, "color_msgs") != last_seen["color_msgs"]:
+                last_seen.update(color_msgs=_count(s, "color_msgs"), since=time.monotonic())
+            arrived = (_count(s, "color_msgs") >= published
+                       or time.monotonic() - last_seen["since"] > 5.0)
+            return (arrived and _count(s, "frames_waiting") == 0
+                    and _count(s, "frame_queue_depth") == 0
+                    and _count(s, "frames_in") == _count(s, "frames_assembled"))
+
+        settled_ok = observer.wait_for(settled, 60.0)
+        time.sleep(2.5)  # one more diagnostics period after the books closed
+        final = observer.snapshot()
+        samples.append((time.monotonic() - t0, _rss_bytes(node.pid), _count(final,
+                                                                            "map_voxels")))
+
+        # 3. shutdown by SIGTERM, as ros2 launch / systemd do
+        t_term = time.monotonic()
+        node.send_signal(signal.SIGTERM)
+        try:
+            exit_code = node.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            exit_code = node.wait()
+        shutdown_s = time.monotonic() - t_term
+        autosave_ok, autosave_voxels = False, 0
+        autosave = maps / AUTOSAVE_NAME
+        if autosave.is_file():
+            from diff2scene.mapping.semantic_map import SemanticMap
+
+            try:
+                autosave_voxels = SemanticMap.load(autosave).num_voxels
+                autosave_ok = exit_code == 0 and autosave_voxels > 0
+            except Exception as exc:  # any failure to read it back means "not ok"
+                save_load_errors.append(f"autosave unreadable: {exc}")
+
+        injected = dict(injected_doc["injected"])
+        injected["missing_camera_info"] = n_pre
+        record = logs / "segmenter_faults.json"
+        injected["segmenter_exception"] = (
+            json.loads(record.read_text())["segmenter_exception"] if record.is_file() else 0)
+        counters = {**KINDS, **OTHER_KINDS}
+        counted = {k: _count(final, counters[k]) for k in injected}
+        storm_doc = json.loads((logs / "storm.json").read_text())
+        growth, plateau_s = rss_growth_pct(samples)
+        rss = [r for _, r, _ in samples]
+        figures = {
+            "rss_growth_pct_after_plateau": round(growth, 2),
+            "node_crashes": crashes,
+            "fault_kinds_injected": sum(1 for n in injected.values() if n > 0),
+            "faults_counted": sum(1 for k, n in injected.items() if n > 0 and counted[k] > 0),
+            "fault_kinds_counted_every_time": sum(1 for k, n in injected.items()
+                                                  if n > 0 and counted[k] >= n),
+            "frames_unaccounted": frames_unaccounted(final, published),
+            "node_frames_unaccounted": _count(final, "frames_unaccounted"),
+            "queries_failed_unexpectedly": int(storm_doc["unexpected"]),
+            "shutdown_s": round(shutdown_s, 2),
+            "shutdown_exit_code": exit_code,
+            "autosave_ok": autosave_ok,
+            "autosave_voxels": autosave_voxels,
+            "minutes_played": round(played_s / 60.0, 2),
+            "playback_rate": rate,
+            "bag_loops": loops,
+            "image_size": f"{width}x{height}",
+            "color_images_published": published,
+            "frames_integrated": _count(final, "frames_integrated"),
+            "frames_skipped_total": published - _count(final, "frames_integrated")
+            - _count(final, "input_gaps"),
+            "input_gaps": _count(final, "input_gaps"),
+            "color_images_received": _count(final, "color_msgs"),
+            "storm_start_s": round(storm_at_s, 1),
+            "books_settled": settled_ok,
+            "keyframes_segmented": _count(final, "keyframes_segmented"),
+            "keyframes_dropped": _count(final, "keyframes_dropped"),
+            "map_voxels": _count(final, "map_voxels"),
+            "rss_start_mb": round(rss[0] / 2**20, 1),
+            "rss_max_mb": round(max(rss) / 2**20, 1),
+            "rss_end_mb": round(rss[-1] / 2**20, 1),
+            "rss_plateau_start_s": round(plateau_s, 1),
+            "rss_samples": len(rss),
+            "queries_sent": storm_doc["sent"],
+            "query_warmup_requests_lost": storm_doc["warmup_requests_lost"],
+            "queries_answered": storm_doc["answered_success"],
+            "queries_refused": storm_doc["answered_refused"],
+            "query_latency_p50_s": round(storm_doc["latency_p50_s"], 3),
+            "query_latency_max_s": round(storm_doc["latency_max_s"], 3),
+            **save_load,
+            "load_average_1min_end": round(os.getloadavg()[0], 2),
+            "cpu_count": os.cpu_count() or 0,
+        }
+        for kind in sorted(injected):
+            figures[f"injected_{kind}"] = injected[kind]
+            figures[f"counted_{kind}"] = counted[kind]
+        figures["_refusals"] = storm_doc["refusals"]
+        figures["_save_load_errors"] = save_load_errors[:10]
+        figures["_rss_samples_mb"] = [(round(t, 1), round(r / 2**20, 1), v)
+                                      for t, r, v in samples]
+        figures["_final_counters"] = final
+        figures["_gap_trace"] = gap_trace
+        return figures
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.terminate()
+                try:
+                    child.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+        if node.poll() is None:
+            node.kill()
+            node.wait()
+        observer.close()
+        node_log.close()
+        if keep:
+            print(f"soak files kept in {tmp}", flush=True)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__)
+    parser.add_argument("--minutes", type=float, default=10.0, help="play time (default 10)")
+    parser.add_argument("--rate", type=float, default=2.0, help="speed factor of the bag")
+    parser.add_argument("--width", type=int, default=160)
+    parser.add_argument("--height", type=int, default=120)
+    parser.add_argument("--bag-frames", type=int, default=120, help="frames of one loop")
+    parser.add_argument("--bag-hz", type=float, default=5.0, help="recorded camera rate")
+    parser.add_argument("--name", default="soak", help="results name (bench/results/NAME.*)")
+    parser.add_argument("--keep", action="store_true", help="keep the bag, maps and logs")
+    args = parser.parse_args(argv)
+    load_before = os.getloadavg()
+    figures = run(args.minutes, args.rate, width=args.width, height=args.height,
+                  bag_frames=args.bag_frames, bag_hz=args.bag_hz, keep=args.keep)
+    figures["load_average_1min_start"] = round(load_before[0], 2)
+    extra = {k: figures.pop(k) for k in [k for k in figures if k.startswith("_")]}
+    done = (figures["node_crashes"] == 0 and figures["frames_unaccounted"] == 0
+            and figures["fault_kinds_injected"] >= 8
+            and figures["faults_counted"] == figures["fault_kinds_injected"]
+            and figures["rss_growth_pct_after_plateau"] <= 5
+            and figures["queries_failed_unexpectedly"] == 0 and figures["shutdown_s"] <= 10
+            and figures["autosave_ok"])
+    figures["targets_met"] = done
+    notes = (
+        f"Node process fed a looped {figures['image_size']} synthetic room bag "
+        f"({args.bag_frames} frames at {args.bag_hz:g} Hz per loop, restamped) at "
+        f"{args.rate:g}× for {figures['minutes_played']} min; tiny diffusion 2D model raising on "
+        f"every {SEGMENTER_FAULT_EVERY}th keyframe; malformed messages from an injector process; "
+        "a query storm of 20 clients × 50 queries; save+load every minute; SIGTERM at the end. "
+        f"Machine: {figures['cpu_count']} CPUs shared with other jobs, 1-min load average "
+        f"{figures['load_average_1min_start']} at start, {figures['load_average_1min_end']} at "
+        "the end.\n\n"
+        f"Storm refusals (reason prefix → count): `{json.dumps(extra['_refusals'])}`\n\n"
+        f"Save/load errors: `{extra['_save_load_errors']}`\n\n"
+        "Input gaps over time (s, input_gaps, colour images received): "
+        + ", ".join(f"({t}, {g}, {c})" for t, g, c in extra["_gap_trace"]) + "\n\n"
+        "RSS samples (s, MiB, map voxels): "
+        + ", ".join(f"({t}, {r}, {v})" for t, r, v in extra["_rss_samples_mb"])
+    )
+    write_results(args.name, figures, title="Soak test: node process under faults",
+                  notes=notes, out_dir=RESULTS_DIR)
+    (RESULTS_DIR / f"{args.name}_counters.json").write_text(
+        json.dumps(extra["_final_counters"], indent=1, sort_keys=True) + "\n")
+    print(json.dumps(figures, indent=1))
+    return 0 if done else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
