@@ -508,6 +508,9 @@ class Pipeline:
                 )
             mapper = Mapper(self.config.mapper)
             mapper.seed_voxels(loaded.coords, loaded.colors)
+            # The counters describe the frames this pipeline was given, not the map: a load
+            # must not reset them (a node's frame accounting would no longer close).
+            mapper.stats = self.mapper.stats
             self.map, self.mapper = loaded, mapper
             if self.net3d is not None:  # features of the loaded map, or recompute them all
                 dims = {s: f.shape[1] for s, f in self.net3d.features.items()}
