@@ -445,18 +445,13 @@ def test_a_hung_model_does_not_keep_the_process_alive(tmp_path: Path) -> None:
 
 
 def test_query_session_follows_the_live_map(room, encoder) -> None:
-    from diff2scene.mapping.snapshot import MapSnapshot
-    from diff2scene.query.session import QuerySession
+    from diff2scene.query.session import LockedSnapshotSource, QuerySession
 
     frames, table = room
     oracle = OracleSegmenter(table, encoder, OracleConfig())
     pipe = Pipeline(_config(threaded=True, overflow_policy="block"), oracle)
 
-    def snapshot() -> MapSnapshot:
-        with pipe.lock:
-            return pipe.map.snapshot()
-
-    session = QuerySession(snapshot, encoder, oracle)
+    session = QuerySession(LockedSnapshotSource(lambda: pipe.map, pipe.lock), encoder, oracle)
     versions = []
     for frame in frames:
         assert pipe.add_frame(frame)
@@ -468,7 +463,7 @@ def test_query_session_follows_the_live_map(room, encoder) -> None:
     assert session.wait_until_current(timeout_s=120)
     final = session.query("chair")
     assert final.freshness.up_to_date
-    assert final.freshness.map_version == pipe.map.version
+    assert final.freshness.map_version == pipe.map.version  # the lock was free at the end
     assert final.snapshot.num_masks == pipe.map.mask_bank.num_masks > 0
     assert session.stats().queries_waited == 1  # only the very first query built in place
     session.close()
