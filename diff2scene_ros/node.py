@@ -467,9 +467,7 @@ class MappingNode(Node):
 
     def diagnostics(self) -> dict[str, Any]:
         """Counters and rates: messages in, frames mapped, every skip, drop and gap by reason,
-        and ``frames_accounted_gap``: colour images published (received + estimated lost) that
-        are neither in the map, nor skipped under a reason, nor still on their way (0 when the
-        books close)."""
+        and ``frames_unaccounted`` (see :meth:`frames_unaccounted`; 0 when the books close)."""
         now = time.monotonic()
         stats: dict[str, Any] = dict(self.assembler.counters())
         with self._lock:
@@ -487,20 +485,32 @@ class MappingNode(Node):
                 stats[f"{key}_per_s"] = (value - previous.get(key, 0)) / elapsed
         self._rate_since = (now, rated)
         stats["frames_unaccounted"] = self.frames_unaccounted(stats)
+        stats["frames_in_mapper"] = self.frames_in_mapper(stats)
         return stats
 
     @staticmethod
     def frames_unaccounted(stats: dict[str, Any]) -> int:
-        """Colour images received or estimated lost that no counter explains."""
+        """Colour images received or estimated lost that no counter explains: each is a gap,
+        skipped under a reason, waiting (for a partner, a pose, or the mapper), or assembled
+        into a frame — and an assembled frame is integrated, skipped by the mapper, or in it
+        now (``frames_in_mapper``). Counters are read one after another while frames move, so
+        a live reading can be off by the frames in transit; at rest it is exact."""
         published = int(stats.get("color_msgs", 0)) + int(stats.get("input_gaps", 0))
-        in_map = int(stats.get("frames_integrated", 0))
-        mapper_skips = sum(int(v) for k, v in stats.items()
-                           if k.startswith("frames_skipped_") and k != "frames_skipped_input")
-        waiting = int(stats.get("frames_waiting", 0)) + int(stats.get("frame_queue_depth", 0))
-        in_flight = int(stats.get("frames_assembled", 0)) - int(stats.get("frames_in", 0))
-        explained = (in_map + mapper_skips + int(stats.get("frames_skipped_input", 0))
-                     + int(stats.get("input_gaps", 0)) + waiting + in_flight)
+        explained = (int(stats.get("frames_assembled", 0))
+                     + int(stats.get("frames_skipped_input", 0))
+                     + int(stats.get("input_gaps", 0))
+                     + int(stats.get("frames_waiting", 0))
+                     + int(stats.get("frame_queue_depth", 0)))
         return published - explained
+
+    @staticmethod
+    def frames_in_mapper(stats: dict[str, Any]) -> int:
+        """Frames handed to the pipeline and not yet integrated or skipped by it."""
+        done = int(stats.get("frames_integrated", 0)) + sum(
+            int(v) for k, v in stats.items()
+            if (k.startswith("frames_skipped_") and k != "frames_skipped_input")
+            or k.startswith("integrate_errors_"))
+        return int(stats.get("frames_assembled", 0)) - done
 
     def publish_diagnostics(self) -> None:
         stats = self.diagnostics()
