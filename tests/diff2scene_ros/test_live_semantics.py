@@ -64,7 +64,8 @@ NEAR_M = 0.3
 CANDIDATE_SEEDS = (15, 3, 7, 11, 21, 2)
 STRUCTURE = {"wall", "floor", "ceiling"}
 ABSENT = "grand piano"
-NODE = "/diff2scene"
+#: A node name of this run's own: other sessions on the machine may share the random domain.
+NODE = f"/diff2scene_live_{os.getpid()}"
 WAIT_S = 180.0
 NODE_PARAMS = (
     "segmenter.kind:=oracle",
@@ -202,7 +203,8 @@ def node_process(env: dict[str, str], scene_dir: Path, map_dir: Path,
     """The real node, ``python -m diff2scene_ros.node``, in its own process; stopped with
     SIGINT (its clean shutdown) and killed only if that does not end it."""
     args = [sys.executable, "-m", "diff2scene_ros.node", "--ros-args",
-            "-p", f"scene_dir:={scene_dir}", "-p", f"map_dir:={map_dir}"]
+            "-p", f"scene_dir:={scene_dir}", "-p", f"map_dir:={map_dir}",
+            "-r", f"__node:={NODE[1:]}"]
     for p in NODE_PARAMS:
         args += ["-p", p]
     with log.open("w") as out:
@@ -268,7 +270,7 @@ class Observer:
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
-            if status.name.startswith(NODE):
+            if status.name.startswith(f"{NODE}:"):
                 with self._lock:
                     self.diagnostics = {kv.key: kv.value for kv in status.values}
 
