@@ -29,6 +29,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -193,6 +194,9 @@ class OracleSegmenter(Segmenter2D):
         self._encoder = encoder
         self._lock = threading.Lock()
         self._class_embeddings: dict[str, NDArray[np.float32]] = {}
+        #: space → (address/shape key, source bank, its unit rows): see :meth:`_normalised`.
+        self._unit_rows: dict[str, tuple[Any, NDArray[np.float32], NDArray[np.float32]]] = {}
+        self._cache_lock = threading.Lock()
         self.stats = OracleStats()
         self._instance_classes: dict[int, str] = {}
         self._instance_colours: dict[int, str] = {}
@@ -328,16 +332,36 @@ class OracleSegmenter(Segmenter2D):
         text = _normalise(vocabulary.text_embeddings.astype(np.float32))
         cfg = self.config
         return fuse_class_probabilities(
-            diffusion_embeddings=embeddings[SPACE_DIFFUSION],
+            diffusion_embeddings=self._normalised(SPACE_DIFFUSION, embeddings[SPACE_DIFFUSION]),
             diffusion_text=text @ self._projection,
-            clip_embeddings=embeddings[SPACE_CLIP],
+            clip_embeddings=self._normalised(SPACE_CLIP, embeddings[SPACE_CLIP]),
             clip_text=text,
             seen=vocabulary.seen,
             logit_scale=1.0 / cfg.temperature,
             no_object_logit=cfg.no_object_similarity / cfg.temperature,
             alpha=cfg.alpha_seen,
             beta=cfg.beta_novel,
+            embeddings_normalised=True,
         )
+
+    def _normalised(self, space: str, emb: NDArray[np.float32]) -> NDArray[np.float32]:
+        """Unit rows of a mask bank, kept for the next call with the same array.
+
+        A query classifies the whole bank (10k masks: the normalisation was half of a warm
+        query), and consecutive queries pass the same frozen snapshot arrays. Banks are only
+        ever appended to, so an array at the same address with the same shape holds the same
+        rows.
+        """
+        key = (emb.__array_interface__["data"][0], emb.shape, emb.strides)
+        with self._cache_lock:
+            cached = self._unit_rows.get(space)
+            if cached is not None and cached[0] == key:
+                return cached[2]
+        unit = _normalise(emb)
+        with self._cache_lock:
+            # the source is kept alive so that its address cannot be reused by another array
+            self._unit_rows[space] = (key, emb, unit)
+        return unit
 
     def _check_frame(self, frame: Frame) -> NDArray[np.int64]:
         if frame.instance_ids is None:
@@ -475,6 +499,7 @@ def fuse_class_probabilities(
     no_object_logit: float,
     alpha: float,
     beta: float,
+    embeddings_normalised: bool = False,
 ) -> NDArray[np.float32]:
     """ODISE's fusion of two class distributions, (N, C); rows sum to 1 − p(no object).
 
@@ -482,12 +507,14 @@ def fuse_class_probabilities(
     and β for novel classes; ``p_diff``/``p_clip`` are softmaxes of ``logit_scale`` × cosine
     over the C classes, and ``p_null`` is the weight of ``no_object_logit`` in a softmax over
     the C diffusion-space logits plus it. Embeddings (N, D·) and texts (C, D·) need not be
-    normalised.
+    normalised; ``embeddings_normalised`` says the embeddings already have unit rows (a mask
+    bank normalised once for many calls).
     """
     n = diffusion_embeddings.shape[0]
 
     def cosine_logits(a: NDArray[np.float32], b: NDArray[np.float32]) -> torch.Tensor:
-        return torch.from_numpy(logit_scale * (_normalise(a) @ _normalise(b).T)).double()
+        unit_a = a if embeddings_normalised else _normalise(a)
+        return torch.from_numpy(logit_scale * (unit_a @ _normalise(b).T)).double()
 
     probs = fuse_logits(
         diffusion_logits=cosine_logits(diffusion_embeddings, diffusion_text),
