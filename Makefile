@@ -86,6 +86,7 @@ $(STAMP_WS): $(STAMP_PKG) scripts/build_ws.sh $(WS_SOURCES)
 lint: venv
 	$(VENV)/bin/ruff check src diff2scene_ros tests bench scripts
 	$(VENV)/bin/mypy src/diff2scene diff2scene_ros
+	$(VENV)/bin/hadolint docker/Dockerfile
 
 test: setup lint
 	$(RUN_ENV) OMP_NUM_THREADS=1 $(VPY) -m pytest -q tests
