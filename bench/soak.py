@@ -51,7 +51,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS_DIR, write_results
-from bench.soak_faults import FAULT_RECORD_ENV, KINDS, OTHER_KINDS, SEGMENTER_FAULT_EVERY
+from bench.soak_faults import (
+    FAULT_RECORD_ENV,
+    KINDS,
+    OTHER_KINDS,
+    SEGMENTER_FAULT_EVERY,
+    STALL_RECORD_ENV,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 RSS_PERIOD_S = 5.0
@@ -215,6 +221,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
     with AnyReader([bag]) as reader:
         first_stamp_ns = reader.start_time
     env[FAULT_RECORD_ENV] = str(logs / "segmenter_faults.json")
+    env[STALL_RECORD_ENV] = str(logs / "stalls.json")
     loop_wall_s = bag_frames / bag_hz / rate
     loops = max(1, round(minutes * 60.0 / loop_wall_s))
     py = sys.executable
@@ -232,6 +239,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
     crashes = 0
     samples: list[tuple[float, int, int]] = []
     gap_trace: list[tuple[int, int, int]] = []
+    map_calls: list[tuple[str, float, float]] = []
     save_load = {"saves_ok": 0, "saves_failed": 0, "loads_ok": 0, "loads_failed": 0}
     save_load_errors: list[str] = []
     try:
@@ -267,6 +275,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         children.append(player)
         t0 = time.monotonic()
+        t0_wall = time.time()
         storm_at_s = 0.4 * minutes * 60.0
         storm: subprocess.Popen[Any] | None = None
         next_rss = t0
@@ -292,7 +301,10 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
             if now >= next_save:
                 next_save += SAVE_LOAD_PERIOD_S
                 for kind in ("save", "load"):
+                    t_call = time.monotonic()
                     ok, message = observer.call(kind, MAP_NAME)
+                    map_calls.append((kind, round(t_call - t0, 1),
+                                      round(time.monotonic() - t_call, 2)))
                     save_load[f"{kind}s_{'ok' if ok else 'failed'}"] += 1
                     if not ok:
                         save_load_errors.append(f"{kind}: {message}")
@@ -421,6 +433,12 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
                                       for t, r, v in samples]
         figures["_final_counters"] = final
         figures["_gap_trace"] = gap_trace
+        stall_file = logs / "stalls.json"
+        stalls = json.loads(stall_file.read_text())["stalls"] if stall_file.is_file() else []
+        figures["node_thread_stalls_over_0_25s"] = len(stalls)
+        figures["node_thread_stall_max_s"] = round(max((d for _, d in stalls), default=0.0), 2)
+        figures["_stalls"] = [(round(t - t0_wall, 1), round(d, 2)) for t, d in stalls]
+        figures["_map_calls"] = map_calls
         return figures
     finally:
         for child in children:
@@ -475,6 +493,10 @@ def main(argv: list[str] | None = None) -> int:
         "the end.\n\n"
         f"Storm refusals (reason prefix → count): `{json.dumps(extra['_refusals'])}`\n\n"
         f"Save/load errors: `{extra['_save_load_errors']}`\n\n"
+        "Save/load calls (kind, start s, duration s): "
+        + ", ".join(f"({k}, {t}, {d})" for k, t, d in extra["_map_calls"]) + "\n\n"
+        "Node thread stalls ≥ 0.25 s (start s, length s; the GIL held by native code or no CPU): "
+        + ", ".join(f"({t}, {d})" for t, d in extra["_stalls"]) + "\n\n"
         "Input gaps over time (s, input_gaps, colour images received): "
         + ", ".join(f"({t}, {g}, {c})" for t, g, c in extra["_gap_trace"]) + "\n\n"
         "RSS samples (s, MiB, map voxels): "

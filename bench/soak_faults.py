@@ -55,6 +55,8 @@ OTHER_KINDS: dict[str, str] = {
 SEGMENTER_FAULT_EVERY = 7
 #: Environment variable naming the file where the node records the 2D-model failures it injected.
 FAULT_RECORD_ENV = "D2S_SOAK_FAULT_RECORD"
+#: Environment variable naming the file where the node records the stalls of its Python threads.
+STALL_RECORD_ENV = "D2S_SOAK_STALL_RECORD"
 #: Topics of the node (root namespace) and the frames of a ``diff2scene synth`` bag.
 COLOR = "/camera/color/image_raw"
 DEPTH = "/camera/depth/image_rect_raw"
@@ -121,7 +123,23 @@ def run_node(ros_args: list[str]) -> None:
             segmenter.segment = failing_segment
 
     node_module.MappingNode = FaultyModelNode  # type: ignore[misc]
+    stall_record = os.environ.get(STALL_RECORD_ENV)
+    if stall_record:
+        threading.Thread(target=_watch_stalls, args=(Path(stall_record),), daemon=True).start()
     node_module.main(["soak_node", *ros_args])
+
+
+def _watch_stalls(out: Path, period_s: float = 0.01, report_s: float = 0.25) -> None:
+    """Record when a Python thread of the node could not run for ``report_s`` or longer (the
+    GIL held by native code, or no CPU): the node's callbacks cannot take messages then."""
+    stalls: list[tuple[float, float]] = []
+    while True:
+        before = time.monotonic()
+        time.sleep(period_s)
+        late_s = time.monotonic() - before - period_s
+        if late_s >= report_s:
+            stalls.append((time.time() - late_s, late_s))
+            _write_json(out, {"stalls": stalls})
 
 
 # ---------------------------------------------------------------------------- messages
