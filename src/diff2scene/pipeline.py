@@ -62,9 +62,10 @@ class PipelineConfig:
     threaded: bool = True
     #: Memberships kept per voxel (top-k of (mask id, B3d) pairs).
     members_per_voxel: int = 8
-    #: Run the 3D network over the map (geometric branch); off = queries use the unprojected
-    #: 2D masks alone.
-    net3d_enabled: bool = False
+    #: The 3D network over the map (geometric branch): "auto" runs it when ``net3d.checkpoint``
+    #: names a trained network (an untrained one would only add noise to the ensemble), "on"
+    #: always (tests, benchmarks), "off" never (queries use the unprojected 2D masks alone).
+    net3d_mode: Literal["auto", "on", "off"] = "auto"
     #: The 3D network (its checkpoint comes from ``diff2scene train``).
     net3d: Net3DConfig = field(default_factory=Net3DConfig)
     #: Refresh the 3D features after every n-th segmented keyframe (and on flush); 0 = on
@@ -83,6 +84,13 @@ class PipelineConfig:
     #: When a stage that keeps failing (fusion, 2D model, unprojection, 3D network) is
     #: switched off.
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+
+    @property
+    def net3d_active(self) -> bool:
+        """Whether the pipeline runs the 3D network (see ``net3d_mode``)."""
+        if self.net3d_mode == "auto":
+            return self.net3d.checkpoint is not None
+        return self.net3d_mode == "on"
 
     def __post_init__(self) -> None:
         if self.keyframe_queue_size < 1:
@@ -174,7 +182,7 @@ class Pipeline:
         self.lock = threading.RLock()
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=config.keyframe_queue_size)
         self._next_keyframe_id = 0
-        self.net3d = Net3D.from_config(config.net3d) if config.net3d_enabled else None
+        self.net3d = Net3D.from_config(config.net3d) if config.net3d_active else None
         self.supervisor = StageSupervisor(config.supervisor, logger=_LOG)
         self._fusion = self.supervisor.stage("fusion")
         self._model_2d = self.supervisor.stage("segment2d")

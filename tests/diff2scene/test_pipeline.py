@@ -136,7 +136,7 @@ def test_3d_features_follow_the_growing_map(room, encoder) -> None:
     oracle = OracleSegmenter(table, encoder, OracleConfig())
     cfg = _config(
         threaded=False,
-        net3d_enabled=True,
+        net3d_mode="on",
         net3d=Net3DConfig(backend="reference"),
         net3d_every_keyframes=1,
     )
@@ -342,7 +342,7 @@ def test_fusion_unprojection_and_3d_failures_are_contained(room, encoder, monkey
     frames, table = room
     oracle = OracleSegmenter(table, encoder, OracleConfig())
     cfg = _every_frame_a_keyframe(
-        threaded=True, net3d_enabled=True, net3d=Net3DConfig(backend="reference"),
+        threaded=True, net3d_mode="on", net3d=Net3DConfig(backend="reference"),
         net3d_every_keyframes=1,
     )
     pipe = Pipeline(cfg, oracle)
@@ -467,3 +467,13 @@ def test_query_session_follows_the_live_map(room, encoder) -> None:
     assert final.snapshot.num_masks == pipe.map.mask_bank.num_masks > 0
     assert session.stats().queries_waited == 1  # only the very first query built in place
     session.close()
+
+
+def test_3d_branch_runs_by_default_only_with_a_trained_network(tmp_path: Path) -> None:
+    from diff2scene.net3d.inference import Net3DConfig
+
+    assert not PipelineConfig().net3d_active  # untrained: it would only add noise
+    trained = PipelineConfig(net3d=Net3DConfig(checkpoint=tmp_path / "net3d.safetensors"))
+    assert trained.net3d_active
+    assert PipelineConfig(net3d_mode="on").net3d_active
+    assert not PipelineConfig(net3d_mode="off", net3d=trained.net3d).net3d_active
