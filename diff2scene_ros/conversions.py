@@ -32,6 +32,7 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diff2scene.errors import InputError
+from diff2scene.io.bag_writer import cloud_record
 from diff2scene.io.transforms import matrix_to_quat
 from diff2scene.types import CameraIntrinsics
 
@@ -195,13 +196,6 @@ _POINTFIELD_DTYPES: dict[int, str] = {
 }
 
 
-def pack_rgb(rgb: NDArray[np.uint8]) -> NDArray[np.float32]:
-    """(N,) float32 whose bits are 0x00RRGGBB, the packed ``rgb`` field rviz and PCL read."""
-    c = np.asarray(rgb, dtype=np.uint32)
-    packed = (c[:, 0] << 16) | (c[:, 1] << 8) | c[:, 2]
-    return packed.astype("<u4").view("<f4")
-
-
 def unpack_rgb(packed: NDArray[np.generic]) -> NDArray[np.uint8]:
     """(N, 3) uint8 RGB of a packed (N,) float32 or uint32 ``rgb``/``rgba`` field."""
     bits = np.ascontiguousarray(packed).view(np.uint32)
@@ -241,26 +235,11 @@ def arrays_to_cloud(
     ints (default 0), ``scores`` (N,) (default 0). All six fields are always written so every
     cloud the node publishes has one layout that rviz can colour by ``rgb`` or ``label``.
     """
+    # the core's record (shared with the result bags of a replay) checks the shapes
+    rec = cloud_record(points_m, rgb=rgb, labels=labels, scores=scores)
+    dtype = rec.dtype
+    n = rec.shape[0]
     pts = np.asarray(points_m)
-    if pts.ndim != 2 or pts.shape[1] != 3:
-        raise InputError("bad_points_array", f"need (N, 3), got {pts.shape}")
-    n = pts.shape[0]
-
-    def _column(name: str, value: NDArray[np.generic] | None, shape: tuple[int, ...]) -> None:
-        if value is not None and value.shape != shape:
-            raise InputError("cloud_size_mismatch", f"{name} {value.shape} for {n} points")
-
-    _column("rgb", rgb, (n, 3))
-    _column("labels", labels, (n,))
-    _column("scores", scores, (n,))
-    if labels is not None and n and (int(np.min(labels)) < 0 or int(np.max(labels)) > 2**32 - 1):
-        raise InputError("bad_labels", "labels must fit in uint32")
-    dtype = np.dtype([(name, fmt) for name, _, fmt in CLOUD_FIELDS])
-    rec = np.empty(n, dtype=dtype)
-    rec["x"], rec["y"], rec["z"] = pts[:, 0], pts[:, 1], pts[:, 2]
-    rec["rgb"] = pack_rgb(np.full((n, 3), 200, np.uint8) if rgb is None else rgb)
-    rec["label"] = 0 if labels is None else labels
-    rec["score"] = 0.0 if scores is None else scores
     return PointCloud2(
         header=make_header(frame_id, stamp_ns),
         height=1,

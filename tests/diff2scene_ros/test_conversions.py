@@ -379,3 +379,11 @@ def test_instances_reject_bad_geometry() -> None:
     with pytest.raises(InputError):
         cv.query_markers([Instance(centroid=Point(), box_size=Vector3())],
                          colors=np.zeros((2, 3), np.uint8))
+
+
+def test_cloud_fields_name_the_core_record_layout() -> None:
+    from diff2scene.io.bag_writer import CLOUD_DTYPE
+
+    assert tuple(CLOUD_DTYPE.names or ()) == tuple(name for name, _, _ in cv.CLOUD_FIELDS)
+    assert [CLOUD_DTYPE[name].str for name, _, _ in cv.CLOUD_FIELDS] == [
+        fmt for _, _, fmt in cv.CLOUD_FIELDS]
