@@ -120,7 +120,7 @@ class ReplayConfig:
     deterministic: bool = True
     #: Frames waiting between the reader and the mapper under ``--realtime``; the oldest is
     #: dropped (counted as ``frame_queue_full``) beyond it — the node's ``frame_queue_size``.
-    frame_queue_size: int = 4
+    frame_queue_size: int = 16
     #: Thresholds, background and instances of the queries.
     query: QueryConfig = field(default_factory=QueryConfig)
     #: How the 2D (salient) and 3D (geometric) branches are combined.
