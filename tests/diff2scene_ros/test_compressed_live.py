@@ -8,10 +8,6 @@ same messages — both decode with the same code, so pixels are equal, not merel
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,7 @@ from tests.diff2scene_ros.test_live_equals_replay import (
     diagnostics,
     play,
     recorded_frames,
+    running_node,
 )
 
 pytestmark = pytest.mark.ros
@@ -65,31 +62,10 @@ def realsense_bag(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "scene" / "bag"
 
 
-@contextmanager
-def compressed_node(out: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[Any]]:
+def compressed_node(out: Path, env: dict[str, str]) -> Any:
     """The real node (tests/diff2scene_ros/recording_node.py) on compressed transports."""
-    args = [sys.executable, "-m", "tests.diff2scene_ros.recording_node", str(out), "600",
-            "--ros-args", "-p", "segmenter.profile:=tiny", "-p", "frame_queue_size:=1000",
-            "-p", "pipeline.overflow_policy:=block",
-            "-p", "pipeline.keyframes.min_translation_m:=100.0",
-            "-p", "pipeline.keyframes.min_rotation_deg:=180.0",
-            "-p", "pipeline.keyframes.max_interval_s:=1000.0",
-            "-p", "color_transport:=compressed", "-p", "depth_transport:=compressedDepth"]
-    for source, target in REMAPS.items():
-        args += ["-r", f"{source}:={target}"]
-    node = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    try:
-        yield node
-    finally:
-        (out / "stop").touch()
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
-        if node.stdout is not None:
-            node.stdout.close()
+    return running_node(out, env, "color_transport:=compressed",
+                        "depth_transport:=compressedDepth", remaps=REMAPS)
 
 
 def test_node_on_compressed_topics_assembles_the_frames_a_replay_assembles(
