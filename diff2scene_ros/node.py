@@ -353,9 +353,12 @@ class MappingNode(Node):
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         try:
-            self.assembler.add_camera_info(read_camera_info(msg))
+            record = read_camera_info(msg)
         except InputError as exc:
             self.assembler.rejected[exc.reason] += 1
+            return
+        # frames that waited for their first calibration are ready now
+        self._enqueue(self.assembler.add_camera_info(record))
 
     def _on_pose(self, msg: PoseStamped | Odometry) -> None:
         try:
