@@ -286,7 +286,6 @@ class FrameAssembler:
         self._newest_image_ns = -1
         self._last_frame_ns = -1
         self._frames_built = 0
-        self._frames_out = 0
         self._adopted_world: str | None = None
         self._world = cfg.world_frame.strip("/")
         self._latest_T: NDArray[np.float64] | None = None
@@ -528,7 +527,6 @@ class FrameAssembler:
             self._last_frame_ns = p.stamp_ns
             self.pose_used[source] += 1
             self._latest_T = T
-            self._frames_out += 1
             out.append(RawFrame(p.stamp_ns, p.color, p.depth, self._camera_info, T, instances))
         return out
 

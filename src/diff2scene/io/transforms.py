@@ -168,12 +168,6 @@ class TransformBuffer:
     def parent_of(self, child: str) -> str | None:
         return self._parent_of.get(child.lstrip("/"))
 
-    def latest_stamp_ns(self, parent: str, child: str) -> int | None:
-        edge = self._edges.get((parent.lstrip("/"), child.lstrip("/")))
-        if edge is None or not edge.stamps_ns:
-            return None
-        return None if edge.static else edge.stamps_ns[-1]
-
     def clear_dynamic(self) -> None:
         """Forget every dynamic transform (static ones stay), e.g. after a time jump."""
         for key in [k for k, e in self._edges.items() if not e.static]:
