@@ -496,8 +496,13 @@ class Pipeline:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
-        """Save the semantic map (atomically) with the stats of this run in its metadata."""
+        """Save the semantic map (atomically) with the stats of this run in its metadata.
+
+        The surface is brought up to date with everything fused first: between keyframes the
+        map's voxels lag the TSDF, and a saved map should hold every integrated frame.
+        """
         with self.lock:
+            self._fusion.call(self._update_surface)
             self.map.metadata["pipeline_stats"] = self.stats_dict()
             return self.map.save(path)
 

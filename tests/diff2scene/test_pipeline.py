@@ -7,6 +7,7 @@ import pytest
 
 from diff2scene.mapping.keyframes import KeyframeConfig
 from diff2scene.mapping.mapper import MapperConfig
+from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.pipeline import Pipeline, PipelineConfig
 from diff2scene.segmentation.base import Segmenter2D
 from diff2scene.segmentation.clip import ClipConfig
@@ -105,6 +106,23 @@ def test_full_queue_drops_oldest_and_counts(room, encoder) -> None:
     assert s.keyframes_selected == 6
     assert s.keyframes_dropped >= 1
     assert s.keyframes_segmented + s.keyframes_dropped == s.keyframes_selected
+
+
+def test_save_holds_every_fused_frame_while_the_2d_model_is_busy(
+    room, encoder, tmp_path: Path
+) -> None:
+    # A node saves on request or at SIGTERM, often before the 2D model finished a keyframe:
+    # the saved map must still hold the geometry of every integrated frame.
+    frames, table = room
+    slow = _Slow(OracleSegmenter(table, encoder, OracleConfig()))
+    pipe = Pipeline(_config(threaded=True, overflow_policy="drop_oldest"), slow)
+    for frame in frames[:4]:
+        assert pipe.add_frame(frame)
+    saved = SemanticMap.load(pipe.save(tmp_path / "busy.npz"))
+    assert saved.num_voxels > 1000
+    assert pipe.stats.keyframes_segmented == 0
+    slow.release.set()
+    pipe.close()
 
 
 class _Broken(Segmenter2D):
