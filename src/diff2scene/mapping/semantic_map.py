@@ -25,7 +25,13 @@ from numpy.typing import NDArray
 from diff2scene.atomic_file import atomic_write
 from diff2scene.errors import DataFormatError, InputError, NotAMapError
 from diff2scene.mapping.mapper import SurfaceUpdate, voxel_centres
-from diff2scene.mapping.snapshot import MapSnapshot, RowBlocks, next_version, read_only
+from diff2scene.mapping.snapshot import (
+    MapSnapshot,
+    RowBlocks,
+    RowPlan,
+    next_version,
+    read_only,
+)
 from diff2scene.types import MaskSet
 
 #: Identifies a diff2scene map file.
@@ -437,8 +443,13 @@ class SemanticMap:
             }
         self.mark_changed()
 
+    def plan_rows(self, voxels: NDArray[np.int64]) -> RowPlan:
+        """``voxels`` (V,) grouped for this map's tables: pass it to the membership and
+        view-count methods below when they all touch the same voxels (one grouping, not six)."""
+        return self._member_ids.plan(voxels)
+
     def gather_memberships(
-        self, voxels: NDArray[np.int64]
+        self, voxels: NDArray[np.int64] | RowPlan
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """(V, k) int32 ids and (V, k) float32 weights of the given voxels (copies)."""
         ids: NDArray[np.int32] = self._member_ids.gather(voxels)
@@ -447,7 +458,7 @@ class SemanticMap:
 
     def write_memberships(
         self,
-        voxels: NDArray[np.int64],
+        voxels: NDArray[np.int64] | RowPlan,
         ids: NDArray[np.int32],
         weights: NDArray[np.float32],
     ) -> None:
@@ -456,7 +467,7 @@ class SemanticMap:
         self._member_weights.scatter(voxels, weights)
         self.mark_changed()
 
-    def count_views(self, voxels: NDArray[np.int64]) -> None:
+    def count_views(self, voxels: NDArray[np.int64] | RowPlan) -> None:
         """Add one to the view count of each of the (V,) distinct ``voxels``."""
         self._view_counts.scatter(voxels, self._view_counts.gather(voxels) + 1)
         self.mark_changed()

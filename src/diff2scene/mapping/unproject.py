@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import torch
 from numpy.typing import NDArray
@@ -28,12 +29,51 @@ from diff2scene.errors import ConfigError, InputError
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.types import CameraIntrinsics, MaskSet
 
-#: Voxels merged per step of :func:`merge_memberships` (a power of two: voxel and mask of a
-#: flat position are a mask and a shift). 100 masks x 4096 voxels of float32 are 1.6 MB, so
-#: every pass over a step stays in the CPU cache.
-_MERGE_CHUNK_BITS = 12
-_MERGE_CHUNK = 1 << _MERGE_CHUNK_BITS
-_MASK31 = np.int64(0x7FFFFFFF)
+#: Voxels merged per step of :func:`_merge_kernel`: the step's top-k state (512 x 8 ids and
+#: weights, 32 KiB) stays in the L1/L2 cache while every mask's weights stream past it.
+_MERGE_STEP_VOXELS = 512
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _merge_kernel(
+    out_ids: NDArray[np.int32],
+    out_w: NDArray[np.float32],
+    weights: NDArray[np.float32],
+    new_ids: NDArray[np.int32],
+    below_min: np.float32,
+) -> None:  # pragma: no cover - compiled; tested through merge_memberships
+    """Insert every new weight into its voxel's sorted top-k (``out_*`` hold the stored
+    state on entry). A weight enters only above the voxel's current k-th weight, so on equal
+    weights what came first (stored, then masks in order) stays ahead. ``below_min`` is the
+    float32 just below ``min_weight``: one ``>`` against ``max(k-th, below_min)`` is both tests
+    (and false for NaN)."""
+    v_count, k = out_ids.shape
+    n = weights.shape[0]
+    step = _MERGE_STEP_VOXELS
+    gate = np.empty(step, dtype=np.float32)
+    for lo in range(0, v_count, step):
+        hi = min(v_count, lo + step)
+        for v in range(lo, hi):  # an empty k-th slot takes any weight >= min_weight
+            kth = out_w[v, k - 1] if out_ids[v, k - 1] >= 0 else below_min
+            gate[v - lo] = max(kth, below_min)
+        for i in range(n):
+            mask_id = new_ids[i]
+            row = weights[i, lo:hi]
+            for u in range(hi - lo):
+                w = row[u]
+                if not w > gate[u]:
+                    continue
+                v = lo + u
+                w = w + np.float32(0.0)  # -0.0 -> 0.0
+                j = k - 1
+                while j > 0 and (out_ids[v, j - 1] < 0 or out_w[v, j - 1] < w):
+                    out_ids[v, j] = out_ids[v, j - 1]
+                    out_w[v, j] = out_w[v, j - 1]
+                    j -= 1
+                out_ids[v, j] = mask_id
+                out_w[v, j] = w
+                kth = out_w[v, k - 1] if out_ids[v, k - 1] >= 0 else below_min
+                gate[u] = max(kth, below_min)
 
 
 def merge_memberships(
@@ -52,13 +92,11 @@ def merge_memberships(
     stored. Returns the merged (V, k) int32 ids and float32 weights, strongest first; on
     equal weights a stored membership comes before a new one, and new ones in mask order.
 
-    Why it is fast (2-3x a per-voxel top-k over all N masks, same result): only weights that
-    can still enter the top-k are looked at — those at or above the k-th stored weight, at or
-    above ``min_weight``, and at or above the smallest of the maxima of k groups of masks
-    (k distinct masks reach that value, so the k-th largest does too). The survivors (about
-    20 of 100 for dense random masks, fewer for real ones) are packed into one int64 key
-    (voxel | inverted weight bits | tie-break), sorted once, and each voxel's first k keys
-    are its answer.
+    Why compiled: the merge looks at every one of the N x V weights once (9.3 M for 100 masks
+    on 93k visible voxels), and almost all of them lose against the voxel's k-th weight at
+    once; a compiled loop over voxel steps does that in one cache-friendly pass, where numpy
+    needed several passes plus a sort of the survivors (3-4x slower). It runs without the
+    GIL, so fusion and queries keep running while a keyframe is merged.
     """
     v_count, k = stored_ids.shape
     n = new_weights.shape[0]
@@ -67,67 +105,14 @@ def merge_memberships(
             "membership shapes",
             f"stored {stored_ids.shape}/{stored_weights.shape}, new {new_weights.shape}",
         )
-    code_bits = max(1, int(k + n - 1).bit_length())
-    shift_v = 31 + code_bits
-    if shift_v + _MERGE_CHUNK_BITS > 63:
-        raise InputError("too many masks in one keyframe", f"{n} masks")
-    out_ids = np.empty((v_count, k), dtype=np.int32)
-    out_w = np.empty((v_count, k), dtype=np.float32)
-    weights = np.asarray(new_weights, dtype=np.float32)
-    bounds = np.linspace(0, n, k + 1).round().astype(np.int64)
-    slot = np.arange(k, dtype=np.int64)
-    chunk = _MERGE_CHUNK
-    # Weights of one step, padded with -1 (never a candidate) to the full step width.
-    buf = np.full((n, chunk), -1.0, dtype=np.float32)
-    # Ids a key's tie-break code points at: the step's stored ids, then the new masks' ids.
-    table = np.empty(chunk * k + n, dtype=np.int32)
-    table[chunk * k :] = np.asarray(new_ids, dtype=np.int32)
-    row_base = np.arange(chunk, dtype=np.int64)[:, None] * k
-    for lo in range(0, v_count, chunk):
-        hi = min(v_count, lo + chunk)
-        vc = hi - lo
-        if vc < chunk:
-            buf[:, vc:] = -1.0
-        buf[:, :vc] = weights[:, lo:hi]
-        ids_s, w_s = stored_ids[lo:hi], stored_weights[lo:hi]
-        thr = np.full(chunk, np.inf, dtype=np.float32)
-        thr[:vc] = np.where(ids_s[:, k - 1] >= 0, w_s[:, k - 1], np.float32(0.0))
-        np.maximum(thr, np.float32(min_weight), out=thr)
-        if n > k:
-            group_min = buf[bounds[0] : bounds[1]].max(axis=0)
-            for j in range(1, k):
-                np.minimum(group_min, buf[bounds[j] : bounds[j + 1]].max(axis=0), out=group_min)
-            np.maximum(thr, group_min, out=thr)
-        pos = np.flatnonzero(buf >= thr)
-        # Non-negative float32 order = order of their bit patterns (-0.0 folded onto 0.0).
-        bits = buf.reshape(-1)[pos].view(np.int32) & np.int32(0x7FFFFFFF)
-        s_pos = np.flatnonzero(ids_s >= 0)
-        s_bits = w_s.reshape(-1)[s_pos].view(np.int32) & np.int32(0x7FFFFFFF)
-        s_vox, s_slot = np.divmod(s_pos, k)
-        keys = np.empty(s_pos.size + pos.size, dtype=np.int64)
-        ks, kn = keys[: s_pos.size], keys[s_pos.size :]
-        np.left_shift(s_vox, shift_v, out=ks)
-        ks |= (_MASK31 - s_bits) << code_bits
-        ks |= s_slot
-        np.bitwise_and(pos, chunk - 1, out=kn)
-        kn <<= shift_v
-        kn |= (_MASK31 - bits) << code_bits
-        kn |= (pos >> _MERGE_CHUNK_BITS) + k
-        keys.sort()
-        if keys.size == 0:
-            out_ids[lo:hi], out_w[lo:hi] = -1, 0.0
-            continue
-        starts = np.searchsorted(keys, np.arange(vc + 1, dtype=np.int64) << shift_v)
-        invalid = slot[None, :] >= np.diff(starts)[:, None]
-        sel = keys[np.minimum(starts[:-1, None] + slot, keys.size - 1)]
-        code = sel & ((1 << code_bits) - 1)
-        weight_bits = (_MASK31 - ((sel >> code_bits) & _MASK31)).astype(np.int32)
-        weight_bits[invalid] = 0
-        out_w[lo:hi] = weight_bits.view(np.float32)
-        table[: vc * k] = ids_s.reshape(-1)
-        merged = table[np.where(code < k, row_base[:vc] + code, chunk * k - k + code)]
-        merged[invalid] = -1
-        out_ids[lo:hi] = merged
+    if np.asarray(new_ids).shape != (n,):
+        raise InputError("membership shapes", f"{np.shape(new_ids)} ids for {n} masks")
+    out_ids = np.array(stored_ids, dtype=np.int32, order="C")
+    out_w = np.array(stored_weights, dtype=np.float32, order="C")
+    weights = np.ascontiguousarray(new_weights, dtype=np.float32)
+    ids32 = np.ascontiguousarray(new_ids, dtype=np.int32)
+    below_min = np.nextafter(np.float32(min_weight), np.float32(-np.inf))
+    _merge_kernel(out_ids, out_w, weights, ids32, below_min)
     return out_ids, out_w
 
 
@@ -283,9 +268,9 @@ class MaskUnprojector:
         if unprojection.num_visible and unprojection.voxel_index.max() >= smap.num_voxels:
             raise InputError("unprojection_mismatch", "voxel index beyond the map")
         ids = smap.mask_bank.append(mask_set, keyframe_id)
-        vox = unprojection.voxel_index
+        vox = smap.plan_rows(unprojection.voxel_index)
         smap.count_views(vox)
-        if n == 0 or vox.size == 0:
+        if n == 0 or vox.num_rows == 0:
             return ids
         old_id, old_w = smap.gather_memberships(vox)
         merged_id, merged_w = merge_memberships(

@@ -43,6 +43,33 @@ def test_row_blocks_copy_only_the_blocks_written_after_a_freeze() -> None:
         RowBlocks((2,), np.int32, -1, block_rows=3)
 
 
+@pytest.mark.parametrize(("row_shape", "dtype"), [((3,), np.float32), ((), np.int32)])
+def test_one_row_plan_serves_gather_and_scatter_like_a_plain_array(row_shape, dtype) -> None:
+    # What accumulate does: one plan of unsorted rows spanning several blocks, used for
+    # gathers and scatters in tables of different row shapes and dtypes.
+    rng = np.random.default_rng(0)
+    store = RowBlocks(row_shape, dtype, 0, block_rows=8)
+    store.append(37)
+    plain = rng.integers(0, 100, (37, *row_shape)).astype(dtype)
+    store.scatter(np.arange(37), plain)
+    rows = rng.permutation(37)[:20]
+    plan = store.plan(rows)
+    np.testing.assert_array_equal(store.gather(plan), plain[rows])
+    new = rng.integers(100, 200, (20, *row_shape)).astype(dtype)
+    store.freeze()
+    store.scatter(plan, new)
+    plain[rows] = new
+    np.testing.assert_array_equal(store.to_array(), plain)
+    assert store.plan(np.array([], np.int64)).segments == ()
+    assert store.gather(np.array([], np.int64)).shape == (0, *row_shape)
+    with pytest.raises(InputError):
+        store.plan(np.array([3, -1]))
+    with pytest.raises(InputError):
+        store.scatter(plan, new[:5])
+    with pytest.raises(InputError):  # a plan for other blocks
+        store.gather(RowBlocks(row_shape, dtype, 0, block_rows=16).plan(np.array([1])))
+
+
 def test_snapshot_is_frozen_while_the_map_goes_on() -> None:
     rng = np.random.default_rng(0)
     smap = SemanticMap(0.05, members_per_voxel=4)
