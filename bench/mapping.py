@@ -7,10 +7,11 @@ Frames: the synthetic generator's 7 × 6 m room (``diff2scene.synth``, seed 0) r
 its 300-frame camera loop at 640 × 480 with the sensor noise model, 2 cm voxels. Each frame
 is rendered once and fed, in alternating order, to a bare Open3D ``VoxelBlockGrid`` (block
 coordinates + integrate, with the same array → Open3D image conversions) and to the full path
-(``Mapper.integrate`` with its checks, keyframe selection, and every 10th frame
-``update_voxels`` + ``SemanticMap.apply_surface_update``); only those calls are timed. On
-every keyframe the full path also does what the pipeline's worker does with the 2D model's
-output — surface refresh, unprojection of 100 soft 640 × 480 masks, ``accumulate`` — and a
+(``Mapper.integrate`` with its checks and keyframe selection: what ``Pipeline.add_frame``
+does for every frame); only those calls are timed. On every keyframe the full path also does
+what the pipeline's worker does with the 2D model's output — surface refresh
+(``update_voxels`` + ``SemanticMap.apply_surface_update``; the pipeline refreshes the surface
+only there and on flush/save), unprojection of 100 soft 640 × 480 masks, ``accumulate`` — and a
 ``snapshot()`` as a query session takes one per map version (so the copy-on-write cost of the
 next keyframe is in the figure); that work is timed separately and, amortised over the frames,
 gives ``fusion_overhead_ratio_with_semantics``. The 2D model itself is not timed (it runs in
@@ -50,8 +51,6 @@ from diff2scene.synth.render import RenderConfig, render_frames
 from diff2scene.synth.scene import SceneConfig, generate_scene
 from diff2scene.types import SPACE_CLIP, SPACE_DIFFUSION, Frame, MaskSet
 
-#: Frames between surface refreshes in the full path (about 3 Hz at 30 fps).
-UPDATE_EVERY_FRAMES = 10
 NUM_MASKS = 100
 
 
@@ -233,7 +232,6 @@ def main() -> None:
 
     bare_s = 0.0
     full_s = 0.0
-    refresh_s = 0.0
     semantic_s = 0.0
     live: dict[str, list[float]] = {"refresh": [], "unproject": [], "accumulate": [], "snap": []}
     live_cpu: dict[str, list[float]] = {"unproject": [], "accumulate": []}
@@ -251,10 +249,6 @@ def main() -> None:
             if not mapper.integrate(frame):
                 raise RuntimeError(f"frame {i} skipped: {mapper.stats.last_skip_detail}")
             is_keyframe = selector.is_keyframe(frame)
-            if (i + 1) % UPDATE_EVERY_FRAMES == 0:
-                t1 = time.perf_counter()
-                smap.apply_surface_update(mapper.update_voxels())
-                refresh_s += time.perf_counter() - t1
             full_s += time.perf_counter() - t0
             if not is_keyframe:
                 continue
@@ -332,8 +326,6 @@ def main() -> None:
         "live_accumulate_ms_per_keyframe_max": 1000 * max(live["accumulate"]),
         "live_snapshot_ms_per_keyframe": 1000 * float(np.median(live["snap"])),
         "copy_on_write_blocks_total": smap.copy_on_write_blocks,
-        "surface_refresh_ms_per_frame_amortised": 1000 * refresh_s / frames_timed,
-        "surface_refresh_ms_each": 1000 * refresh_s / (frames_timed // UPDATE_EVERY_FRAMES),
         "unproject_ms_per_keyframe": 1000 * float(np.median(unproject_s)),
         "unproject_ms_per_keyframe_max": 1000 * max(unproject_s),
         "unproject_visible_voxels_mean": float(np.mean(visible)),
@@ -367,10 +359,11 @@ def main() -> None:
     notes = (
         "Fusion: same frames, same run, alternating order. `full` = Mapper.integrate (input "
         "checks, pose-jump/bounds/depth filtering, Open3D integration, dirty-block bookkeeping) "
-        f"+ keyframe selection + a surface refresh (update_voxels + SemanticMap update) every "
-        f"{UPDATE_EVERY_FRAMES} frames, amortised. `fusion_overhead_ratio_with_semantics` adds, "
-        "on every keyframe of the run, what the pipeline's worker does with the 2D model's "
-        "output: surface refresh, unprojection of 100 dense random 640x480 masks, accumulate "
+        "+ keyframe selection, i.e. what Pipeline.add_frame does per frame. "
+        "`fusion_overhead_ratio_with_semantics` adds, on every keyframe of the run, what the "
+        "pipeline's worker does with the 2D model's output: surface refresh (update_voxels + "
+        "SemanticMap update, which the pipeline does only there and on flush/save), unprojection "
+        "of 100 dense random 640x480 masks, accumulate "
         "(bank + top-8 merge), and a snapshot as a query session takes one per map version "
         "(`live_*` medians; the 2D model itself runs in its worker and is not counted). "
         "`unproject_ms_per_keyframe` / `accumulate_ms_per_keyframe`: median over five "
