@@ -22,6 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numba
 import numpy as np
 import open3d as o3d
 from numpy.typing import NDArray
@@ -39,9 +40,86 @@ SKIP_NO_VALID_DEPTH = "no_valid_depth"
 SKIP_OUTSIDE_BOUNDS = "outside_bounds"
 SKIP_INTEGRATION_ERROR = "integration_error"
 
-#: Blocks processed at once by surface extraction; bounds its temporary memory
-#: (about 60 MB at 16³ voxels per block).
-_EXTRACT_CHUNK_BLOCKS = 512
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _surface_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
+    tsdf: NDArray[np.float32],
+    weight: NDArray[np.float32],
+    color: NDArray[np.float32],
+    keys: NDArray[np.int32],
+    bufs: NDArray[np.int64],
+    nb_bufs: NDArray[np.int64],
+    weight_min: np.float32,
+    band: np.float32,
+    out_coords: NDArray[np.int32],
+    out_colors: NDArray[np.uint8],
+) -> int:  # pragma: no cover - compiled; tested through Mapper.update_voxels
+    """Write the surface voxels of the blocks ``bufs`` (keys ``keys`` (n, 3)) to ``out_*``,
+    block by block in [z, y, x] order; returns their number. ``nb_bufs`` (n, 6) holds each
+    block's face neighbours x-, x+, y-, y+, z-, z+ (-1: none), so a border sample compares
+    with the next block's sample as an interior one does with its own neighbours.
+
+    Compiled because this is one pass with an early exit per sample: numpy needed a padded
+    copy of every block and a dozen full-size passes, the biggest cost of a keyframe."""
+    R = tsdf.shape[1]
+    count = 0
+    for i in range(keys.shape[0]):
+        b = bufs[i]
+        for z in range(R):
+            for y in range(R):
+                for x in range(R):
+                    w = weight[b, z, y, x]
+                    if not w >= weight_min:
+                        continue
+                    s = tsdf[b, z, y, x]
+                    a = abs(s)
+                    if not a <= band:
+                        continue
+                    neg = s < 0
+                    hit = False
+                    for f in range(6):
+                        nb, nz, ny, nx = b, z, y, x
+                        if f == 0:
+                            nx = x - 1
+                            if nx < 0:
+                                nb, nx = nb_bufs[i, 0], R - 1
+                        elif f == 1:
+                            nx = x + 1
+                            if nx == R:
+                                nb, nx = nb_bufs[i, 1], 0
+                        elif f == 2:
+                            ny = y - 1
+                            if ny < 0:
+                                nb, ny = nb_bufs[i, 2], R - 1
+                        elif f == 3:
+                            ny = y + 1
+                            if ny == R:
+                                nb, ny = nb_bufs[i, 3], 0
+                        elif f == 4:
+                            nz = z - 1
+                            if nz < 0:
+                                nb, nz = nb_bufs[i, 4], R - 1
+                        else:
+                            nz = z + 1
+                            if nz == R:
+                                nb, nz = nb_bufs[i, 5], 0
+                        if nb < 0 or not weight[nb, nz, ny, nx] > 0:
+                            continue
+                        t = tsdf[nb, nz, ny, nx]
+                        if np.isfinite(t) and (t < 0) != neg and a <= abs(t):
+                            hit = True
+                            break
+                    if not hit:
+                        continue
+                    out_coords[count, 0] = keys[i, 0] * R + x
+                    out_coords[count, 1] = keys[i, 1] * R + y
+                    out_coords[count, 2] = keys[i, 2] * R + z
+                    for c in range(3):
+                        v = np.rint(color[b, z, y, x, c])
+                        out_colors[count, c] = np.uint8(min(max(v, 0.0), 255.0))
+                    count += 1
+    return count
 
 
 @dataclass
@@ -456,7 +534,7 @@ class Mapper:
         cfg = self.config
         R = cfg.block_resolution
         # Block keys are (x, y, z) but a block's array axes are [z, y, x]; these key offsets are
-        # the neighbours across the faces x-, x+, y-, y+, z-, z+ (the order of ``faces`` below).
+        # the neighbours across the faces x-, x+, y-, y+, z-, z+ (the kernel's face order).
         face_offsets = np.array(
             [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int32
         )
@@ -467,73 +545,24 @@ class Mapper:
         hashmap = self._vbg.hashmap()
         bufs_t, found_t = hashmap.find(_to_o3d(candidates, self.device))
         found = found_t.cpu().numpy().astype(bool)
-        keys = candidates[found]
+        keys = np.ascontiguousarray(candidates[found])
         bufs = bufs_t.cpu().numpy().astype(np.int64)[found]
-        tsdf, weight, color = self._host_attributes()
-        flat_color = color.reshape(-1, 3)
-        band = cfg.surface_band_voxels / cfg.trunc_voxel_multiplier  # in normalised tsdf units
-        out_coords: list[NDArray[np.int32]] = []
-        out_colors: list[NDArray[np.uint8]] = []
-        for lo in range(0, keys.shape[0], _EXTRACT_CHUNK_BLOCKS):
-            ck = keys[lo : lo + _EXTRACT_CHUNK_BLOCKS]
-            cb = bufs[lo : lo + _EXTRACT_CHUNK_BLOCKS]
-            n = ck.shape[0]
-            # Pad each block with a one-voxel halo copied from its face neighbours.
-            pad = np.full((n, R + 2, R + 2, R + 2), np.nan, dtype=np.float32)
-            w_c = weight[cb]
-            pad[:, 1:-1, 1:-1, 1:-1] = np.where(w_c > 0, tsdf[cb], np.nan)
-            nb_keys = (ck[:, None, :] + face_offsets[None]).reshape(-1, 3)
-            nb_bufs_t, nb_found_t = hashmap.find(_to_o3d(nb_keys, self.device))
-            nb_bufs = nb_bufs_t.cpu().numpy().astype(np.int64).reshape(n, 6)
-            nb_found = nb_found_t.cpu().numpy().astype(bool).reshape(n, 6)
-            # (face index, source slice in the neighbour, destination slice in the pad)
-            faces = (
-                (0, (slice(None), slice(None), R - 1), (slice(1, -1), slice(1, -1), 0)),
-                (1, (slice(None), slice(None), 0), (slice(1, -1), slice(1, -1), R + 1)),
-                (2, (slice(None), R - 1, slice(None)), (slice(1, -1), 0, slice(1, -1))),
-                (3, (slice(None), 0, slice(None)), (slice(1, -1), R + 1, slice(1, -1))),
-                (4, (R - 1, slice(None), slice(None)), (0, slice(1, -1), slice(1, -1))),
-                (5, (0, slice(None), slice(None)), (R + 1, slice(1, -1), slice(1, -1))),
-            )
-            for f, src, dst in faces:
-                rows = np.flatnonzero(nb_found[:, f])
-                if rows.size == 0:
-                    continue
-                nb = nb_bufs[rows, f]
-                t_face = tsdf[(nb, *src)]
-                w_face = weight[(nb, *src)]
-                pad[(rows, *dst)] = np.where(w_face > 0, t_face, np.nan)
-            # Only samples near the surface can qualify; test their six neighbours sparsely.
-            t_c = pad[:, 1:-1, 1:-1, 1:-1]
-            with np.errstate(invalid="ignore"):
-                near = (w_c >= cfg.surface_weight_threshold) & (np.abs(t_c) <= band)
-            b, z, y, x = np.nonzero(near)
-            if b.size == 0:
-                continue
-            P = R + 2
-            centre = ((b * P + z + 1) * P + y + 1) * P + x + 1
-            pad_flat = pad.reshape(-1)
-            s_val = pad_flat[centre]
-            abs_s = np.abs(s_val)
-            neg_s = s_val < 0
-            crossing = np.zeros(b.size, dtype=bool)
-            for offset in (1, -1, P, -P, P * P, -P * P):
-                nbr = pad_flat[centre + offset]
-                with np.errstate(invalid="ignore"):
-                    crossing |= (
-                        np.isfinite(nbr) & ((nbr < 0) != neg_s) & (abs_s <= np.abs(nbr))
-                    )
-            b, z, y, x = b[crossing], z[crossing], y[crossing], x[crossing]
-            if b.size == 0:
-                continue
-            local = np.stack([x, y, z], axis=1).astype(np.int32)
-            out_coords.append(ck[b] * R + local)
-            flat = cb[b] * R**3 + (z * R + y) * R + x
-            rgb = np.clip(np.rint(flat_color[flat]), 0, 255).astype(np.uint8)
-            out_colors.append(rgb)
-        if not out_coords:
+        if keys.shape[0] == 0:
             return np.empty((0, 3), dtype=np.int32), np.empty((0, 3), dtype=np.uint8)
-        return (
-            np.concatenate(out_coords).astype(np.int32, copy=False),
-            np.concatenate(out_colors),
+        nb_bufs_t, nb_found_t = hashmap.find(
+            _to_o3d((keys[:, None, :] + face_offsets[None]).reshape(-1, 3), self.device)
         )
+        nb_bufs = nb_bufs_t.cpu().numpy().astype(np.int64).reshape(-1, 6)
+        nb_bufs[~nb_found_t.cpu().numpy().astype(bool).reshape(-1, 6)] = -1
+        tsdf, weight, color = self._host_attributes()
+        capacity = keys.shape[0] * R**3
+        coords = np.empty((capacity, 3), dtype=np.int32)  # untouched pages cost nothing
+        colors = np.empty((capacity, 3), dtype=np.uint8)
+        # The comparisons run in float32, as they would against the float32 TSDF in numpy.
+        count = _surface_kernel(
+            tsdf, weight, color, keys, bufs, nb_bufs,
+            np.float32(cfg.surface_weight_threshold),
+            np.float32(cfg.surface_band_voxels / cfg.trunc_voxel_multiplier),
+            coords, colors,
+        )
+        return coords[:count].copy(), colors[:count].copy()
