@@ -76,6 +76,75 @@ def _merge_kernel(
                 gate[u] = max(kth, below_min)
 
 
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _visible_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
+    points: NDArray[np.float32],
+    rot_cw: NDArray[np.float32],
+    t_cw: NDArray[np.float32],
+    camera: NDArray[np.float32],
+    size: NDArray[np.int64],
+    depth: NDArray[np.float32],
+    tolerance: np.float32,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # pragma: no cover - compiled
+    """(V,) voxel and (V,) flat pixel index of the visible points, ordered by pixel, then by
+    voxel. ``camera`` = fx, fy, cx + 0.5, cy + 0.5, min z; ``size`` = width, height, border.
+    Every operation is float32 in the order the rule is written, so the answer does not
+    depend on how it is computed; a counting sort by pixel replaces an argsort."""
+    fx, fy, cx, cy, z_min = camera[0], camera[1], camera[2], camera[3], camera[4]
+    w, h, b = size[0], size[1], size[2]
+    m = points.shape[0]
+    pixel_of = np.empty(m, dtype=np.int64)
+    counts = np.zeros(w * h + 1, dtype=np.int64)
+    for i in range(m):
+        pixel_of[i] = -1
+        x, y, z = points[i, 0], points[i, 1], points[i, 2]
+        zc = rot_cw[2, 0] * x + rot_cw[2, 1] * y + rot_cw[2, 2] * z + t_cw[2]
+        if not zc > z_min:
+            continue
+        inv_z = np.float32(1.0) / zc
+        u = np.floor((rot_cw[0, 0] * x + rot_cw[0, 1] * y + rot_cw[0, 2] * z + t_cw[0])
+                     * (fx * inv_z) + cx)
+        v = np.floor((rot_cw[1, 0] * x + rot_cw[1, 1] * y + rot_cw[1, 2] * z + t_cw[1])
+                     * (fy * inv_z) + cy)
+        if not (u >= b and u <= w - 1 - b and v >= b and v <= h - 1 - b):
+            continue
+        p = np.int64(v) * w + np.int64(u)
+        d = depth[p]
+        if d > 0 and abs(d - zc) <= tolerance * d:
+            pixel_of[i] = p
+            counts[p + 1] += 1
+    for p in range(w * h):
+        counts[p + 1] += counts[p]
+    voxels = np.empty(counts[w * h], dtype=np.int64)
+    pixels = np.empty(counts[w * h], dtype=np.int64)
+    for i in range(m):
+        p = pixel_of[i]
+        if p >= 0:
+            voxels[counts[p]] = i
+            pixels[counts[p]] = p
+            counts[p] += 1
+    return voxels, pixels
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _gather_clipped(
+    masks: NDArray[np.float32], pixels: NDArray[np.int64], clip: bool
+) -> NDArray[np.float32]:  # pragma: no cover - compiled
+    """(N, V) masks[:, pixels], clipped to [0, 1] (NaN stays NaN, as np.clip) if ``clip``."""
+    n, v_count = masks.shape[0], pixels.shape[0]
+    out = np.empty((n, v_count), dtype=np.float32)
+    for i in range(n):
+        for j in range(v_count):
+            w = masks[i, pixels[j]]
+            if clip:
+                if w < 0:
+                    w = np.float32(0.0)
+                elif w > 1:
+                    w = np.float32(1.0)
+            out[i, j] = w
+    return out
+
+
 def merge_memberships(
     stored_ids: NDArray[np.int32],
     stored_weights: NDArray[np.float32],
@@ -175,40 +244,21 @@ class MaskUnprojector:
             raise InputError("size_mismatch", f"depth {depth_m.shape} vs intrinsics {(h, w)}")
         T = np.asarray(T_world_camera, dtype=np.float64)
         R = T[:3, :3]
-        # Camera-from-world, written out per coordinate: numpy's (M, 3) @ (3, 3) goes through
-        # BLAS with a tiny inner dimension and is ~20x slower than these column operations.
-        # float32 error (~1e-7 relative) is far below a pixel.
-        R_cw = R.T.astype(np.float32)
-        t_cw = (-R.T @ T[:3, 3]).astype(np.float32)
-        # One transposed copy makes every column operation below contiguous.
-        x, y, z = np.ascontiguousarray(np.asarray(points_m, dtype=np.float32).T)
-        zc = R_cw[2, 0] * x + R_cw[2, 1] * y + R_cw[2, 2] * z + t_cw[2]
-        front = np.flatnonzero(zc > 1e-6)
-        x, y, z, zc = x[front], y[front], z[front], zc[front]
-        inv_z = np.float32(1.0) / zc
-        # Nearest pixel, pixel centres at integer coordinates (ties go right/down).
-        u = np.floor(
-            (R_cw[0, 0] * x + R_cw[0, 1] * y + R_cw[0, 2] * z + t_cw[0])
-            * (np.float32(intrinsics.fx) * inv_z)
-            + np.float32(intrinsics.cx + 0.5)
+        # Camera-from-world in float32: its error (~1e-7 relative) is far below a pixel.
+        camera = np.array(
+            [intrinsics.fx, intrinsics.fy, intrinsics.cx + 0.5, intrinsics.cy + 0.5, 1e-6],
+            dtype=np.float32,
         )
-        v = np.floor(
-            (R_cw[1, 0] * x + R_cw[1, 1] * y + R_cw[1, 2] * z + t_cw[1])
-            * (np.float32(intrinsics.fy) * inv_z)
-            + np.float32(intrinsics.cy + 0.5)
+        voxels, pixels = _visible_kernel(
+            np.ascontiguousarray(points_m, dtype=np.float32).reshape(-1, 3),
+            np.ascontiguousarray(R.T, dtype=np.float32),
+            (-R.T @ T[:3, 3]).astype(np.float32),
+            camera,
+            np.array([w, h, cfg.border_px], dtype=np.int64),
+            np.ascontiguousarray(depth_m, dtype=np.float32).reshape(-1),
+            np.float32(cfg.depth_tolerance_ratio),
         )
-        b = cfg.border_px
-        inside = np.flatnonzero((u >= b) & (u <= w - 1 - b) & (v >= b) & (v <= h - 1 - b))
-        pix = v[inside].astype(np.int64) * w + u[inside].astype(np.int64)
-        d = depth_m.reshape(-1)[pix]
-        zi = zc[inside]
-        with np.errstate(invalid="ignore"):
-            ok = np.flatnonzero((d > 0) & (np.abs(d - zi) <= cfg.depth_tolerance_ratio * d))
-        idx = front[inside[ok]]
-        pix = pix[ok]
-        # Pixel order makes the later (N, V) gather from the masks sweep memory forwards.
-        order = np.argsort(pix, kind="stable")
-        return idx[order].astype(np.int64), pix[order]
+        return voxels, pixels
 
     def unproject(
         self,
@@ -236,11 +286,10 @@ class MaskUnprojector:
             col = ((pix % w) * mw) // w
             mpix = row * mw + col
         flat = np.ascontiguousarray(masks, dtype=np.float32).reshape(n, -1)
-        weights = np.take(flat, mpix, axis=1)  # faster than torch.index_select here
-        if self.config.masks_are_logits:
+        logits = self.config.masks_are_logits
+        weights = _gather_clipped(flat, np.ascontiguousarray(mpix, dtype=np.int64), not logits)
+        if logits:
             torch.sigmoid_(torch.from_numpy(weights))
-        else:
-            np.clip(weights, 0.0, 1.0, out=weights)
         return Unprojection(voxel_index=voxel_index, weights=weights, pixel_index=pix)
 
     def accumulate(
