@@ -122,6 +122,43 @@ def test_visibility_rule_border_and_occlusion():
         un.visible_voxels(depth[:, :-1], intr, np.eye(4), points)
 
 
+def test_visible_voxels_come_in_pixel_then_voxel_order_and_follow_the_rule_everywhere():
+    # Many random points over a noisy depth image: the compiled pass must agree with the rule
+    # evaluated directly (float32, as documented), and order its answer by pixel, then voxel.
+    rng = np.random.default_rng(7)
+    intr = CameraIntrinsics(64, 48, 50.0, 52.0, 31.3, 23.9)
+    depth = rng.uniform(1.0, 3.0, (48, 64)).astype(np.float32)
+    depth[rng.random((48, 64)) < 0.1] = 0.0  # holes
+    T = np.eye(4)  # no rotation: the float32 sums below are exact in any order
+    T[:3, 3] = [0.1, -0.2, 0.3]
+    points = rng.uniform([-2.0, -2.0, -0.5], [2.0, 2.0, 4.0], (20000, 3)).astype(np.float32)
+    cfg = UnprojectConfig(border_px=3)
+    idx, pix = MaskUnprojector(cfg).visible_voxels(depth, intr, T, points)
+    R_cw = T[:3, :3].T.astype(np.float32)
+    t_cw = (-T[:3, :3].T @ T[:3, 3]).astype(np.float32)
+    p = points @ R_cw.T + t_cw  # float32 camera coordinates
+    z = p[:, 2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = np.floor(p[:, 0] * (np.float32(intr.fx) / z) + np.float32(intr.cx + 0.5))
+        v = np.floor(p[:, 1] * (np.float32(intr.fy) / z) + np.float32(intr.cy + 0.5))
+    inside = (z > 1e-6) & (u >= 3) & (u <= 60) & (v >= 3) & (v <= 44)
+    want, edge = [], set()
+    for i in np.flatnonzero(inside):
+        q = int(v[i]) * 64 + int(u[i])
+        d = depth.reshape(-1)[q]
+        margin = abs(abs(d - z[i]) - 0.25 * d)
+        if margin < 1e-4:  # on the tolerance edge: either answer is the rule within rounding
+            edge.add(int(i))
+        elif d > 0 and abs(d - z[i]) <= 0.25 * d:
+            want.append((q, int(i)))
+    keep = np.array([i not in edge for i in idx.tolist()], dtype=bool)
+    idx, pix = idx[keep], pix[keep]
+    want.sort()
+    assert len(want) > 100
+    np.testing.assert_array_equal(pix, [q for q, _ in want])
+    np.testing.assert_array_equal(idx, [i for _, i in want])
+
+
 def test_logits_and_low_resolution_masks():
     intr = CameraIntrinsics(40, 30, 30.0, 30.0, 19.5, 14.5)
     depth = np.full((30, 40), 2.0, dtype=np.float32)
