@@ -259,7 +259,10 @@ def main() -> None:
     figures["distillation_loss_first"] = round(trained.losses[0], 4)
     figures["distillation_loss_last"] = round(trained.losses[-1], 4)
     figures["ensemble_salient_weight"] = args.salient_weight
-    figures["relation_on_contact_m"] = query_cfg.relations.contact_m
+    figures["relation_on_contact_m"] = round(query_cfg.relations.contact_m, 4)
+    figures["query_top_k"] = query_cfg.top_k
+    figures["instances_min_relative_mass"] = query_cfg.instances.min_relative_mass
+    figures["instances_split_min_area_m2"] = query_cfg.instances.split_min_area_m2
     figures["synth_s"] = round(t_synth - t_start, 1)
     figures["train_s"] = round(t_train - t_synth, 1)
     figures["replay_and_eval_s"] = round(t_eval - t_train, 1)
@@ -276,8 +279,9 @@ def main() -> None:
             + ") embedding each instance as '<colour> <class>' in the synthetic text space"
             " (seeded word vectors, related classes at cosine 0.5, attributes weighted 0.5;"
             " not CLIP). 3D network distilled on the same scenes without 3D labels."
-            " Precision/recall are fractions (instance IoU >= 0.25); *_matched_pred_gt are the"
-            " counts behind them. Per-class IoUs and every query: "
+            " Precision/recall are fractions (instance IoU >= 0.25, one-to-one matches; precision"
+            " counts every instance a query returned, up to the engine's default top_k);"
+            " *_matched_pred_gt are the counts behind them. Per-class IoUs and every query: "
             f"{args.name}_report.json/.md/.png. Run with `--jobs {args.jobs}` on the shared"
             " 2-core CPU (other jobs running), so the times are indicative."
         ),

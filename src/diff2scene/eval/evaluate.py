@@ -9,9 +9,14 @@ on the mesh vertices. Confusion matrices of several scenes add up before IoUs ar
 instance is correct if its voxels overlap a not yet matched ground-truth instance of that
 class with IoU ≥ ``instance_iou`` (ground-truth instances are transferred to voxels by the
 nearest ground-truth point). **Relation queries** are generated from the ground truth: for
-pairs of instances that satisfy "on" or "next to" under the same box rules the engine uses,
+pairs of instances that satisfy "on" or "next to" under the box rules of
+:func:`~diff2scene.query.relations.relation_factor` (exact on clean ground-truth instances),
 "<class A> <relation> the <class B>" is asked and the positives are the instances of A that
-satisfy it with some instance of B.
+satisfy it with some instance of B. The engine answers from its reconstructed instances with
+its own (voxel) rules; the questions and positives do not depend on them.
+
+**Precision** counts every instance a query returned (the engine's default ``top_k``); a
+returned instance is matched at most once, so fragments of one object count against it.
 """
 
 from __future__ import annotations

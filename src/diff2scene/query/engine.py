@@ -24,7 +24,12 @@ from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.snapshot import MapSnapshot
 from diff2scene.query.ensemble import Branch, EnsembleConfig, EnsembleScorer, GeometricIndex
 from diff2scene.query.grammar import ParsedQuery, parse_query
-from diff2scene.query.instances import Instance, InstanceConfig, find_instances
+from diff2scene.query.instances import (
+    Instance,
+    InstanceConfig,
+    find_instances,
+    prune_instances,
+)
 from diff2scene.query.labelling import Labelling, LabellingConfig, MaskClassifier, label_map
 from diff2scene.query.relations import RelationConfig, rerank
 from diff2scene.segmentation.base import TextEncoder, Vocabulary
@@ -77,7 +82,8 @@ class QueryResult:
     scores: NDArray[np.float32] = field(repr=False)
     #: (n,) int64 voxel indices whose score clears the threshold (before any relation).
     matched: NDArray[np.int64] = field(repr=False)
-    #: Target instances, best first, at most top-k (re-ranked by the relation if any).
+    #: Target instances, largest mass first, at most top-k, fragments pruned (filtered and
+    #: re-scored by the relation if any).
     instances: list[Instance]
     #: Anchor instances of a relation query (empty otherwise).
     anchor_instances: list[Instance] = field(default_factory=list)
@@ -275,8 +281,9 @@ class QueryEngine:
             col_scores = np.ascontiguousarray(scores[:, column])
             hits = np.flatnonzero(col_scores >= threshold).astype(np.int64)
             found = find_instances(
-                label, hits, col_scores, coords=self.coords, points_m=self.points_m, config=cfg
-            )
+                label, hits, col_scores, coords=self.coords, points_m=self.points_m,
+                config=cfg, voxel_size_m=self.snapshot.voxel_size_m,
+            )  # fmt: skip
             return col_scores, found
 
         target_scores, targets = instances_of(parsed.target, 0)
@@ -284,9 +291,14 @@ class QueryEngine:
         anchors: list[Instance] = []
         if parsed.relation is not None and parsed.anchor is not None:
             _, anchors = instances_of(parsed.anchor, 0 if parsed.anchor == parsed.target else 1)
+            anchors = prune_instances(anchors, cfg.min_relative_mass)
+            # Every candidate is tested before fragments are pruned: the mug on the table may
+            # be smaller than a mug elsewhere that does not answer the question.
             targets = rerank(
-                parsed.relation, targets, anchors, self.config.relations, viewpoint
-            )
+                parsed.relation, targets, anchors, self.config.relations, viewpoint,
+                points_m=self.points_m,
+            )  # fmt: skip
+        targets = prune_instances(targets, cfg.min_relative_mass)
         t3 = time.perf_counter()
         return QueryResult(
             text=text,

@@ -11,6 +11,24 @@ Everything works on the sparse set of matches: cell keys are sorted, each neighb
 looked up with a binary search, and the edges go to
 ``scipy.sparse.csgraph.connected_components``. No dense grid is allocated, so a 10 m room at
 2 cm costs memory proportional to the matches, not to the room's volume.
+
+**One instance per object.** Connectivity alone gives a robot two kinds of wrong answer,
+both measured on the synthetic benchmark:
+
+* *Fragments*: a few voxels of a neighbouring object that also clear the threshold (the leg
+  of a bed next to the table, a strip of floor under it) become instances of their own. They
+  are small and weakly scored, so instances are ranked by their **mass** (mean score × voxel
+  count: size and confidence together) and :func:`prune_instances` drops those under
+  ``min_relative_mass`` of the best one. A mean-score ranking put such fragments ahead of the
+  object itself whenever their few voxels happened to score high.
+* *Joined surfaces*: the four walls of a room touch at the corners and form one ring, whose
+  overlap with any single wall is too small to count as that wall. :func:`split_planar`
+  cuts a component along creases between large planes: it fits a plane to each cell of
+  ``plane_cell_m``, grows regions of coplanar cells, and when a component holds two or more
+  regions of at least ``split_min_area_m2`` every voxel goes to the plane of its nearest
+  voxel in such a region. Beds, tables and wardrobes have at most one face that large, so
+  objects stay whole; only room-sized surfaces are split. The fit assumes a surface map
+  (voxels one or two thick), which is what the mapper keeps.
 """
 
 from __future__ import annotations
@@ -22,6 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 
 from diff2scene.errors import InputError
 
@@ -34,10 +53,27 @@ class InstanceConfig:
     connectivity_voxels: int = 2
     #: Clusters with fewer voxels are dropped as noise.
     min_voxels: int = 10
+    #: Instances whose mass (mean score × voxels) is below this fraction of the best
+    #: instance's are dropped as fragments; 0 keeps all.
+    min_relative_mass: float = 0.15
+    #: Planes of at least this area (m², counted in whole plane cells, so a plane's rim of
+    #: one cell is left out) split a component they share (walls meeting at a corner); 0
+    #: disables the split. Above the largest face of furniture (a wardrobe front, ~2.4 m²).
+    split_min_area_m2: float = 3.0
+    #: Cell size of the plane fit, metres.
+    plane_cell_m: float = 0.25
+    #: Largest angle between the normals of two cells of one plane, degrees.
+    plane_angle_deg: float = 25.0
 
     def __post_init__(self) -> None:
         if self.connectivity_voxels < 1 or self.min_voxels < 1:
             raise ValueError("connectivity_voxels and min_voxels must be >= 1")
+        if not 0.0 <= self.min_relative_mass <= 1.0:
+            raise ValueError(f"min_relative_mass must be in [0, 1], got {self.min_relative_mass}")
+        if self.split_min_area_m2 < 0.0 or self.plane_cell_m <= 0.0:
+            raise ValueError("split_min_area_m2 must be >= 0 and plane_cell_m > 0")
+        if not 0.0 < self.plane_angle_deg < 90.0:
+            raise ValueError(f"plane_angle_deg must be in (0, 90), got {self.plane_angle_deg}")
 
 
 @dataclass
@@ -46,7 +82,7 @@ class Instance:
 
     #: The phrase that was scored (target or anchor of a query).
     label: str
-    #: Mean voxel score of the cluster (re-ranked by a relation where one was asked).
+    #: Mean voxel score of the cluster (times the relation's strength where one was asked).
     score: float
     #: (3,) float32 mean voxel centre, metres.
     centroid_m: NDArray[np.float32]
@@ -62,6 +98,11 @@ class Instance:
         return int(self.voxel_indices.shape[0])
 
     @property
+    def mass(self) -> float:
+        """Score × voxel count: what instances are ranked by (size and confidence)."""
+        return self.score * self.num_points
+
+    @property
     def box_size_m(self) -> NDArray[np.float32]:
         """(3,) float32 extent of the box, metres."""
         out: NDArray[np.float32] = (self.box_max_m - self.box_min_m).astype(np.float32)
@@ -74,13 +115,14 @@ def _neighbour_offsets() -> NDArray[np.int64]:
     return np.array(offs, dtype=np.int64)
 
 
-def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -> NDArray[np.int32]:
-    """(N,) int32 component label (0..n−1) of each of N integer voxel coordinates."""
-    if coords.ndim != 2 or coords.shape[1] != 3:
-        raise InputError("voxel coordinates must be (N, 3)", f"got {coords.shape}")
-    if coords.shape[0] == 0:
-        return np.zeros(0, dtype=np.int32)
-    cells = np.floor_divide(coords.astype(np.int64), int(connectivity_voxels))
+def _cell_edges(
+    cells: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+    """Distinct cells of (N, 3) integer cell coordinates and their 26-neighbour edges.
+
+    Returns the cell of each row (N,), the two ends of each undirected edge (E,) and (E,),
+    and the number of distinct cells (numbered in sorted key order).
+    """
     # Padding by one cell on every side keeps key + offset from wrapping into another row.
     lo = cells.min(axis=0) - 1
     dims = cells.max(axis=0) - lo + 2
@@ -88,7 +130,7 @@ def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -
         cells[:, 2] - lo[2]
     )
     # One sort of int64 keys (np.unique over rows would sort (N, 3) records: several x slower).
-    keys, cell_of_voxel = np.unique(flat, return_inverse=True)
+    keys, cell_of_row = np.unique(flat, return_inverse=True)
     n = keys.shape[0]
     src: list[NDArray[np.int64]] = []
     dst: list[NDArray[np.int64]] = []
@@ -98,11 +140,100 @@ def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -
         hit = keys[pos] == target
         src.append(np.flatnonzero(hit))
         dst.append(pos[hit])
-    rows = np.concatenate(src)
-    cols = np.concatenate(dst)
+    return cell_of_row.reshape(-1), np.concatenate(src), np.concatenate(dst), n
+
+
+def _components(rows: NDArray[np.int64], cols: NDArray[np.int64], n: int) -> NDArray[np.int32]:
     graph = sp.coo_matrix((np.ones(rows.shape[0], dtype=np.int8), (rows, cols)), shape=(n, n))
     _, labels = connected_components(graph.tocsr(), directed=False)
-    out: NDArray[np.int32] = np.asarray(labels, dtype=np.int32)[cell_of_voxel.reshape(-1)]
+    return np.asarray(labels, dtype=np.int32)
+
+
+def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -> NDArray[np.int32]:
+    """(N,) int32 component label (0..n−1) of each of N integer voxel coordinates."""
+    if coords.ndim != 2 or coords.shape[1] != 3:
+        raise InputError("voxel coordinates must be (N, 3)", f"got {coords.shape}")
+    if coords.shape[0] == 0:
+        return np.zeros(0, dtype=np.int32)
+    cells = np.floor_divide(coords.astype(np.int64), int(connectivity_voxels))
+    cell_of_voxel, rows, cols, n = _cell_edges(cells)
+    out: NDArray[np.int32] = _components(rows, cols, n)[cell_of_voxel]
+    return out
+
+
+def _max_plane_area_m2(extent_m: NDArray[np.float64]) -> float:
+    """Upper bound of the area of a plane inside a box of this (3,) extent."""
+    e = np.sort(extent_m)[::-1]
+    return float(e[0] * np.hypot(e[1], e[2]))
+
+
+def split_planar(
+    coords: NDArray[np.int32], *, voxel_size_m: float, config: InstanceConfig
+) -> NDArray[np.int32]:
+    """(N,) int32 part of each voxel of one connected component; all 0 when it is not split.
+
+    Parts are the component's planes of at least ``config.split_min_area_m2`` (see the module
+    doc); every voxel joins the part whose nearest plane cell is closest, so corner voxels and
+    whatever hangs on a wall go with one of the walls.
+    """
+    n = coords.shape[0]
+    none = np.zeros(n, dtype=np.int32)
+    min_area = config.split_min_area_m2
+    if min_area <= 0.0 or n == 0:
+        return none
+    # Two planes of min_area need at least that many surface voxels, and a box big enough.
+    if n * voxel_size_m**2 < 2.0 * min_area:
+        return none
+    extent = (coords.max(axis=0) - coords.min(axis=0) + 1).astype(np.float64) * voxel_size_m
+    if _max_plane_area_m2(extent) < min_area:
+        return none
+    cell_vox = max(2, round(config.plane_cell_m / voxel_size_m))
+    cells = np.floor_divide(coords.astype(np.int64), cell_vox)
+    cell_of, rows, cols, n_cells = _cell_edges(cells)
+    # Per-cell mean and covariance from first and second moments (voxel units, cell-local so
+    # the float64 sums stay exact).
+    local = coords.astype(np.float64) - cells * cell_vox
+    count = np.bincount(cell_of, minlength=n_cells).astype(np.float64)
+    mean = (
+        np.stack(
+            [np.bincount(cell_of, weights=local[:, a], minlength=n_cells) for a in range(3)], axis=1
+        )
+        / count[:, None]
+    )
+    cov = np.empty((n_cells, 3, 3))
+    for a in range(3):
+        for b in range(a, 3):
+            m2 = np.bincount(cell_of, weights=local[:, a] * local[:, b], minlength=n_cells)
+            cov[:, a, b] = cov[:, b, a] = m2 / count - mean[:, a] * mean[:, b]
+    evals, evecs = np.linalg.eigh(cov)
+    normal = evecs[:, :, 0]
+    # A plane cell: enough voxels spread in two directions, thin in the third (a surface one
+    # or two voxels thick has a normal variance of at most 0.25 voxel²).
+    planar = (count >= cell_vox) & (evals[:, 0] <= 0.15 * evals[:, 1]) & (evals[:, 1] >= 0.5)
+    centre = cells[np.unique(cell_of, return_index=True)[1]] * cell_vox + mean  # voxel units
+    cos_max = np.cos(np.deg2rad(config.plane_angle_deg))
+    same = planar[rows] & planar[cols]
+    same &= np.abs((normal[rows] * normal[cols]).sum(axis=1)) >= cos_max
+    # Coplanar, not just parallel: the offset between the cells along the normal is small.
+    offset = np.abs(((centre[cols] - centre[rows]) * normal[rows]).sum(axis=1))
+    same &= offset <= 0.5 * cell_vox
+    region = _components(rows[same], cols[same], n_cells)
+    region_cells = np.bincount(region[planar], minlength=int(region.max()) + 1)
+    cell_area_m2 = (cell_vox * voxel_size_m) ** 2
+    big = np.flatnonzero(region_cells * cell_area_m2 >= min_area)
+    if big.size < 2:
+        return none
+    in_big = planar & np.isin(region, big)
+    part_of_region = np.full(int(region.max()) + 1, -1, dtype=np.int32)
+    part_of_region[big] = np.arange(big.size, dtype=np.int32)
+    part = np.where(in_big, part_of_region[region], -1)[cell_of].astype(np.int32)
+    # The rest (corners, whatever hangs on a wall) goes with the plane of the nearest voxel.
+    placed = np.flatnonzero(part >= 0)
+    rest = np.flatnonzero(part < 0)
+    if rest.size:
+        _, nearest = cKDTree(coords[placed]).query(coords[rest], k=1)
+        part[rest] = part[placed[np.asarray(nearest)]]
+    out: NDArray[np.int32] = part
     return out
 
 
@@ -114,19 +245,33 @@ def find_instances(
     coords: NDArray[np.int32],
     points_m: NDArray[np.float32],
     config: InstanceConfig,
+    voxel_size_m: float | None = None,
 ) -> list[Instance]:
-    """Instances among the matching ``voxel_indices`` of a map, best mean score first.
+    """Instances among the matching ``voxel_indices`` of a map, largest mass first.
 
     ``scores`` (M,), ``coords`` (M, 3) int32 and ``points_m`` (M, 3) float32 are the whole
-    map's; only the matching rows are read.
+    map's; only the matching rows are read. Large surfaces are split into planes when
+    ``voxel_size_m`` is given (see :func:`split_planar`). Nothing is pruned by mass here: a
+    relation must see every candidate first (see :func:`prune_instances`).
     """
     if voxel_indices.size == 0:
         return []
-    comp = cluster_voxels(coords[voxel_indices], connectivity_voxels=config.connectivity_voxels)
+    sub = coords[voxel_indices]
+    comp = cluster_voxels(sub, connectivity_voxels=config.connectivity_voxels)
     order = np.argsort(comp, kind="stable")
     bounds = np.flatnonzero(np.diff(comp[order])) + 1
-    out: list[Instance] = []
+    groups: list[NDArray[np.int64]] = []
     for group in np.split(order, bounds):
+        if group.size < config.min_voxels:
+            continue
+        if voxel_size_m is not None:
+            part = split_planar(sub[group], voxel_size_m=voxel_size_m, config=config)
+            if part.any():
+                groups += [group[part == p] for p in np.unique(part)]
+                continue
+        groups.append(group)
+    out: list[Instance] = []
+    for group in groups:
         if group.size < config.min_voxels:
             continue
         idx = voxel_indices[group]
@@ -141,5 +286,13 @@ def find_instances(
                 voxel_indices=np.sort(idx),
             )
         )
-    out.sort(key=lambda inst: -inst.score)
+    out.sort(key=lambda inst: -inst.mass)
     return out
+
+
+def prune_instances(instances: list[Instance], min_relative_mass: float) -> list[Instance]:
+    """The instances whose mass is at least ``min_relative_mass`` of the largest, in order."""
+    if not instances:
+        return []
+    floor = min_relative_mass * max(inst.mass for inst in instances)
+    return [inst for inst in instances if inst.mass >= floor]

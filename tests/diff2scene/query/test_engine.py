@@ -37,7 +37,7 @@ def make_engine(
         toy.snapshot(),
         encoder,
         oracle,
-        QueryConfig(instances=InstanceConfig(min_voxels=5), **kw),  # type: ignore[arg-type]
+        QueryConfig(**{"instances": InstanceConfig(min_voxels=5), **kw}),  # type: ignore[arg-type]
         ensemble=EnsembleConfig(num_prototypes=0),
     )
 
@@ -159,3 +159,35 @@ def test_label_map_with_named_and_custom_vocabulary(
     weak = EnsembleScorer.from_arrays(ids, toy.member_weights, toy.embeddings, {})
     lab2 = label_map(weak, toy.embeddings, encoder, oracle, LabellingConfig(classes=classes))
     assert lab2.labels[0] == -1 and lab2.labels[1] == truth[1]
+
+
+#: A table with a small lamp on it and a large floor lamp beside it.
+LAMPS = (
+    ("floor", "floor", (0.0, 0.0, 0.0), (1.95, 1.95, 0.0)),
+    ("table", "table", (0.6, 0.2, 0.05), (1.0, 0.6, 0.7)),
+    ("desk_lamp", "lamp", (0.7, 0.3, 0.75), (0.8, 0.35, 0.85)),
+    ("floor_lamp", "lamp", (1.4, 1.4, 0.05), (1.7, 1.7, 1.6)),
+)
+
+
+def test_fragments_pruned_but_relations_see_every_candidate(
+    encoder: ClipTextEncoder, oracle: OracleSegmenter
+) -> None:
+    toy = build_toy_map(encoder, oracle, objects=LAMPS)
+    engine = make_engine(toy, encoder, oracle)
+    j = {name: i for i, (name, _, _, _) in enumerate(LAMPS)}
+
+    def voxels(name: str) -> tuple[int, ...]:
+        return tuple(np.flatnonzero(toy.voxel_object == j[name]))
+
+    # The desk lamp has ~1 % of the floor lamp's voxels: a plain query drops it as a fragment.
+    plain = engine.query("lamp")
+    assert [tuple(i.voxel_indices) for i in plain.instances] == [voxels("floor_lamp")]
+    keep_all = make_engine(
+        toy, encoder, oracle, instances=InstanceConfig(min_voxels=5, min_relative_mass=0.0)
+    )
+    assert len(keep_all.query("lamp").instances) == 2
+    # The relation is tested before pruning, so the small lamp that answers it is found.
+    on = engine.query("lamp on the table")
+    assert [tuple(i.voxel_indices) for i in on.instances] == [voxels("desk_lamp")]
+    assert engine.query("lamp on the floor").instances[0].voxel_indices[0] in voxels("floor_lamp")

@@ -19,7 +19,9 @@ from diff2scene.segmentation.text import default_templates, ensemble_embeddings
 
 VOXEL_M = 0.05
 #: name, class, box min (x, y, z) and max in metres (inclusive of voxel centres).
-OBJECTS: tuple[tuple[str, str, tuple[float, float, float], tuple[float, float, float]], ...] = (
+Objects = tuple[tuple[str, str, tuple[float, float, float], tuple[float, float, float]], ...]
+#: The default room.
+OBJECTS: Objects = (
     ("floor", "floor", (0.0, 0.0, 0.0), (1.95, 1.95, 0.0)),
     ("chair_a", "chair", (0.2, 0.2, 0.05), (0.45, 0.45, 0.5)),
     ("table", "table", (0.6, 0.2, 0.05), (1.0, 0.6, 0.7)),
@@ -36,7 +38,7 @@ class ToyMap:
     member_ids: NDArray[np.int32]
     member_weights: NDArray[np.float32]
     embeddings: dict[str, NDArray[np.float32]]
-    #: (M,) int32 object index into OBJECTS.
+    #: (M,) int32 object index into the objects the map was built from (OBJECTS by default).
     voxel_object: NDArray[np.int32]
     features_3d: dict[str, NDArray[np.float16]] = field(default_factory=dict)
     voxel_size_m: float = VOXEL_M
@@ -65,20 +67,25 @@ def _box(lo: tuple[float, ...], hi: tuple[float, ...]) -> NDArray[np.int32]:
 
 
 def build_toy_map(
-    encoder: TextEncoder, oracle: OracleSegmenter, *, seed: int = 0, with_features: bool = True
+    encoder: TextEncoder,
+    oracle: OracleSegmenter,
+    *,
+    seed: int = 0,
+    with_features: bool = True,
+    objects: Objects = OBJECTS,
 ) -> ToyMap:
     rng = np.random.default_rng(seed)
-    classes = [c for _, c, _, _ in OBJECTS]
+    classes = [c for _, c, _, _ in objects]
     text = ensemble_embeddings(encoder, classes, default_templates(encoder))
     coords, owner = [], []
-    for j, (_, _, lo, hi) in enumerate(OBJECTS):
+    for j, (_, _, lo, hi) in enumerate(objects):
         box = _box(lo, hi)
         coords.append(box)
         owner.append(np.full(len(box), j, dtype=np.int32))
     all_coords = np.concatenate(coords)
     voxel_object = np.concatenate(owner)
     clip, diff = [], []
-    for j in range(len(OBJECTS)):
+    for j in range(len(objects)):
         for _ in range(3):
             e = text[j] + 0.02 * rng.standard_normal(text.shape[1]).astype(np.float32)
             clip.append(e / np.linalg.norm(e))
@@ -99,7 +106,7 @@ def build_toy_map(
         # masks score low: what a well-distilled network would produce.
         for space, e in emb.items():
             centre = e.mean(axis=0)
-            proto = np.stack([e[3 * j : 3 * j + 3].mean(axis=0) for j in range(len(OBJECTS))])
+            proto = np.stack([e[3 * j : 3 * j + 3].mean(axis=0) for j in range(len(objects))])
             feats = (
                 12.0 * (proto - centre)[voxel_object] / np.linalg.norm(proto - centre, axis=1).max()
             )
