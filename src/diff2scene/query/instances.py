@@ -210,7 +210,9 @@ def split_planar(
     # A plane cell: enough voxels spread in two directions, thin in the third (a surface one
     # or two voxels thick has a normal variance of at most 0.25 voxel²).
     planar = (count >= cell_vox) & (evals[:, 0] <= 0.15 * evals[:, 1]) & (evals[:, 1] >= 0.5)
-    centre = cells[np.unique(cell_of, return_index=True)[1]] * cell_vox + mean  # voxel units
+    first = np.zeros(n_cells, dtype=np.int64)
+    first[cell_of[::-1]] = np.arange(n - 1, -1, -1)
+    centre = cells[first] * cell_vox + mean  # voxel units
     cos_max = np.cos(np.deg2rad(config.plane_angle_deg))
     same = planar[rows] & planar[cols]
     same &= np.abs((normal[rows] * normal[cols]).sum(axis=1)) >= cos_max
@@ -227,10 +229,17 @@ def split_planar(
     part_of_region = np.full(int(region.max()) + 1, -1, dtype=np.int32)
     part_of_region[big] = np.arange(big.size, dtype=np.int32)
     part = np.where(in_big, part_of_region[region], -1)[cell_of].astype(np.int32)
-    # The rest (corners, whatever hangs on a wall) goes with the plane of the nearest voxel.
-    placed = np.flatnonzero(part >= 0)
+    # The rest (corners, whatever hangs on a wall) goes with the plane of the nearest voxel
+    # among the plane cells that border it (a tree over those only: the whole plane would
+    # cost more than the rest of the split).
     rest = np.flatnonzero(part < 0)
     if rest.size:
+        border = np.zeros(n_cells, dtype=np.bool_)
+        border[rows[in_big[rows] & ~in_big[cols]]] = True
+        border[cols[in_big[cols] & ~in_big[rows]]] = True
+        if not border.any():
+            border = in_big
+        placed = np.flatnonzero(border[cell_of])
         _, nearest = cKDTree(coords[placed]).query(coords[rest], k=1)
         part[rest] = part[placed[np.asarray(nearest)]]
     out: NDArray[np.int32] = part
