@@ -42,6 +42,13 @@ SKIP_INTEGRATION_ERROR = "integration_error"
 
 
 
+#: Block-key (x, y, z) steps to the face neighbours x-, x+, y-, y+, z-, z+, in this order
+#: everywhere (the surface kernel's neighbour table follows it).
+_FACE_STEPS = np.array(
+    [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int64
+)
+
+
 @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
 def _surface_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
     tsdf: NDArray[np.float32],
@@ -79,31 +86,13 @@ def _surface_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
                     neg = s < 0
                     hit = False
                     for f in range(6):
-                        nb, nz, ny, nx = b, z, y, x
-                        if f == 0:
-                            nx = x - 1
-                            if nx < 0:
-                                nb, nx = nb_bufs[i, 0], R - 1
-                        elif f == 1:
-                            nx = x + 1
-                            if nx == R:
-                                nb, nx = nb_bufs[i, 1], 0
-                        elif f == 2:
-                            ny = y - 1
-                            if ny < 0:
-                                nb, ny = nb_bufs[i, 2], R - 1
-                        elif f == 3:
-                            ny = y + 1
-                            if ny == R:
-                                nb, ny = nb_bufs[i, 3], 0
-                        elif f == 4:
-                            nz = z - 1
-                            if nz < 0:
-                                nb, nz = nb_bufs[i, 4], R - 1
-                        else:
-                            nz = z + 1
-                            if nz == R:
-                                nb, nz = nb_bufs[i, 5], 0
+                        nx = x + _FACE_STEPS[f, 0]
+                        ny = y + _FACE_STEPS[f, 1]
+                        nz = z + _FACE_STEPS[f, 2]
+                        nb = b
+                        if min(nx, ny, nz) < 0 or max(nx, ny, nz) == R:  # in the next block
+                            nb = nb_bufs[i, f]
+                            nx, ny, nz = (nx + R) % R, (ny + R) % R, (nz + R) % R
                         if nb < 0 or not weight[nb, nz, ny, nx] > 0:
                             continue
                         t = tsdf[nb, nz, ny, nx]
@@ -535,9 +524,7 @@ class Mapper:
         R = cfg.block_resolution
         # Block keys are (x, y, z) but a block's array axes are [z, y, x]; these key offsets are
         # the neighbours across the faces x-, x+, y-, y+, z-, z+ (the kernel's face order).
-        face_offsets = np.array(
-            [[-1, 0, 0], [1, 0, 0], [0, -1, 0], [0, 1, 0], [0, 0, -1], [0, 0, 1]], dtype=np.int32
-        )
+        face_offsets = _FACE_STEPS.astype(np.int32)
         candidates = np.unique(
             np.concatenate([dirty, (dirty[:, None, :] + face_offsets[None]).reshape(-1, 3)]),
             axis=0,
