@@ -14,8 +14,8 @@ What runs, each in its own process, on a private ``ROS_DOMAIN_ID``:
 - a pre-roll of colour/depth pairs before any calibration exists (``missing_camera_info``), and
   an injector cycling through 10 kinds of malformed messages between the real frames
   (``bench.soak_faults inject``);
-- a query storm (20 concurrent clients × 50 queries, hostile texts among them) at 40 % of the
-  run;
+- a query storm (20 concurrent ``QueryClient`` s × 50 queries, hostile texts among them) at
+  40 % of the run;
 - this process: samples the node's RSS every 5 s, reads ``/diagnostics``, and saves and loads
   the map (``map_dir``-relative names) every minute; at the end it sends SIGTERM and times the
   shutdown, then loads the autosaved map.
@@ -26,7 +26,9 @@ of its largest voxel count), ``node_crashes``, ``fault_kinds_injected``, ``fault
 (kinds whose node counter is at least the number injected), ``frames_unaccounted`` (colour
 images published − integrated − counted skips − counted gaps, once the node has settled),
 ``queries_failed_unexpectedly`` (timeouts, internal errors, ordinary queries refused on a
-non-empty map), ``shutdown_s`` (SIGTERM → process exit), ``autosave_ok``.
+non-empty map), ``shutdown_s`` (SIGTERM → process exit), ``autosave_ok``. The storm's books
+(:func:`storm_books`) say where a missing answer went: requests the node never took, requests
+it took and did not answer, or responses it sent that never reached the client.
 
     python -m bench.soak [--minutes 10] [--rate 2]
 """
@@ -191,6 +193,29 @@ def frames_unaccounted(stats: dict[str, Any], published: int) -> int:
                         + _count(stats, "frames_skipped_input") + _count(stats, "input_gaps"))
 
 
+def storm_books(storm: dict[str, Any], stats: dict[str, Any]) -> dict[str, int]:
+    """Where storm queries went missing: the node counts the ``~/text_query`` requests it took
+    and the responses it handed back, the storm the requests it sent (warm-up included) and the
+    answers it got. A query missing after the node sent its response was lost in transport (or
+    arrived after the client had stopped waiting: the storm's timeouts are far above its
+    latencies)."""
+    sent = int(storm["sent"]) + int(storm["warmup_sent"])
+    received = (int(storm["answered_success"]) + int(storm["answered_refused"])
+                + len(storm["client_error_detail"])
+                + int(storm["warmup_sent"]) - int(storm["warmup_requests_lost"]))
+    node_requests = _count(stats, "service_requests_text_query")
+    node_responses = _count(stats, "service_responses_text_query")
+    return {
+        "query_requests_sent_with_warmup": sent,
+        "node_query_requests_taken": node_requests,
+        "node_query_responses_sent": node_responses,
+        "query_answers_received_with_warmup": received,
+        "query_requests_lost_before_node": sent - node_requests,
+        "query_requests_unanswered_by_node": node_requests - node_responses,
+        "query_responses_lost_after_node": node_responses - received,
+    }
+
+
 def rss_growth_pct(samples: list[tuple[float, int, int]], window_s: float = 60.0
                    ) -> tuple[float, float]:
     """(growth in %, plateau start in s) from (time s, RSS bytes, map voxels) samples."""
@@ -294,7 +319,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
             if storm is None and now - t0 >= storm_at_s:
                 storm = subprocess.Popen(
                     [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
-                     "--service", f"{NODE_NAME}/text_query"],
+                     "--node-name", NODE_NAME],
                     cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
                     stderr=subprocess.STDOUT)
                 children.append(storm)
@@ -316,7 +341,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
         if storm is None:  # a run shorter than the storm's start time: storm now
             storm = subprocess.Popen(
                 [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
-                 "--service", f"{NODE_NAME}/text_query"],
+                 "--node-name", NODE_NAME],
                 cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
                 stderr=subprocess.STDOUT)
             children.append(storm)
@@ -415,6 +440,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
             "rss_plateau_start_s": round(plateau_s, 1),
             "rss_samples": len(rss),
             "queries_sent": storm_doc["sent"],
+            **storm_books(storm_doc, final),
             "query_warmup_requests_lost": storm_doc["warmup_requests_lost"],
             "queries_answered": storm_doc["answered_success"],
             "queries_refused": storm_doc["answered_refused"],
@@ -429,6 +455,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
             figures[f"counted_{kind}"] = counted[kind]
         figures["_refusals"] = storm_doc["refusals"]
         figures["_save_load_errors"] = save_load_errors[:10]
+        figures["_storm_timeouts"] = storm_doc["timeout_detail"][:20]
         figures["_rss_samples_mb"] = [(round(t, 1), round(r / 2**20, 1), v)
                                       for t, r, v in samples]
         figures["_final_counters"] = final
@@ -493,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
         "the end.\n\n"
         f"Storm refusals (reason prefix → count): `{json.dumps(extra['_refusals'])}`\n\n"
         f"Save/load errors: `{extra['_save_load_errors']}`\n\n"
+        "Storm queries unanswered in time (client, query index, text, seconds into the storm): "
+        f"`{json.dumps(extra['_storm_timeouts'])}`\n\n"
         "Save/load calls (kind, start s, duration s): "
         + ", ".join(f"({k}, {t}, {d})" for k, t, d in extra["_map_calls"]) + "\n\n"
         "Node thread stalls ≥ 0.25 s (start s, length s; the GIL held by native code or no CPU): "

@@ -10,7 +10,8 @@
     Malformed messages on the node's input topics, one kind after the other, stamped between
     the frames of the bag being played (so that they disturb no real frame): see :data:`KINDS`.
 ``python -m bench.soak_faults storm --out FILE --clients N --queries N``
-    A query storm: N concurrent service clients, hostile texts among the queries.
+    A query storm: N concurrent :class:`~diff2scene_ros.client.QueryClient` s (the product's
+    client and its service QoS) in one process, hostile texts among the queries.
 
 Each writes what it did as JSON to ``--out``; the soak compares that with the node's counters.
 """
@@ -373,11 +374,14 @@ def run_preroll(out: Path, first_stamp_ns: int, count: int, width: int, height: 
 # ---------------------------------------------------------------------------- query storm
 
 
-def run_storm(out: Path, clients: int, queries: int, service: str, timeout_s: float) -> None:
-    """``clients`` threads, each with its own service client, ``queries`` calls each."""
+def run_storm(out: Path, clients: int, queries: int, node_name: str, timeout_s: float) -> None:
+    """``clients`` threads, each with its own :class:`~diff2scene_ros.client.QueryClient` (what a
+    planner uses, with its service QoS) on one shared node, ``queries`` calls each."""
     import rclpy
-    from diff2scene_interfaces.srv import TextQuery
     from rclpy.executors import MultiThreadedExecutor
+
+    from diff2scene.errors import Diff2SceneError
+    from diff2scene_ros.client import QueryClient, QueryTimeoutError
 
     rclpy.init()
     node = rclpy.create_node("soak_storm")
@@ -389,30 +393,35 @@ def run_storm(out: Path, clients: int, queries: int, service: str, timeout_s: fl
     outcome: dict[str, Any] = {"sent": 0, "answered_success": 0, "answered_refused": 0,
                                "timeouts": 0, "internal_errors": 0,
                                "ordinary_refused": 0, "client_errors": 0, "latency_s": [],
-                               "refusals": {}}
+                               "refusals": {}, "warmup_sent": 0, "warmup_requests_lost": 0,
+                               "timeout_detail": [], "client_error_detail": []}
 
-    # Clients are made here, one thread, and used only once every one of them sees the service:
-    # a request sent before the service has discovered the client's response reader is
-    # answered into the void (a DDS discovery race, not the node's doing).
-    service_clients = [node.create_client(TextQuery, service) for _ in range(clients)]
-    ready = all(c.wait_for_service(timeout_sec=60.0) for c in service_clients)
-    timeout_indices: list[int] = []
-    outcome["warmup_requests_lost"] = 0
+    # Clients are made here, one thread, and used only once every one of them sees the service.
+    service_clients = [QueryClient(node_name, node=node, timeout_s=timeout_s)
+                       for _ in range(clients)]
+    ready = True
+    for client in service_clients:
+        try:
+            client.wait_until_available(60.0)
+        except Diff2SceneError:
+            ready = False
 
-    def warm_up(client: Any) -> bool:
+    def warm_up(client: QueryClient) -> bool:
         """One answered query before the counted ones, so that the storm measures the node and
-        not discovery: ``wait_for_service`` only says that the client sees the service. Lost
-        warm-up requests are counted and reported, not hidden."""
+        not discovery: the service being visible does not mean that it already knows this
+        client's response reader. Lost warm-up requests are counted and reported, not hidden."""
         for _ in range(12):
-            future = client.call_async(TextQuery.Request(query=ORDINARY_QUERIES[0]))
-            done = threading.Event()
-            future.add_done_callback(lambda _f, event=done: event.set())
-            if done.wait(5.0):
-                return True
-            client.remove_pending_request(future)
             with lock:
-                outcome["warmup_requests_lost"] += 1
+                outcome["warmup_sent"] += 1
+            try:
+                client.query(ORDINARY_QUERIES[0], timeout_s=5.0)
+                return True
+            except QueryTimeoutError:
+                with lock:
+                    outcome["warmup_requests_lost"] += 1
         return False
+
+    t_start = time.monotonic()
 
     def client_loop(k: int) -> None:
         client = service_clients[k]
@@ -422,49 +431,51 @@ def run_storm(out: Path, clients: int, queries: int, service: str, timeout_s: fl
             return
         for i in range(queries):
             text = texts[(k * 7 + i) % len(texts)]
-            request = TextQuery.Request(query=text, top_k=(i % 4), score_threshold=0.0)
             t0 = time.monotonic()
             with lock:
                 outcome["sent"] += 1
-            future = client.call_async(request)
-            done = threading.Event()
-            future.add_done_callback(lambda _f, event=done: event.set())
-            if not done.wait(timeout_s):
-                client.remove_pending_request(future)
+            try:
+                answer = client.query(text, top_k=i % 4, timeout_s=timeout_s)
+            except QueryTimeoutError:
                 with lock:
                     outcome["timeouts"] += 1
-                    timeout_indices.append(i)
+                    outcome["timeout_detail"].append(
+                        {"client": k, "index": i, "text": text[:20],
+                         "sent_at_s": round(t0 - t_start, 2)})
                 continue
-            response = future.result()
+            except Diff2SceneError as exc:  # e.g. a malformed cloud in the answer
+                with lock:
+                    outcome["client_errors"] += 1
+                    outcome["client_error_detail"].append(str(exc)[:200])
+                continue
             with lock:
                 outcome["latency_s"].append(time.monotonic() - t0)
-                if response is None:
-                    outcome["client_errors"] += 1
-                elif response.success:
+                if answer.success:
                     outcome["answered_success"] += 1
                 else:
                     outcome["answered_refused"] += 1
-                    reason = response.message[:60]
+                    reason = answer.message[:60]
                     outcome["refusals"][reason] = outcome["refusals"].get(reason, 0) + 1
-                    if response.message.startswith("internal error"):
+                    if answer.message.startswith("internal error"):
                         outcome["internal_errors"] += 1
-                    elif text in ORDINARY_QUERIES and "nothing mapped" not in response.message:
+                    elif text in ORDINARY_QUERIES and "nothing mapped" not in answer.message:
                         outcome["ordinary_refused"] += 1
 
     threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(clients)]
-    t0 = time.monotonic()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     latencies = sorted(outcome.pop("latency_s"))
-    outcome["duration_s"] = time.monotonic() - t0
-    outcome["timeout_query_indices"] = sorted(timeout_indices)
+    outcome["duration_s"] = time.monotonic() - t_start
+    outcome["timeout_query_indices"] = sorted(d["index"] for d in outcome["timeout_detail"])
     outcome["latency_p50_s"] = latencies[len(latencies) // 2] if latencies else math.nan
     outcome["latency_max_s"] = latencies[-1] if latencies else math.nan
     outcome["unexpected"] = (outcome["timeouts"] + outcome["internal_errors"]
                              + outcome["ordinary_refused"] + outcome["client_errors"])
     _write_json(out, outcome)
+    for client in service_clients:
+        client.close()
     executor.shutdown()
     node.destroy_node()
     rclpy.try_shutdown()
@@ -492,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--clients", type=int, default=20)
     p.add_argument("--queries", type=int, default=50)
-    p.add_argument("--service", default="/diff2scene/text_query")
+    p.add_argument("--node-name", default="/diff2scene", help="the mapping node's name")
     p.add_argument("--timeout-s", type=float, default=120.0)
     args = parser.parse_args(argv)
     if args.role == "inject":
@@ -500,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.role == "preroll":
         run_preroll(args.out, args.first_stamp_ns, args.count, args.width, args.height)
     else:
-        run_storm(args.out, args.clients, args.queries, args.service, args.timeout_s)
+        run_storm(args.out, args.clients, args.queries, args.node_name, args.timeout_s)
     return 0
 
 

@@ -212,6 +212,11 @@ class MappingNode(Node):
         self._stop = False
         #: Subscriptions whose publishers offer an incompatible QoS, by topic.
         self.qos_incompatible: Counter[str] = Counter()
+        #: Service requests taken and responses handed back to rclpy, by "requests_<service>" /
+        #: "responses_<service>": a client that misses an answer the node counted as sent lost
+        #: it in transport, not in the node.
+        self.service_calls: Counter[str] = Counter()
+        self._service_calls_lock = threading.Lock()
         #: (monotonic time, counters) at the last diagnostics, for rates.
         self._rate_since: tuple[float, dict[str, int]] = (time.monotonic(), {})
 
@@ -325,11 +330,15 @@ class MappingNode(Node):
         stage = self.pipeline.supervisor.stage(f"service_{name}")
 
         def run(request: Any, response: Any) -> Any:
+            with self._service_calls_lock:
+                self.service_calls[f"requests_{name}"] += 1
             result = stage.call(handler, request, response)
             if isinstance(result, Failure):
                 response.success = False
                 response.message = f"internal error in {name}: {result.error}"
-                return response
+                result = response
+            with self._service_calls_lock:
+                self.service_calls[f"responses_{name}"] += 1
             return result
 
         return run
@@ -484,6 +493,8 @@ class MappingNode(Node):
         # how the queries were served: a planner-facing promise is that none waits for a build
         stats.update({f"session_{k}": v for k, v in asdict(self.session.stats()).items()})
         stats.update({f"qos_incompatible_{t}": n for t, n in self.qos_incompatible.items()})
+        with self._service_calls_lock:
+            stats.update({f"service_{k}": n for k, n in self.service_calls.items()})
         rated = {k: int(stats.get(k, 0)) for k in ("color_msgs", "depth_msgs",
                                                    "frames_assembled", "frames_integrated")}
         elapsed = now - self._rate_since[0]
