@@ -166,16 +166,55 @@ def voxel_relation_factor(
 
     ``points_m`` (M, 3) are the map's voxel centres the instances index. See the module doc.
     """
-    t = points_m[target.voxel_indices]
-    a = points_m[anchor.voxel_indices]
-    if t.shape[0] == 0 or a.shape[0] == 0:
+    return _voxel_factor(
+        relation, target, anchor, _Points(points_m, config), config, viewpoint_m=viewpoint_m
+    )
+
+
+class _Points:
+    """Voxel centres and trimmed boxes of instances, each computed once per relation query
+    (a target is compared with every anchor)."""
+
+    def __init__(self, points_m: NDArray[np.float32], config: RelationConfig) -> None:
+        self.points_m = points_m
+        self.config = config
+        self._points: dict[int, NDArray[np.float32]] = {}
+        self._boxes: dict[int, tuple[NDArray[np.float64], NDArray[np.float64]]] = {}
+
+    def of(self, inst: Instance) -> NDArray[np.float32]:
+        key = id(inst)
+        if key not in self._points:
+            self._points[key] = self.points_m[inst.voxel_indices]
+        return self._points[key]
+
+    def box(self, inst: Instance) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        key = id(inst)
+        if key not in self._boxes:
+            self._boxes[key] = _trimmed_box(self.of(inst), self.config.trim_fraction)
+        return self._boxes[key]
+
+
+def _voxel_factor(
+    relation: str,
+    target: Instance,
+    anchor: Instance,
+    cache: _Points,
+    config: RelationConfig,
+    *,
+    viewpoint_m: NDArray[np.float64] | None,
+) -> float:
+    if relation not in ("near", "next_to", "on", "above", "under"):
+        return relation_factor(relation, target, anchor, config, viewpoint_m)
+    if target.num_points == 0 or anchor.num_points == 0:
         return 0.0
+    t = cache.of(target)
     k = config.min_support_voxels
     if relation in ("near", "next_to"):
-        t_lo, t_hi = _trimmed_box(t, config.trim_fraction)
-        a_lo, a_hi = _trimmed_box(a, config.trim_fraction)
+        t_lo, t_hi = cache.box(target)
+        a_lo, a_hi = cache.box(anchor)
         gap = float(np.linalg.norm(np.maximum(0.0, np.maximum(t_lo - a_hi, a_lo - t_hi))))
         return max(0.0, 1.0 - gap / config.near_m) if gap <= config.near_m else 0.0
+    a = cache.of(anchor)
     if relation in ("on", "above"):
         bottom = _low_z(t, k)
         # The anchor's surface under the target: its highest voxels beneath the footprint that
@@ -190,14 +229,13 @@ def voxel_relation_factor(
         if relation == "on":
             return 1.0 if bottom - top <= config.contact_m else 0.0
         return 1.0
-    if relation == "under":
-        top = _high_z(t, k)
-        over = _beneath(t, a, config.contact_m)
-        over = over[over[:, 2] >= top - config.contact_m]
-        if over.shape[0] < k:
-            return 0.0
-        return 1.0 if float(t[:, 2].mean()) < _low_z(over, k) else 0.0
-    return relation_factor(relation, target, anchor, config, viewpoint_m)
+    # "under": the anchor's lowest voxels over the target's footprint are above its middle.
+    top = _high_z(t, k)
+    over = _beneath(t, a, config.contact_m)
+    over = over[over[:, 2] >= top - config.contact_m]
+    if over.shape[0] < k:
+        return 0.0
+    return 1.0 if float(t[:, 2].mean()) < _low_z(over, k) else 0.0
 
 
 def rerank(
@@ -217,6 +255,7 @@ def rerank(
     orders by distance to the nearest anchor.
     """
     ranked: list[tuple[float, Instance]] = []
+    cache = None if points_m is None else _Points(points_m, config)
     for target in targets:
         best = 0.0
         for anchor in anchors:
@@ -224,10 +263,8 @@ def rerank(
                 continue
             factor = (
                 relation_factor(relation, target, anchor, config, viewpoint_m)
-                if points_m is None
-                else voxel_relation_factor(
-                    relation, target, anchor, points_m, config, viewpoint_m=viewpoint_m
-                )
+                if cache is None
+                else _voxel_factor(relation, target, anchor, cache, config, viewpoint_m=viewpoint_m)
             )
             best = max(best, factor * anchor.score)
         if best > 0.0:
