@@ -82,8 +82,8 @@ class QueryResult:
     scores: NDArray[np.float32] = field(repr=False)
     #: (n,) int64 voxel indices whose score clears the threshold (before any relation).
     matched: NDArray[np.int64] = field(repr=False)
-    #: Target instances, largest mass first, at most top-k, fragments pruned (filtered and
-    #: re-scored by the relation if any).
+    #: Target instances, largest mass first (nearest first for "closest to"), at most top-k,
+    #: fragments pruned; filtered and re-scored by the relation if any.
     instances: list[Instance]
     #: Anchor instances of a relation query (empty otherwise).
     anchor_instances: list[Instance] = field(default_factory=list)
