@@ -283,7 +283,8 @@ class MappingNode(Node):
 
         services = ReentrantCallbackGroup()
         # The default service QoS keeps 10 requests: measured, 20 clients calling at once lost
-        # half of their requests (never answered); 100 lost none.
+        # half of their requests (never answered); 100 lost none. Clients need a deep history
+        # too (every client receives every response): see client.QUERY_CLIENT_QOS.
         service_qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         for srv_type, name, handler in (
             (TextQuery, "text_query", self._on_text_query),
