@@ -40,6 +40,7 @@ from diff2scene.mapping.mapper import Mapper, MapperConfig
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig
 from diff2scene.net3d.inference import Net3D, Net3DConfig, refresh_map_features
+from diff2scene.priority import PriorityGate
 from diff2scene.segmentation.base import Segmenter2D
 from diff2scene.supervise import Failure, StageStatus, StageSupervisor, SupervisorConfig
 from diff2scene.types import Frame
@@ -84,6 +85,11 @@ class PipelineConfig:
     #: When a stage that keeps failing (fusion, 2D model, unprojection, 3D network) is
     #: switched off.
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    #: Longest wait of a frame's fusion (and of a keyframe's surface refresh) for queries
+    #: running at that moment, in seconds; 0 = never wait. Open3D holds the interpreter lock
+    #: while it fuses, so without the wait a query runs only between integrations (see
+    #: :mod:`diff2scene.priority`). Waits are counted (``fusion_yield_*``).
+    yield_to_queries_max_s: float = 0.25
 
     @property
     def net3d_active(self) -> bool:
@@ -101,6 +107,8 @@ class PipelineConfig:
             raise ValueError("net3d_every_keyframes must be >= 0")
         if not (self.block_timeout_s > 0 and self.flush_timeout_s > 0):
             raise ValueError("block_timeout_s and flush_timeout_s must be > 0 (no endless waits)")
+        if self.yield_to_queries_max_s < 0:
+            raise ValueError("yield_to_queries_max_s must be >= 0")
 
 
 @dataclass
@@ -180,6 +188,9 @@ class Pipeline:
         self.stats = PipelineStats()
         #: Guards the map and the mapper: held briefly by integration, unprojection, queries.
         self.lock = threading.RLock()
+        #: Queries hold it (a :class:`~diff2scene.query.session.QuerySession` given it);
+        #: fusion and surface refreshes wait their turn, boundedly.
+        self.priority = PriorityGate(config.yield_to_queries_max_s)
         self._queue: queue.Queue[Frame | None] = queue.Queue(maxsize=config.keyframe_queue_size)
         self._next_keyframe_id = 0
         self.net3d = Net3D.from_config(config.net3d) if config.net3d_active else None
@@ -214,6 +225,7 @@ class Pipeline:
         if self._closed:
             raise Diff2SceneError("pipeline is closed")
         self.stats.frames_in += 1
+        self.priority.wait_turn()
         t0 = time.perf_counter()
         with self.lock:
             fused = self._fusion.call(self.mapper.integrate, frame)
@@ -299,6 +311,7 @@ class Pipeline:
             self.stats.segment_errors[self._unproject.skip_disabled().key] += 1
             return
         try:
+            self.priority.wait_turn()
             with self.lock:
                 # The keyframe's own view was integrated already; make its voxels addressable.
                 self.map.apply_surface_update(self.mapper.update_voxels())
@@ -554,5 +567,9 @@ class Pipeline:
         out["keyframes_abandoned"] = sum(s.keyframes_abandoned.values())
         out.update({f"keyframes_abandoned_{k}": v for k, v in s.keyframes_abandoned.items()})
         out.update({f"integrate_errors_{k}": v for k, v in s.integrate_errors.items()})
+        gate = self.priority.stats()
+        out["fusion_yield_waits"] = gate.waits
+        out["fusion_yield_waits_timed_out"] = gate.waits_timed_out
+        out["fusion_yield_s_total"] = round(gate.waited_s_total, 3)
         out.update(self.supervisor.summary())
         return out

@@ -495,3 +495,34 @@ def test_3d_branch_runs_by_default_only_with_a_trained_network(tmp_path: Path) -
     assert trained.net3d_active
     assert PipelineConfig(net3d_mode="on").net3d_active
     assert not PipelineConfig(net3d_mode="off", net3d=trained.net3d).net3d_active
+
+
+def test_fusion_waits_for_a_running_query_and_counts_it(room, encoder) -> None:
+    import threading
+
+    frames, table = room
+    pipe = Pipeline(
+        _config(threaded=False, yield_to_queries_max_s=60.0),
+        OracleSegmenter(table, encoder, OracleConfig()),
+    )
+    started, release = threading.Event(), threading.Event()
+
+    def query() -> None:
+        with pipe.priority.priority():
+            started.set()
+            release.wait(30.0)
+
+    asker = threading.Thread(target=query)
+    asker.start()
+    assert started.wait(10.0)
+    fuser = threading.Thread(target=pipe.add_frame, args=(frames[0],))
+    fuser.start()
+    fuser.join(0.2)
+    assert fuser.is_alive() and pipe.mapper.stats.frames_integrated == 0  # waiting its turn
+    release.set()
+    fuser.join(30.0)
+    asker.join(30.0)
+    stats = pipe.stats_dict()
+    assert stats["frames_integrated"] == 1
+    assert stats["fusion_yield_waits"] == 1 and stats["fusion_yield_waits_timed_out"] == 0
+    pipe.close()
