@@ -595,6 +595,14 @@ class MappingNode(Node):
     def _on_text_query(
         self, request: TextQuery.Request, response: TextQuery.Response
     ) -> TextQuery.Response:
+        # The whole answer, message building included, is priority work: fusion waits its
+        # turn (boundedly) instead of holding the interpreter lock through it.
+        with self.pipeline.priority.priority():
+            return self._answer_text_query(request, response)
+
+    def _answer_text_query(
+        self, request: TextQuery.Request, response: TextQuery.Response
+    ) -> TextQuery.Response:
         frame_id = self.map_frame
         stamp_ns = self.get_clock().now().nanoseconds
         response.points = cv.arrays_to_cloud(np.zeros((0, 3), np.float32), frame_id=frame_id,
