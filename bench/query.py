@@ -116,6 +116,10 @@ def main() -> None:
     )  # fmt: skip
     args = parser.parse_args()
     torch.set_num_threads(args.torch_threads)
+    # The random ViT-L tower is drawn from torch's global generator: seeded, every run times
+    # the same text space (unseeded, a draw that puts two class names within the planting
+    # noise made some runs fail their "every query finds something" check).
+    torch.manual_seed(0)
     load_start = os.getloadavg()
     objects, keyframes = (10, 10) if args.quick else (100, 100)
     t0 = time.perf_counter()
