@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from itertools import product
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
@@ -115,14 +116,11 @@ def _neighbour_offsets() -> NDArray[np.int64]:
     return np.array(offs, dtype=np.int64)
 
 
-def _cell_edges(
+def _cell_keys(
     cells: NDArray[np.int64],
-) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
-    """Distinct cells of (N, 3) integer cell coordinates and their 26-neighbour edges.
-
-    Returns the cell of each row (N,), the two ends of each undirected edge (E,) and (E,),
-    and the number of distinct cells (numbered in sorted key order).
-    """
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """Sorted distinct int64 keys of (N, 3) integer cells, the key index of each row, and the
+    (3,) key dimensions (a step of one cell along x, y, z is dims[1]·dims[2], dims[2], 1)."""
     # Padding by one cell on every side keeps key + offset from wrapping into another row.
     lo = cells.min(axis=0) - 1
     dims = cells.max(axis=0) - lo + 2
@@ -131,6 +129,18 @@ def _cell_edges(
     )
     # One sort of int64 keys (np.unique over rows would sort (N, 3) records: several x slower).
     keys, cell_of_row = np.unique(flat, return_inverse=True)
+    return keys, cell_of_row.reshape(-1), dims
+
+
+def _cell_edges(
+    cells: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64], int]:
+    """Distinct cells of (N, 3) integer cell coordinates and their 26-neighbour edges.
+
+    Returns the cell of each row (N,), the two ends of each undirected edge (E,) and (E,),
+    and the number of distinct cells (numbered in sorted key order).
+    """
+    keys, cell_of_row, dims = _cell_keys(cells)
     n = keys.shape[0]
     src: list[NDArray[np.int64]] = []
     dst: list[NDArray[np.int64]] = []
@@ -140,13 +150,57 @@ def _cell_edges(
         hit = keys[pos] == target
         src.append(np.flatnonzero(hit))
         dst.append(pos[hit])
-    return cell_of_row.reshape(-1), np.concatenate(src), np.concatenate(dst), n
+    return cell_of_row, np.concatenate(src), np.concatenate(dst), n
 
 
 def _components(rows: NDArray[np.int64], cols: NDArray[np.int64], n: int) -> NDArray[np.int32]:
     graph = sp.coo_matrix((np.ones(rows.shape[0], dtype=np.int8), (rows, cols)), shape=(n, n))
     _, labels = connected_components(graph.tocsr(), directed=False)
     return np.asarray(labels, dtype=np.int32)
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _sorted_key_components(
+    keys: NDArray[np.int64], steps: NDArray[np.int64]
+) -> NDArray[np.int32]:  # pragma: no cover - compiled; tested through cluster_voxels
+    """(n,) component of each of the sorted distinct cell ``keys``, numbered in order of their
+    first cell (as scipy's connected_components numbers them). ``steps`` (>0) are the key
+    differences of neighbouring cells; keys + step is sorted too, so each step is one merge
+    sweep instead of a binary search per cell."""
+    n = keys.shape[0]
+    parent = np.arange(n)
+    for step in steps:
+        j = 0
+        for i in range(n):
+            target = keys[i] + step
+            while j < n and keys[j] < target:
+                j += 1
+            if j == n:
+                break
+            if keys[j] == target:  # union by the smaller root, with path halving
+                a, b = i, j
+                while parent[a] != a:
+                    parent[a] = parent[parent[a]]
+                    a = parent[a]
+                while parent[b] != b:
+                    parent[b] = parent[parent[b]]
+                    b = parent[b]
+                if a < b:
+                    parent[b] = a
+                elif b < a:
+                    parent[a] = b
+    labels = np.empty(n, dtype=np.int32)
+    count = 0
+    for i in range(n):  # a root is its component's smallest cell: numbered when first met
+        r = i
+        while parent[r] != r:
+            r = parent[r]
+        if r == i:
+            labels[i] = count
+            count += 1
+        else:
+            labels[i] = labels[r]
+    return labels
 
 
 def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -> NDArray[np.int32]:
@@ -156,8 +210,10 @@ def cluster_voxels(coords: NDArray[np.int32], *, connectivity_voxels: int = 1) -
     if coords.shape[0] == 0:
         return np.zeros(0, dtype=np.int32)
     cells = np.floor_divide(coords.astype(np.int64), int(connectivity_voxels))
-    cell_of_voxel, rows, cols, n = _cell_edges(cells)
-    out: NDArray[np.int32] = _components(rows, cols, n)[cell_of_voxel]
+    keys, cell_of_voxel, dims = _cell_keys(cells)
+    offs = _neighbour_offsets()
+    steps = np.sort((offs[:, 0] * dims[1] + offs[:, 1]) * dims[2] + offs[:, 2])
+    out: NDArray[np.int32] = _sorted_key_components(keys, steps)[cell_of_voxel]
     return out
 
 

@@ -120,3 +120,21 @@ def test_instance_config_rejects_bad_values() -> None:
         InstanceConfig(plane_angle_deg=90.0)
     with pytest.raises(ValueError, match="plane_cell_m"):
         InstanceConfig(plane_cell_m=0.0)
+
+
+def test_cluster_voxels_numbers_components_like_the_graph_search() -> None:
+    # The compiled union-find must give the labels of a plain graph search over the
+    # 26-neighbour edges (scipy's connected_components), numbering included.
+    from diff2scene.query.instances import _cell_edges, _components, cluster_voxels
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        span = int(rng.integers(2, 30))
+        coords = rng.integers(-span, span, (int(rng.integers(1, 2000)), 3)).astype(np.int32)
+        for connectivity in (1, 2):
+            cells = np.floor_divide(coords.astype(np.int64), connectivity)
+            cell_of, rows, cols, n = _cell_edges(cells)
+            want = _components(rows, cols, n)[cell_of]
+            np.testing.assert_array_equal(
+                cluster_voxels(coords, connectivity_voxels=connectivity), want
+            )
