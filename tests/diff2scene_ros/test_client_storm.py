@@ -29,7 +29,7 @@ from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 
 from diff2scene_ros.client import QUERY_CLIENT_QOS, QueryClient
-from tests.diff2scene_ros.test_live_equals_replay import REPO, _env, _wait_for
+from tests.diff2scene_ros.test_live_equals_replay import REPO, _env, _wait_for, stop_child
 
 pytestmark = pytest.mark.ros
 
@@ -103,14 +103,7 @@ def node(tmp_path: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[Any]]
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stdout is not None:
-            proc.stdout.close()
+        stop_child(proc, timeout_s=30.0)
 
 
 def test_query_client_qos_keeps_every_answer() -> None:

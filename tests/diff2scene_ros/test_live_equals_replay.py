@@ -40,6 +40,21 @@ CAMERA = "camera_color_optical_frame"
 WAIT_S = 180.0
 
 
+def stop_child(proc: subprocess.Popen[Any], *, timeout_s: float, terminate: bool = True) -> None:
+    """End a child process: SIGTERM (unless it was asked to stop another way), wait, kill
+    only if it does not end in time; close its output pipe."""
+    if terminate and proc.poll() is None:
+        proc.terminate()
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for pipe in (proc.stdout, proc.stderr):
+        if pipe is not None:
+            pipe.close()
+
+
 def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -149,13 +164,7 @@ def running_node(
         yield node
     finally:
         (out / "stop").touch()
-        try:
-            node.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
-        if node.stdout is not None:
-            node.stdout.close()
+        stop_child(node, timeout_s=30.0, terminate=False)
 
 
 def play(bag_path: Path, env: dict[str, str], *extra: str) -> str:
