@@ -9,14 +9,12 @@ compares the committed page with a fresh one, so the documentation cannot drift 
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from diff2scene_ros.params import ParamSpec, param_specs
+from diff2scene_ros.params import ParamSpec, param_specs, write_or_check
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO / "docs" / "ros_api.md"
@@ -122,21 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the page is stale")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
-    text = render(node_interfaces())
-    current = args.out.read_text() if args.out.is_file() else ""
-    if args.check:
-        if current == text:
-            print(f"{args.out} is up to date")
-            return 0
-        sys.stdout.writelines(difflib.unified_diff(
-            current.splitlines(keepends=True), text.splitlines(keepends=True),
-            fromfile=str(args.out), tofile="generated"))
-        print(f"\n{args.out} is stale: run python -m diff2scene_ros.api_doc", file=sys.stderr)
-        return 1
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
-    print(f"wrote {args.out}")
-    return 0
+    return write_or_check(args.out, render(node_interfaces()), check=args.check,
+                          regenerate="python -m diff2scene_ros.api_doc")
 
 
 if __name__ == "__main__":

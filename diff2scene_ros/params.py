@@ -16,6 +16,7 @@ import difflib
 import fnmatch
 import inspect
 import re
+import sys
 import types
 import typing
 from collections.abc import Mapping
@@ -449,3 +450,24 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def write_or_check(path: Path, text: str, *, check: bool, regenerate: str) -> int:
+    """Write a generated file, or with ``check`` compare it: print a diff and return 1 if the
+    committed ``path`` differs from ``text`` (``regenerate`` is the command that rewrites it).
+    One routine for every generated file the tests keep current (parameter file, API page)."""
+    current = path.read_text() if path.is_file() else ""
+    if check:
+        if current == text:
+            print(f"{path} is up to date")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(
+            current.splitlines(keepends=True), text.splitlines(keepends=True),
+            fromfile=str(path), tofile="generated",
+        ))
+        print(f"\n{path} is stale: run {regenerate}", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path} ({len(text.splitlines())} lines)")
+    return 0

@@ -10,7 +10,6 @@ after changing NodeConfig or any config inside it; a test fails while the file i
 from __future__ import annotations
 
 import argparse
-import difflib
 import sys
 from pathlib import Path
 
@@ -25,23 +24,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=TARGET, help="file to write or check")
     args = parser.parse_args(argv)
     sys.path[:0] = [str(REPO), str(REPO / "src")]
-    from diff2scene_ros.params import node_params_file_text
+    from diff2scene_ros.params import node_params_file_text, write_or_check
 
-    text = node_params_file_text()
-    current = args.out.read_text() if args.out.is_file() else ""
-    if args.check:
-        if current == text:
-            print(f"{args.out} is up to date")
-            return 0
-        sys.stdout.writelines(difflib.unified_diff(
-            current.splitlines(keepends=True), text.splitlines(keepends=True),
-            fromfile=str(args.out), tofile="generated",
-        ))
-        print(f"\n{args.out} is stale: run python scripts/gen_params_yaml.py", file=sys.stderr)
-        return 1
-    args.out.write_text(text)
-    print(f"wrote {args.out} ({len(text.splitlines())} lines)")
-    return 0
+    return write_or_check(args.out, node_params_file_text(), check=args.check,
+                          regenerate="python scripts/gen_params_yaml.py")
 
 
 if __name__ == "__main__":
