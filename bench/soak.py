@@ -303,6 +303,16 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
         t0_wall = time.time()
         storm_at_s = 0.4 * minutes * 60.0
         storm: subprocess.Popen[Any] | None = None
+
+        def start_storm() -> subprocess.Popen[Any]:
+            """The query storm's process (bench.soak_faults storm), watched as a child."""
+            proc = subprocess.Popen(
+                [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
+                 "--node-name", NODE_NAME],
+                cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
+                stderr=subprocess.STDOUT)
+            children.append(proc)
+            return proc
         next_rss = t0
         next_save = t0 + SAVE_LOAD_PERIOD_S
         while player.poll() is None:
@@ -317,12 +327,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
                                   _count(snap, "color_msgs")))
                 next_rss += RSS_PERIOD_S
             if storm is None and now - t0 >= storm_at_s:
-                storm = subprocess.Popen(
-                    [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
-                     "--node-name", NODE_NAME],
-                    cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
-                    stderr=subprocess.STDOUT)
-                children.append(storm)
+                storm = start_storm()
             if now >= next_save:
                 next_save += SAVE_LOAD_PERIOD_S
                 for kind in ("save", "load"):
@@ -339,12 +344,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
         stop.touch()
         injector.wait(timeout=60)
         if storm is None:  # a run shorter than the storm's start time: storm now
-            storm = subprocess.Popen(
-                [py, "-m", "bench.soak_faults", "storm", "--out", str(logs / "storm.json"),
-                 "--node-name", NODE_NAME],
-                cwd=REPO, env=env, stdout=(logs / "storm.log").open("w"),
-                stderr=subprocess.STDOUT)
-            children.append(storm)
+            storm = start_storm()
         storm.wait(timeout=900)
         if node.poll() is not None and crashes == 0:
             crashes += 1

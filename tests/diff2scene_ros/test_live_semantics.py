@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,10 +52,10 @@ from diff2scene.synth.classes import CLASSES
 from diff2scene.synth.dataset import SynthConfig, synthesize
 from diff2scene.synth.groundtruth import GroundTruth, InstanceInfo
 from diff2scene.synth.render import RenderConfig
+from tests.diff2scene_ros.test_live_equals_replay import REPO, _env, _wait_for
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES, WIDTH, HEIGHT, RATE_HZ = 60, 160, 120, 10.0
 VOXEL_M = 0.05
 #: "A on B" between reconstructed boxes: each face may move by a voxel layer (as the demo).
@@ -67,7 +66,6 @@ STRUCTURE = {"wall", "floor", "ceiling"}
 ABSENT = "grand piano"
 #: A node name of this run's own: other sessions on the machine may share the random domain.
 NODE = f"/diff2scene_live_{os.getpid()}"
-WAIT_S = 180.0
 NODE_PARAMS = (
     "segmenter.kind:=oracle",
     f"pipeline.mapper.voxel_size_m:={VOXEL_M}",
@@ -205,21 +203,6 @@ def checkpoint(scene: LiveScene, tmp_path_factory: pytest.TempPathFactory) -> Pa
         progress=False,
     )  # fmt: skip
     return result.checkpoint
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100))
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    return env
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
 
 
 @contextmanager
