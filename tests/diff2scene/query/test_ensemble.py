@@ -5,6 +5,7 @@ import pytest
 
 from diff2scene.errors import InputError
 from diff2scene.query.ensemble import (
+    PROB_FLOOR,
     EnsembleConfig,
     EnsembleScorer,
     GeometricIndex,
@@ -213,3 +214,18 @@ def test_incremental_index_agrees_with_a_fresh_build(num_prototypes: int) -> Non
     assert err_inc <= err_fresh + 0.005, (err_inc, err_fresh)
     assert index.needs_refit(400, cfg) == (num_prototypes != 0)  # 200 → 400 masks: refit due
     assert not fresh.needs_refit(400, cfg)
+
+
+@pytest.mark.parametrize("branch", ["salient", "geometric", "ensemble"])
+def test_probabilities_below_the_floor_score_as_zero(branch: str) -> None:
+    # A softmax over many texts gives far-off classes subnormal probabilities; they must not
+    # reach the sparse products (x86 multiplies subnormals ~20x slower) and change nothing.
+    cfg = exact_config()
+    scorer = EnsembleScorer(
+        IDS, WEIGHTS, 3, geometric=GeometricIndex.build(FEATS, EMB, cfg), config=cfg
+    )
+    tiny = np.array([[1e-40, 0.3], [2e-39, 1e-31], [0.5, 1e-44]], dtype=np.float32)
+    assert (tiny[tiny > 0] < np.finfo(np.float32).tiny).sum() == 3  # subnormal in float32
+    zeroed = np.where(tiny < PROB_FLOOR, 0.0, tiny).astype(np.float32)
+    np.testing.assert_array_equal(scorer.scores(tiny, branch), scorer.scores(zeroed, branch))  # type: ignore[arg-type]
+    assert scorer.scores(tiny, "salient")[0, 0] == 0.0  # voxel 0 only sees masks 0 and 1
