@@ -790,8 +790,10 @@ def main(args: list[str] | None = None) -> None:
 
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.executors import ExternalShutdownException
     from rclpy.signals import SignalHandlerOptions
+
+    from diff2scene_ros.executor import PoolExecutor
 
     choose_dds_transport()
     context = Context()
@@ -809,7 +811,7 @@ def main(args: list[str] | None = None) -> None:
     code = 0
     try:
         node = MappingNode(context=context)
-        executor = MultiThreadedExecutor(num_threads=4, context=context)
+        executor = PoolExecutor(num_threads=4, context=context)
         executor.add_node(node)
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):

@@ -29,7 +29,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from diff2scene_interfaces.srv import LoadMap, SaveMap, SetVocabulary, TextQuery
 from geometry_msgs.msg import PoseStamped
 from rclpy.context import Context
-from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -39,6 +38,7 @@ from visualization_msgs.msg import MarkerArray
 from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
+from diff2scene_ros.executor import PoolExecutor
 from diff2scene_ros.node import MappingNode, NodeConfig, build_models
 
 pytestmark = pytest.mark.ros
@@ -61,7 +61,7 @@ class Harness:
     context: Context
     node: MappingNode
     helper: Node
-    executor: MultiThreadedExecutor
+    executor: PoolExecutor
     clouds: list[PointCloud2] = field(default_factory=list)
     diagnostics: list[DiagnosticArray] = field(default_factory=list)
     publishers: dict[str, Any] = field(default_factory=dict)
@@ -130,7 +130,7 @@ def harness(models: tuple[Any, Any], tmp_path_factory: pytest.TempPathFactory
     node = MappingNode(segmenter=segmenter, text_encoder=encoder, context=context,
                        namespace=namespace, parameter_overrides=overrides)
     helper = Node("test_helper", context=context, namespace=namespace)
-    executor = MultiThreadedExecutor(num_threads=4, context=context)
+    executor = PoolExecutor(num_threads=4, context=context)  # as the node's main()
     executor.add_node(node)
     executor.add_node(helper)
     h = Harness(context, node, helper, executor)
