@@ -237,12 +237,13 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
     if map_voxels < 500_000 and not args.quick:
         problems.append(f"the map holds {map_voxels} voxels (< 500k)")
     figures = measure(args, scene, map_dir, queries, log_path=workdir / "node.log",
-                      extra_params=(), problems=problems)
+                      extra_params=tuple(args.node_param), problems=problems)
     if args.cloud_off_too:
         # the same run without the labelled cloud (its labelling of every map version and a
         # PointCloud2 of up to 500k points every 2 s share the node's CPU with the queries)
         off = measure(args, scene, map_dir, queries, log_path=workdir / "node_cloud_off.log",
-                      extra_params=("cloud_period_s:=1000000.0",), problems=problems)
+                      extra_params=(*args.node_param, "cloud_period_s:=1000000.0"),
+                      problems=problems)
         for key in ("query_ms_p50_while_mapping", "query_ms_p95_while_mapping",
                     "query_waited_for_rebuild", "node_query_ms_p50_while_mapping",
                     "query_ms_p50_idle", "timed_queries", "answer_map_age_s_p50",
@@ -257,6 +258,7 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]:
         "scene": (f"synthetic seed {args.seed}, {args.frames} frames {args.width}x{args.height} "
                   f"at {args.rate_hz:g} Hz, {args.voxel_size_m:g} m voxels"),
         "queries": queries,
+        "node_params": " ".join(args.node_param) or "defaults",
         "text_space": "synthetic (seeded word vectors, not CLIP)",
         "segmenter": "oracle (ground-truth instances), 3D branch off",
     })
@@ -432,6 +434,9 @@ def main() -> int:
                         help="baseline queries before the stream starts")
     parser.add_argument("--no-cloud-off", dest="cloud_off_too", action="store_false",
                         help="skip the second run without the labelled cloud")
+    parser.add_argument("--node-param", action="append", default=[], metavar="NAME:=VALUE",
+                        help="a node parameter for both runs (repeatable), e.g. "
+                        "pipeline.yield_to_queries_max_s:=0")
     parser.add_argument("--min-queries", type=int, default=50,
                         help="queries the stream must last for")
     args = parser.parse_args()

@@ -1,20 +1,22 @@
-"""A multi-threaded executor that does not spin while its thread pool is busy.
+"""A multi-threaded executor that waits for its thread pool instead of spinning.
 
 Why the node does not use rclpy's ``MultiThreadedExecutor`` as it is: that executor hands
-each ready callback to a thread pool and goes back to waiting, and every time it waits it
-first offers again every task that has not *started* yet. While all pool threads are busy (a
-query, the frame callbacks of a camera burst, on a 2-core robot computer) a handed-over task
-sits in the pool's queue, so the executor offers it again at once, hands it to the pool a
-second time, offers it again... — a loop that holds the interpreter lock and a core exactly
-when the node has the least of either. Measured in the node under a streamed bag with
-queries back to back: the spinning thread held the interpreter lock a quarter of the time,
-2,500 copies of pending tasks piled up in the executor, and queries that needed 20 ms of CPU
-took up to 1.2 s.
+each ready callback to a thread pool as a task, and every time it looks for work it first
+offers again every task that has not *started* yet. While the pool is busy (or its threads
+wait for the interpreter lock, as on a 2-core robot computer fusing a camera stream) a task
+sits in the pool's queue, so the executor offers it again at once and hands it to the pool a
+second time, again and again: a loop that holds the interpreter lock exactly when the node
+has the least of it. Measured in the node with a bag streaming in and queries back to back:
+the executor's thread held the interpreter lock a quarter of the time, 2,500 copies of pending
+tasks piled up, and queries that needed 20 ms of CPU took up to 1.2 s.
 
-:class:`PoolExecutor` remembers the tasks it handed over whose run has not returned; when
-rclpy offers one of them again it is not handed over a second time, and the executor goes on
-to wait for new work (rclpy leaves entities whose task is pending out of what it waits on, so
-that wait blocks). Everything else (callback groups, futures, shutdown) is rclpy's.
+:class:`PoolExecutor` remembers the tasks it handed over whose run has not returned. When
+rclpy offers one of them again it is not handed over a second time; the executor waits until
+a pool thread finishes a task (at most :data:`HANDOVER_WAIT_S`) and then looks for work again.
+Skipping alone is not enough: each finished task wakes the executor, every wake offers all
+queued tasks again, and under load that was still ~13,000 turns a second (43 % of a core in
+the executor's thread); waiting for the pool brought it to ~180. Everything else (callback
+groups, futures, shutdown) is rclpy's.
 """
 
 from __future__ import annotations
@@ -30,15 +32,21 @@ from rclpy.executors import (
     TimeoutException,
 )
 
+#: Longest wait for a pool thread to finish something when rclpy offers again a task that is
+#: still queued; past it the executor looks for work again.
+HANDOVER_WAIT_S = 0.05
+
 
 class PoolExecutor(MultiThreadedExecutor):
-    """``MultiThreadedExecutor`` that hands each task to its thread pool once."""
+    """``MultiThreadedExecutor`` that hands each task to its pool once and waits for the pool."""
 
     def __init__(self, num_threads: int | None = None, *, context: Any = None) -> None:
         super().__init__(num_threads=num_threads, context=context)
         #: Tasks handed to the pool whose run has not returned yet.
         self._handed_over: set[Any] = set()
         self._handed_over_lock = threading.Lock()
+        #: Notified whenever a pool thread finishes a task.
+        self._finished = threading.Condition(self._handed_over_lock)
         #: Tasks handed to the pool.
         self.handovers = 0
         #: Times rclpy offered again a task that was still waiting for a pool thread.
@@ -48,8 +56,9 @@ class PoolExecutor(MultiThreadedExecutor):
         try:
             task()
         finally:
-            with self._handed_over_lock:
+            with self._finished:
                 self._handed_over.discard(task)
+                self._finished.notify_all()
 
     def _spin_once_impl(self, timeout_sec: Any = None, wait_condition: Any = lambda: False) -> None:
         try:
@@ -61,9 +70,10 @@ class PoolExecutor(MultiThreadedExecutor):
             ConditionReachedException,
         ):
             return
-        with self._handed_over_lock:
+        with self._finished:
             if task in self._handed_over:  # still queued in the pool (or just starting)
                 self.reoffers_skipped += 1
+                self._finished.wait(HANDOVER_WAIT_S)
                 return
             self._handed_over.add(task)
             self.handovers += 1

@@ -26,7 +26,7 @@ from rclpy.node import Node  # noqa: E402
 from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
-from diff2scene_ros.executor import PoolExecutor  # noqa: E402
+from diff2scene_ros.executor import HANDOVER_WAIT_S, PoolExecutor  # noqa: E402
 
 pytestmark = [
     pytest.mark.ros,
@@ -78,6 +78,7 @@ def _handovers_while_pool_busy(
     executor = make_executor(context)
     executor.add_node(node)
     submits = [0]
+    turns = [0]
     counting = [False]
     pool_submit = executor._executor.submit
 
@@ -87,6 +88,14 @@ def _handovers_while_pool_busy(
         return pool_submit(*args, **kwargs)
 
     executor._executor.submit = submit  # type: ignore[method-assign]
+    look_for_work = executor.wait_for_ready_callbacks
+
+    def turn(*args: Any, **kwargs: Any) -> Any:
+        if counting[0]:
+            turns[0] += 1
+        return look_for_work(*args, **kwargs)
+
+    executor.wait_for_ready_callbacks = turn  # type: ignore[method-assign]
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
     try:
@@ -103,21 +112,23 @@ def _handovers_while_pool_busy(
         node.destroy_node()
         context.try_shutdown()
         spinner.join(timeout=5.0)
-    return submits[0], received
+    return submits[0], turns[0], received
 
 
 def test_a_busy_pool_gets_each_task_once_and_every_message_arrives() -> None:
-    submits, received = _handovers_while_pool_busy(
+    submits, turns, received = _handovers_while_pool_busy(
         lambda context: PoolExecutor(num_threads=1, context=context)
     )
     assert received == [str(i) for i in range(MESSAGES)]
     # the subscription's task, and at most a timer task, while the pool thread was held
     assert submits <= 3, f"{submits} hand-overs to a busy pool"
+    # it waited for the pool: a turn per HANDOVER_WAIT_S at most, and a few for new work
+    assert turns <= HOLD_S / 2 / HANDOVER_WAIT_S + 10, f"{turns} turns while the pool was held"
 
 
 def test_rclpy_executor_resubmits_to_a_busy_pool() -> None:
     # Why PoolExecutor exists: if rclpy stops doing this, the workaround can go.
-    submits, received = _handovers_while_pool_busy(
+    submits, _, received = _handovers_while_pool_busy(
         lambda context: MultiThreadedExecutor(num_threads=1, context=context)
     )
     assert received == [str(i) for i in range(MESSAGES)]
