@@ -86,10 +86,12 @@ class PipelineConfig:
     #: switched off.
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     #: Longest wait of a frame's fusion (and of a keyframe's surface refresh) for queries
-    #: running at that moment, in seconds; 0 = never wait. Open3D holds the interpreter lock
-    #: while it fuses, so without the wait a query runs only between integrations (see
-    #: :mod:`diff2scene.priority`). Waits are counted (``fusion_yield_*``).
-    yield_to_queries_max_s: float = 0.25
+    #: running at that moment, in seconds; 0 = never wait (the default). Open3D holds the
+    #: interpreter lock while it fuses, so a query's Python steps run between integrations;
+    #: a wait lets slow queries (e.g. a cold CLIP text forward) finish first, at the cost of
+    #: frames under a continuous query load (see :mod:`diff2scene.priority`). Waits are
+    #: counted (``fusion_yield_*``).
+    yield_to_queries_max_s: float = 0.0
 
     @property
     def net3d_active(self) -> bool:
