@@ -16,7 +16,7 @@ from diff2scene.mapping import (
     SemanticMap,
     UnprojectConfig,
 )
-from diff2scene.mapping.unproject import merge_memberships
+from diff2scene.mapping.unproject import merge_memberships, merge_memberships_into
 from diff2scene.types import SPACE_CLIP, CameraIntrinsics, MaskSet
 
 VOXEL_M = 0.05
@@ -279,3 +279,48 @@ def test_fast_merge_reproduces_the_reference(kind: str) -> None:
         np.testing.assert_array_equal(got[1], want[1])
         stored_ids[vox], stored_w[vox] = got
     assert (stored_ids >= 0).any(axis=1).mean() > 0.9
+
+
+def _merge_by_definition(
+    stored_ids: np.ndarray, stored_w: np.ndarray, new_w: np.ndarray, new_ids: np.ndarray,
+    min_weight: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per voxel: stored memberships, then the new masks in order (>= min_weight, not NaN),
+    stably sorted strongest first, the first k kept."""
+    v, k = stored_ids.shape
+    out_ids = np.full((v, k), -1, np.int32)
+    out_w = np.zeros((v, k), np.float32)
+    for x in range(v):
+        cands = [(float(w), int(i)) for i, w in zip(stored_ids[x], stored_w[x], strict=True)
+                 if i >= 0]
+        cands += [(float(w) + 0.0, int(i)) for i, w in zip(new_ids, new_w[:, x], strict=True)
+                  if w >= min_weight]  # NaN fails the test
+        cands.sort(key=lambda c: -c[0])  # stable: earlier candidates stay ahead on ties
+        for j, (w, i) in enumerate(cands[:k]):
+            out_ids[x, j], out_w[x, j] = i, w
+    return out_ids, out_w
+
+
+def test_merge_keeps_ties_in_order_and_ignores_nan() -> None:
+    rng = np.random.default_rng(5)
+    v, k, n = 1500, 4, 12  # several steps of the kernel, many more masks than slots
+    stored_ids = np.full((v, k), -1, np.int32)
+    stored_w = np.zeros((v, k), np.float32)
+    next_id = 0
+    for _ in range(4):
+        w = (rng.integers(0, 5, (n, v)) / 4).astype(np.float32)  # 0, .25, .5, .75, 1: ties
+        w[rng.random((n, v)) < 0.05] = np.nan
+        w[rng.random((n, v)) < 0.05] = -0.0
+        ids = np.arange(next_id, next_id + n, dtype=np.int64)
+        next_id += n
+        want = _merge_by_definition(stored_ids, stored_w, w, ids, 0.25)
+        got = merge_memberships(stored_ids, stored_w, w, ids, min_weight=0.25)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        in_place = (stored_ids.copy(), stored_w.copy())
+        merge_memberships_into(*in_place, w, ids, min_weight=0.25)
+        np.testing.assert_array_equal(in_place[0], want[0])
+        np.testing.assert_array_equal(in_place[1], want[1])
+        stored_ids, stored_w = got
+    with pytest.raises(InputError, match="C-contiguous"):
+        merge_memberships_into(stored_ids.T.copy().T, stored_w, w, ids, min_weight=0.25)
