@@ -28,7 +28,7 @@ import open3d as o3d
 from numpy.typing import NDArray
 
 from diff2scene.errors import ConfigError, InputError
-from diff2scene.mapping.voxel_index import VoxelIndex
+from diff2scene.mapping.voxel_index import VoxelIndex, unique_coords
 from diff2scene.types import Frame
 
 #: Reasons a frame is skipped, as counted in :attr:`MapperStats.skipped`.
@@ -478,7 +478,7 @@ class Mapper:
         start = len(self._index)
         updated = np.empty(0, dtype=np.int64)
         if self._dirty_blocks:
-            blocks = np.unique(np.concatenate(self._dirty_blocks, axis=0), axis=0)
+            blocks = unique_coords(np.concatenate(self._dirty_blocks, axis=0))
             self._dirty_blocks = []
             coords, colors = self._extract_surface(blocks)
             if coords.shape[0]:
@@ -525,9 +525,8 @@ class Mapper:
         # Block keys are (x, y, z) but a block's array axes are [z, y, x]; these key offsets are
         # the neighbours across the faces x-, x+, y-, y+, z-, z+ (the kernel's face order).
         face_offsets = _FACE_STEPS.astype(np.int32)
-        candidates = np.unique(
-            np.concatenate([dirty, (dirty[:, None, :] + face_offsets[None]).reshape(-1, 3)]),
-            axis=0,
+        candidates = unique_coords(
+            np.concatenate([dirty, (dirty[:, None, :] + face_offsets[None]).reshape(-1, 3)])
         )
         hashmap = self._vbg.hashmap()
         bufs_t, found_t = hashmap.find(_to_o3d(candidates, self.device))

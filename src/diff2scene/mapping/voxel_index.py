@@ -33,6 +33,26 @@ def pack_coords(coords: NDArray[np.int32]) -> NDArray[np.int64]:
     )
 
 
+def unpack_coords(keys: NDArray[np.int64]) -> NDArray[np.int32]:
+    """(N,) int64 keys of :func:`pack_coords` → (N, 3) int32 coordinates."""
+    mask = (1 << _AXIS_BITS) - 1
+    k = np.asarray(keys, dtype=np.int64)
+    out = np.empty((k.shape[0], 3), dtype=np.int32)
+    out[:, 0] = (k >> (2 * _AXIS_BITS)) - _OFFSET
+    out[:, 1] = ((k >> _AXIS_BITS) & mask) - _OFFSET
+    out[:, 2] = (k & mask) - _OFFSET
+    return out
+
+
+def unique_coords(coords: NDArray[np.int32]) -> NDArray[np.int32]:
+    """The distinct rows of ``coords`` (N, 3), sorted by x, then y, then z.
+
+    What ``np.unique(coords, axis=0)`` gives, through one sort of packed 64-bit keys instead
+    of a sort of structured rows (several times faster on the ~100k block keys a keyframe's
+    surface refresh collects)."""
+    return unpack_coords(np.unique(pack_coords(coords)))
+
+
 class VoxelIndex:
     """Append-only map from integer voxel coordinates to stable voxel numbers."""
 
