@@ -35,6 +35,17 @@ from diff2scene.types import CameraIntrinsics, MaskSet
 _MERGE_STEP_VOXELS = 512
 
 
+@numba.njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator]
+def _entry_gate(
+    ids: NDArray[np.int32], w: NDArray[np.float32], v: int, below_min: np.float32
+) -> np.float32:  # pragma: no cover - compiled
+    """What a new weight of voxel ``v`` must exceed to enter its top-k: the k-th weight, or
+    ``below_min`` while a slot is empty (and never less)."""
+    k = ids.shape[1]
+    kth = w[v, k - 1] if ids[v, k - 1] >= 0 else below_min
+    return max(kth, below_min)
+
+
 @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
 def _merge_kernel(
     out_ids: NDArray[np.int32],
@@ -62,10 +73,8 @@ def _merge_kernel(
     best = np.empty(step, dtype=np.float32)
     for lo in range(0, v_count, step):
         hi = min(v_count, lo + step)
-        for u in range(hi - lo):  # an empty k-th slot takes any weight >= min_weight
-            v = lo + u
-            kth = out_w[v, k - 1] if out_ids[v, k - 1] >= 0 else below_min
-            gate[u] = max(kth, below_min)
+        for u in range(hi - lo):
+            gate[u] = _entry_gate(out_ids, out_w, lo + u, below_min)
             best[u] = below_min
         for i in range(n):
             row = weights[i, lo:hi]
@@ -89,8 +98,7 @@ def _merge_kernel(
                     j -= 1
                 out_ids[v, j] = new_ids[i]
                 out_w[v, j] = w
-                kth = out_w[v, k - 1] if out_ids[v, k - 1] >= 0 else below_min
-                g = max(kth, below_min)
+                g = _entry_gate(out_ids, out_w, v, below_min)
 
 
 @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
