@@ -200,7 +200,7 @@ class MappingNode(Node):
         self.session = QuerySession(
             LockedSnapshotSource(lambda: self.pipeline.map, self.pipeline.lock),
             text_encoder, segmenter, query=cfg.query, ensemble=cfg.ensemble,
-            labelling=cfg.labelling, priority=self.pipeline.priority,
+            labelling=cfg.labelling,
         )
 
         oracle = cfg.segmenter.kind == "oracle"

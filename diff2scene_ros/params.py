@@ -428,6 +428,27 @@ def node_params_file_text() -> str:
     return header + params_yaml(NodeConfig(), with_group_docs=True)
 
 
+def write_or_check(path: Path, text: str, *, check: bool, regenerate: str) -> int:
+    """Write a generated file, or with ``check`` compare it: print a diff and return 1 if the
+    committed ``path`` differs from ``text`` (``regenerate`` is the command that rewrites it).
+    One routine for every generated file the tests keep current (parameter file, API page)."""
+    current = path.read_text() if path.is_file() else ""
+    if check:
+        if current == text:
+            print(f"{path} is up to date")
+            return 0
+        sys.stdout.writelines(difflib.unified_diff(
+            current.splitlines(keepends=True), text.splitlines(keepends=True),
+            fromfile=str(path), tofile="generated",
+        ))
+        print(f"\n{path} is stale: run {regenerate}", file=sys.stderr)
+        return 1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    print(f"wrote {path} ({len(text.splitlines())} lines)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print the parameter file of a config class: ``python -m diff2scene_ros.params MOD:CLS``."""
     import argparse
@@ -450,24 +471,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-def write_or_check(path: Path, text: str, *, check: bool, regenerate: str) -> int:
-    """Write a generated file, or with ``check`` compare it: print a diff and return 1 if the
-    committed ``path`` differs from ``text`` (``regenerate`` is the command that rewrites it).
-    One routine for every generated file the tests keep current (parameter file, API page)."""
-    current = path.read_text() if path.is_file() else ""
-    if check:
-        if current == text:
-            print(f"{path} is up to date")
-            return 0
-        sys.stdout.writelines(difflib.unified_diff(
-            current.splitlines(keepends=True), text.splitlines(keepends=True),
-            fromfile=str(path), tofile="generated",
-        ))
-        print(f"\n{path} is stale: run {regenerate}", file=sys.stderr)
-        return 1
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    print(f"wrote {path} ({len(text.splitlines())} lines)")
-    return 0

@@ -40,8 +40,6 @@ SKIP_NO_VALID_DEPTH = "no_valid_depth"
 SKIP_OUTSIDE_BOUNDS = "outside_bounds"
 SKIP_INTEGRATION_ERROR = "integration_error"
 
-
-
 #: Block-key (x, y, z) steps to the face neighbours x-, x+, y-, y+, z-, z+, in this order
 #: everywhere (the surface kernel's neighbour table follows it).
 _FACE_STEPS = np.array(
