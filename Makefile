@@ -57,7 +57,7 @@ $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 
 # requirements.lock pins every package (torch 2.14.1 / torchvision 0.29.1: the build that lies
-# on this machine's disk, DESIGN §4) so a fresh machine gets the same set.
+# on this machine's disk) so a fresh machine gets the same set.
 $(STAMP_DEPS): requirements.lock | $(VENV)/bin/python
 	$(VPY) -m pip install -q --disable-pip-version-check -r requirements.lock 2>&1 | grep -v "is ignored" || true
 	@$(VPY) -c "import torch, torchvision, open3d, open_clip, diffusers, rosbags, rclpy, colcon_core" 2>/dev/null || \

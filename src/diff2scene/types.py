@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 SPACE_DIFFUSION = "diffusion"
 #: Name of the 768-d CLIP (MaskCLIP) embedding space.
 SPACE_CLIP = "clip"
-#: Default width of each embedding space (DESIGN §1).
+#: Default width of each embedding space: ODISE's mask embeddings and CLIP ViT-L/14's.
 SPACE_DIMS: dict[str, int] = {SPACE_DIFFUSION: 256, SPACE_CLIP: 768}
 
 

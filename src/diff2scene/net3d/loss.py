@@ -1,4 +1,4 @@
-"""Mask distillation loss and the mask-agreement metric (DESIGN §1).
+"""Mask distillation loss and the mask-agreement metric (Diff2Scene's).
 
 For a keyframe with masks i = 1..N, embeddings ``f_i`` and unprojected memberships ``B3d_i``,
 the 3D network's features ``F3d`` give predicted masks ``B'3d_i = sigmoid(<F3d, f_i>)`` and

@@ -1,6 +1,6 @@
 """MinkUNet18A (OpenScene's 3D backbone) with one output head per embedding space.
 
-Layout (DESIGN §1): a k=5 stem to ``init_dim`` channels, four stages each opened by a kernel-2
+Layout (OpenScene's): a k=5 stem to ``init_dim`` channels, four stages each opened by a kernel-2
 stride-2 convolution and made of BasicBlocks (planes[0:4]), then four kernel-2 stride-2
 transposed convolutions (planes[4:8]) each followed by concatenation with the encoder tensor of
 the same stride and BasicBlocks. Convolutions carry no bias (MinkowskiEngine's default), batch

@@ -35,7 +35,7 @@ class Vocabulary:
     """Class names with their text embeddings, ready to score masks against.
 
     ``seen[c]`` is True for classes that were in the 2D head's training labels; the fusion of
-    diffusion and CLIP probabilities uses α for seen and β for novel classes (DESIGN §1).
+    diffusion and CLIP probabilities uses α for seen and β for novel classes, as ODISE does.
     """
 
     names: list[str]

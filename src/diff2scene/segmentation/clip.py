@@ -5,7 +5,7 @@ Two profiles share one code path downstream:
 * **tiny** — a real :class:`open_clip.model.CLIP` with tiny towers, seeded random weights. It
   uses the real BPE tokenizer (77-token context, full vocabulary), so every piece of code that
   tokenises, pools and projects runs unchanged in tests and CI.
-* **real** — a built-in ``open_clip`` architecture (default ``ViT-L-14-336``, DESIGN §1) with
+* **real** — a built-in ``open_clip`` architecture (default ``ViT-L-14-336``, ODISE's) with
   weights from a pretrained tag (``"openai"``), a Hugging Face repo id, a local file or
   directory, or no weights at all (``pretrained=None``: random init of the full-size network,
   what the latency benchmarks use).

@@ -1,4 +1,4 @@
-"""ODISE's fusion of the diffusion head's and CLIP's class distributions (DESIGN §1).
+"""ODISE's fusion of the diffusion head's and CLIP's class distributions.
 
 ``p = softmax_C((1 − a)·log p_diff + a·log p_clip) · (1 − p_null)``: the geometric mean of the
 two distributions, renormalised, scaled by the probability that the mask is an object at all.

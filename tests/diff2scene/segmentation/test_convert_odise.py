@@ -187,7 +187,7 @@ def test_checkpoints_needing_pickle_or_garbage_are_refused(
 
 def test_real_size_shapes_match_odise() -> None:
     shapes = expected_head_shapes(load_profile("odise_sd15"))
-    # ODISE's released head holds ~28M parameters (DESIGN §1).
+    # ODISE's released head holds only its ~28M trainable parameters (SD and CLIP come apart).
     total = sum(s.numel() for s in shapes.values())
     assert 27.5e6 < total < 28.5e6
     facts = {
