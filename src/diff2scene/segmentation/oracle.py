@@ -1,10 +1,10 @@
 """Oracle-noise 2D segmenter: ground-truth masks degraded in known, configurable ways.
 
 Without real diffusion/CLIP weights we cannot measure the 2D model, but we can measure
-everything after it: the synthetic benchmark does. This segmenter reads a synthetic frame's ground-truth
-instance image and answers through the same :class:`Segmenter2D` interface as the diffusion
-model, so mapping, distillation and queries cannot tell them apart. Each kind of 2D error is a
-knob, so a benchmark can ask how the 3D map degrades with it:
+everything after it (the synthetic benchmark). This segmenter reads a synthetic frame's
+ground-truth instance image and answers through the same :class:`Segmenter2D` interface as
+the diffusion model, so mapping, distillation and queries cannot tell them apart. Each kind of
+2D error is a knob, so a benchmark can ask how the 3D map degrades with it:
 
 * boundary error — each mask eroded or dilated by a random radius, then given soft edges;
 * missed masks, merged neighbouring instances, spurious blobs;
