@@ -96,7 +96,7 @@ def _default(spec: ParamSpec) -> str:
 
 
 def render(interfaces: dict[str, list[tuple[str, str]]]) -> str:
-    from diff2scene_ros.node import NodeConfig
+    from diff2scene_ros.config import NodeConfig
 
     lines = [_INTRO]
     for title, key in (("Subscriptions", "subscriptions"), ("Publications", "publishers"),

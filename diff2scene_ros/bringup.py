@@ -179,7 +179,7 @@ def node_arguments(table: LaunchTable, options: BringupOptions) -> list[str]:
 
 def check_params(params_file: Path, table: LaunchTable, namespace: str) -> None:
     """:class:`ConfigError` if the file sets keys the node does not declare."""
-    from diff2scene_ros.node import NodeConfig
+    from diff2scene_ros.config import NodeConfig
     from diff2scene_ros.params import check_params_file
 
     if not params_file.is_file():

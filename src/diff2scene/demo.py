@@ -118,7 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         segmenter=SegmenterConfig(kind="oracle", text_space="synthetic"),
     )
     segmenter, encoder = build_segmenter(cfg.segmenter, bag=synth.bag_path)
-    pipeline = replay(synth.bag_path, cfg, segmenter=segmenter, progress=False)
+    pipeline = replay(synth.bag_path, cfg, segmenter=segmenter, text_encoder=encoder,
+                      progress=False)
     stats = pipeline.stats_dict()
     smap = pipeline.map
     print(f"   {stats['frames_integrated']} frames fused, {stats['keyframes_segmented']} keyframes "

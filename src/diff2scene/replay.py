@@ -17,16 +17,17 @@ the bag with the frame source (the frame assembler the live node uses), feeds ev
   (``diff2scene synth``): mIoU per branch and query precision/recall;
 * ``salvaged_bag/`` — only when the bag could not be opened: the readable part of its MCAP file.
 
-Modes. **Deterministic** (default): the 2D model runs inline, frame by frame in bag order, so
-the same bag gives the same map and labels every time (with a worker thread, the number of
-frames fused before a keyframe is unprojected depends on thread timing, and so do its
-memberships). ``deterministic: false`` runs the 2D model in the pipeline's worker thread
-(overlaps fusion with the model; results vary slightly run to run). **Real time**
-(``--realtime RATE``): a reader thread releases frames at RATE times the pace of their stamps
-into a bounded frame queue that drops its oldest frame when the mapper falls behind, and the
-pipeline drops its oldest keyframe when the 2D model does — the node's policy, with every drop
-counted. (The node decodes images after its queue, the replay before: decoding does not delay
-the mapper here.)
+Every mode drives the core :class:`~diff2scene.runtime.MappingRuntime`, the object under the
+live node: the bag's messages go into its frame assembler, its frame worker decodes and maps,
+its query session answers. Modes. **Deterministic** (default): frames are mapped and the 2D
+model runs inline, frame by frame in bag order, so the same bag gives the same map and labels
+every time (with a worker thread, the number of frames fused before a keyframe is unprojected
+depends on thread timing, and so do its memberships). ``deterministic: false`` runs the 2D
+model in the pipeline's worker thread (overlaps fusion with the model; results vary slightly
+run to run). **Real time** (``--realtime RATE``): frames are released at RATE times the pace of
+their stamps into the runtime's bounded frame queue, which drops its oldest frame when the
+mapper falls behind, and the pipeline drops its oldest keyframe when the 2D model does — the
+node's queues and policies, with every drop counted.
 
 A bag that cannot be opened (an MCAP file cut short has no footer) is recovered as far as its
 complete chunks go; a message that cannot be decoded costs its frame (counted, named in the
@@ -43,13 +44,11 @@ import platform
 import re
 import shutil
 import sys
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -58,34 +57,19 @@ from tqdm import tqdm
 from diff2scene.config import from_dict, load_yaml
 from diff2scene.errors import ConfigError, DataFormatError, InputError
 from diff2scene.eval.evaluate import EvalConfig
+from diff2scene.io.assembler import RawFrame
 from diff2scene.io.bag import BagFrameSource, BagLayout, BagSourceConfig
 from diff2scene.io.cli import add_topic_flags, apply_topic_flags
 from diff2scene.io.mcap_salvage import SalvageReport, find_mcap_file, salvage_mcap
 from diff2scene.mapping.render import RenderConfig
-from diff2scene.pipeline import CloseReport, Pipeline, PipelineConfig
-from diff2scene.query.engine import QueryConfig
-from diff2scene.query.ensemble import EnsembleConfig
-from diff2scene.query.labelling import LabellingConfig
+from diff2scene.pipeline import CloseReport, Pipeline
 from diff2scene.replay_report import StageTimes, peak_rss_mib, write_report
+from diff2scene.runtime import MappingRuntime, RuntimeConfig, build_models, paced
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
-from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter, ground_truth_dir
-from diff2scene.types import Frame
+from diff2scene.segmentation.factory import ground_truth_dir
 
 if TYPE_CHECKING:
     from diff2scene.io.bag_writer import ResultBagWriter
-    from diff2scene.query.session import QuerySession
-
-__all__ = [
-    "ReplayConfig",
-    "ReplayRun",
-    "SegmenterConfig",
-    "build_segmenter",
-    "load_replay_config",
-    "read_queries",
-    "replay",
-    "replay_to_dir",
-    "run_replay",
-]
 
 _LOG = logging.getLogger(__name__)
 
@@ -106,27 +90,18 @@ def _room_view() -> RenderConfig:
 
 
 @dataclass
-class ReplayConfig:
-    """Everything a replay needs besides the bag path."""
+class ReplayConfig(RuntimeConfig):
+    """Everything a replay needs besides the bag path: the runtime's settings (the node's,
+    same names and defaults: ``pipeline``, ``input``, ``segmenter``, ``query`` …) and the
+    replay's own, below. The pipeline's ``threaded`` and ``overflow_policy`` are set by the
+    replay mode (``deterministic``, ``--realtime``), not read from the config."""
 
-    #: The mapping pipeline. Its ``threaded`` and ``overflow_policy`` are set by the replay
-    #: mode (``deterministic``, ``--realtime``), not read from here.
-    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    #: Which topics of the bag hold the frames (chosen from the bag when absent).
     source: BagSourceConfig = field(default_factory=BagSourceConfig)
-    segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     #: Run the 2D model inline in bag order (same bag → same map, every time); False runs it
     #: in the pipeline's worker thread (faster on several cores, results vary slightly).
     #: Every keyframe is processed either way; ``--realtime`` overrides this.
     deterministic: bool = True
-    #: Frames waiting between the reader and the mapper under ``--realtime``; the oldest is
-    #: dropped (counted as ``frame_queue_full``) beyond it — the node's ``frame_queue_size``.
-    frame_queue_size: int = 16
-    #: Thresholds, background and instances of the queries.
-    query: QueryConfig = field(default_factory=QueryConfig)
-    #: How the 2D (salient) and 3D (geometric) branches are combined.
-    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
-    #: Vocabulary of the labelled cloud and ``map_labels.png``.
-    labelling: LabellingConfig = field(default_factory=LabellingConfig)
     #: With ground truth beside the bag and no ``labelling.classes``, label with the scene's
     #: classes (what the evaluation scores) instead of ``labelling.vocabulary``.
     label_with_scene_classes: bool = True
@@ -135,13 +110,16 @@ class ReplayConfig:
     #: Map pictures; the top-down view leaves out points above 2 m to see under a ceiling.
     render: RenderConfig = field(default_factory=_room_view)
 
-    def __post_init__(self) -> None:
-        if self.frame_queue_size < 1:
-            raise ConfigError(f"frame_queue_size must be >= 1, got {self.frame_queue_size}")
-
 
 def load_replay_config(path: str | Path | None) -> ReplayConfig:
-    return ReplayConfig() if path is None else from_dict(ReplayConfig, load_yaml(path))
+    if path is None:
+        return ReplayConfig()
+    data = load_yaml(path)
+    source = data.get("source")
+    if isinstance(source, dict) and "input" in source:
+        raise ConfigError(f"{path}: source.input is now input (top level, as the node's "
+                          "parameters): move the block up one level")  # fmt: skip
+    return from_dict(ReplayConfig, data)
 
 
 def read_queries(path: str | Path) -> list[str]:
@@ -164,9 +142,10 @@ def read_queries(path: str | Path) -> list[str]:
 
 @dataclass
 class ReplayRun:
-    """A bag read into a pipeline: the map, what was read, how long each stage took."""
+    """A bag read into a mapping runtime: the map, what was read, how long each stage took."""
 
-    pipeline: Pipeline
+    #: The runtime the bag was read into; its map is final, its queries still answer.
+    runtime: MappingRuntime
     #: The bag actually read: the one given, or the salvaged copy of it.
     bag_read: Path
     layout: BagLayout
@@ -174,7 +153,7 @@ class ReplayRun:
     mode: str
     realtime_rate: float | None
     times: StageTimes
-    #: Frames the frame source delivered (before the realtime frame queue).
+    #: Frames the bag source handed to the runtime (before its frame queue).
     frames_delivered: int
     #: The frame assembler's counters (messages, skips by reason, gaps).
     input_counters: dict[str, int | float]
@@ -188,14 +167,19 @@ class ReplayRun:
     wall_s: float
     first_stamp_ns: int
     last_stamp_ns: int
-    #: The fixed frame of the map (the frame of every output).
-    map_frame: str
-    #: (3,) camera position of the last frame (the viewpoint of left/right in queries).
-    last_camera_position_m: NDArray[np.float64] | None
     #: The exception that ended reading early, if one did.
     error: Exception | None = None
-    #: Realtime mode: the furthest the reader (read + decode) fell behind the pace, seconds.
+    #: Realtime mode: the furthest the reader (read + pairing) fell behind the pace, seconds.
     reader_lag_s_max: float = 0.0
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.runtime.pipeline
+
+    @property
+    def map_frame(self) -> str:
+        """The fixed frame of the map (the frame of every output)."""
+        return self.runtime.map_frame
 
 
 class _WarningLog(logging.Handler):
@@ -210,25 +194,12 @@ class _WarningLog(logging.Handler):
             self.messages.append(record.getMessage())
 
 
-def _timed_frames(source: BagFrameSource, times: StageTimes) -> Iterator[Frame]:
-    """``source``'s frames, each with the time it took to read and assemble recorded."""
-    frames = iter(source)
-    while True:
-        t0 = time.perf_counter()
-        try:
-            frame = next(frames)
-        except StopIteration:
-            return
-        times.add("assemble_decode", time.perf_counter() - t0)
-        yield frame
-
-
 def _open_source(
-    bag: Path, config: BagSourceConfig, salvage_dir: Path | None, problems: list[str]
+    bag: Path, config: ReplayConfig, salvage_dir: Path | None, problems: list[str]
 ) -> tuple[BagFrameSource, dict[str, tuple[str, int]], SalvageReport | None]:
     """The frame source of ``bag``, or of the salvaged part of its MCAP file when the bag
     cannot be opened; the topics it has; the salvage report if one was needed."""
-    source = BagFrameSource(bag, config)
+    source = BagFrameSource(bag, config.source, input_config=config.input)
     try:
         return source, source.topics(), None
     except DataFormatError as exc:
@@ -240,7 +211,7 @@ def _open_source(
         except DataFormatError as salvage_exc:
             raise DataFormatError(f"{exc}; recovering it failed too: {salvage_exc}") from exc
         problems.append(f"the bag cannot be opened ({exc}); {salvage.describe()}")
-        source = BagFrameSource(salvage_dir, config)
+        source = BagFrameSource(salvage_dir, config.source, input_config=config.input)
         return source, source.topics(), salvage
 
 
@@ -249,13 +220,14 @@ def run_replay(
     config: ReplayConfig,
     *,
     segmenter: Segmenter2D,
+    text_encoder: TextEncoder,
     progress: bool = True,
     realtime_rate: float | None = None,
     salvage_dir: Path | None = None,
     times: StageTimes | None = None,
 ) -> ReplayRun:
-    """Read ``bag`` into a new pipeline (see the module doc for the modes); the pipeline is
-    flushed and closed when this returns.
+    """Read ``bag`` into a new mapping runtime (see the module doc for the modes); its
+    pipeline is flushed and closed when this returns, and its queries answer from the map.
 
     ``salvage_dir``: where the readable part of a damaged MCAP file is written — one that
     cannot be opened, or whose reading fails part-way (a corrupt chunk); the replay then reads
@@ -269,9 +241,14 @@ def run_replay(
         raise ConfigError(f"--realtime RATE must be > 0, got {realtime_rate}")
     times = times or StageTimes()
     problems: list[str] = []
-    source, topics, salvage = _open_source(bag, config.source, salvage_dir, problems)
-    run = _read(bag, source, topics, config=config, segmenter=segmenter, progress=progress,
-                realtime_rate=realtime_rate, times=times)  # fmt: skip
+    source, _topics, salvage = _open_source(bag, config, salvage_dir, problems)
+
+    def read(source: BagFrameSource) -> ReplayRun:
+        return _read(bag, source, config=config, segmenter=segmenter,
+                     text_encoder=text_encoder, progress=progress,
+                     realtime_rate=realtime_rate, times=times)  # fmt: skip
+
+    run = read(source)
     mcap = find_mcap_file(bag)
     if run.error is not None and salvage is None and salvage_dir is not None and mcap:
         # A corrupt chunk in the middle: rosbags stops there, but the chunks after it are
@@ -286,9 +263,7 @@ def run_replay(
         else:
             problems.append(salvage.describe())
             times.clear()
-            source = BagFrameSource(salvage_dir, config.source)
-            run = _read(bag, source, source.topics(), config=config, segmenter=segmenter,
-                        progress=progress, realtime_rate=realtime_rate, times=times)  # fmt: skip
+            run = read(BagFrameSource(salvage_dir, config.source, input_config=config.input))
     if run.error is not None:
         problems.append(_read_error(run))
     problems.extend(_skip_problems(run.input_counters))
@@ -306,62 +281,74 @@ def _read_error(run: ReplayRun) -> str:
     )
 
 
+#: Replay mode → (pipeline threaded, 2D queue policy, where frames are mapped).
+_MODES: dict[str, tuple[bool, Literal["drop_oldest", "block"], Literal["queue", "inline"]]] = {
+    "realtime": (True, "drop_oldest", "queue"),
+    "deterministic": (False, "block", "inline"),
+    "threaded": (True, "block", "inline"),
+}
+
+
 def _read(
     bag: Path,
     source: BagFrameSource,
-    topics: dict[str, tuple[str, int]],
     *,
     config: ReplayConfig,
     segmenter: Segmenter2D,
+    text_encoder: TextEncoder,
     progress: bool,
     realtime_rate: float | None,
     times: StageTimes,
 ) -> ReplayRun:
-    """One pass over ``source`` into a new pipeline, closed at the end."""
+    """One pass over ``source`` into a new runtime, whose pipeline is closed at the end."""
     layout = source.layout
     if realtime_rate is not None:
         mode = "realtime"
-        pcfg = replace(config.pipeline, threaded=True, overflow_policy="drop_oldest")
-    elif config.deterministic:
-        mode = "deterministic"
-        pcfg = replace(config.pipeline, threaded=False, overflow_policy="block")
     else:
-        mode = "threaded"
-        pcfg = replace(config.pipeline, threaded=True, overflow_policy="block")
-    pipeline = Pipeline(pcfg, segmenter, on_stage_time=times.add)
-    pipeline.map.metadata["source_bag"] = str(bag)
-    pipeline.map.metadata["replay_mode"] = mode
-    total = topics.get(layout.color_topic, ("", 0))[1] // config.source.frame_stride
+        mode = "deterministic" if config.deterministic else "threaded"
+    threaded, overflow, frames = _MODES[mode]
+    runtime = MappingRuntime(
+        replace(config, pipeline=replace(config.pipeline, threaded=threaded,
+                                         overflow_policy=overflow)),
+        segmenter=segmenter, text_encoder=text_encoder, frames=frames,
+        expect_instances=bool(layout.instance_topic), background_queries=False,
+        on_stage_time=times.add,
+    )  # fmt: skip
+    metadata = runtime.pipeline.map.metadata
+    metadata["source_bag"] = str(bag)
+    metadata["replay_mode"] = mode
+    total = source.topics().get(layout.color_topic, ("", 0))[1] // config.source.frame_stride
     if config.source.max_frames:
         total = min(total, config.source.max_frames)
     state = _ReadState()
+    lag_s = [0.0]
     warnings = _WarningLog()
     io_log = logging.getLogger("diff2scene.io")
     io_log.addHandler(warnings)
     t0 = time.perf_counter()
     try:
         with tqdm(total=total or None, desc="replay", unit="frame", disable=not progress) as bar:
-            frames = _timed_frames(source, times)
-            if realtime_rate is None:
-                _read_in_order(frames, pipeline, state, times, bar)
-            else:
-                _read_realtime(frames, pipeline, state, times, bar, source=source,
-                               rate=realtime_rate, queue_size=config.frame_queue_size)
-        close = pipeline.close()
+            raws = _timed(source.raw_frames(runtime.assembler), times, state)
+            if realtime_rate is not None:
+                raws = paced(raws, realtime_rate, lag_s)
+            for raw in raws:
+                runtime.submit([raw])
+                bar.update(1)
+                if state.delivered % _MEMORY_EVERY_FRAMES == 0:
+                    times.sample_memory()
+        close = runtime.finish()
     finally:
         io_log.removeHandler(warnings)
     wall_s = time.perf_counter() - t0
     times.sample_memory()
-    counters = source.assembler.counters()
-    pipeline.map.metadata["frame_source_stats"] = counters
+    counters = runtime.assembler.counters()
+    metadata["frame_source_stats"] = counters
     return ReplayRun(
-        pipeline=pipeline, bag_read=source.path, layout=layout, mode=mode,
+        runtime=runtime, bag_read=source.path, layout=layout, mode=mode,
         realtime_rate=realtime_rate, times=times, frames_delivered=state.delivered,
         input_counters=counters, input_warnings=warnings.messages, problems=[],
         salvage=None, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
-        last_stamp_ns=state.last_stamp_ns, map_frame=source.assembler.map_frame,
-        last_camera_position_m=state.last_position_m, error=state.error,
-        reader_lag_s_max=state.reader_lag_s_max,
+        last_stamp_ns=state.last_stamp_ns, error=state.error, reader_lag_s_max=lag_s[0],
     )  # fmt: skip
 
 
@@ -386,111 +373,35 @@ class _ReadState:
     delivered: int = 0
     first_stamp_ns: int = 0
     last_stamp_ns: int = 0
-    last_position_m: NDArray[np.float64] | None = None
     error: Exception | None = None
-    #: Realtime mode: the furthest the reader fell behind the frames' release times, s.
-    reader_lag_s_max: float = 0.0
 
-    def saw(self, frame: Frame) -> None:
+    def saw(self, raw: RawFrame) -> None:
         if self.delivered == 0:
-            self.first_stamp_ns = frame.stamp_ns
+            self.first_stamp_ns = raw.stamp_ns
         self.delivered += 1
-        self.last_stamp_ns = frame.stamp_ns
-        self.last_position_m = np.asarray(frame.T_world_camera, np.float64)[:3, 3].copy()
+        self.last_stamp_ns = raw.stamp_ns
 
 
 #: Memory is sampled every this many frames (a /proc read; cheap, but not free).
 _MEMORY_EVERY_FRAMES = 5
 
 
-def _read_in_order(
-    frames: Iterator[Frame], pipeline: Pipeline, state: _ReadState, times: StageTimes, bar: Any
-) -> None:
+def _timed(raws: Iterator[RawFrame], times: StageTimes, state: _ReadState
+           ) -> Iterator[RawFrame]:
+    """``raws`` with the time each took to read recorded; an error reading the bag ends
+    them and is kept in ``state`` (bag content is untrusted, and rosbags raises many types)."""
     while True:
+        t0 = time.perf_counter()
         try:
-            frame = next(frames)
+            raw = next(raws)
         except StopIteration:
             return
-        except Exception as exc:  # bag content is untrusted and rosbags raises many types
+        except Exception as exc:
             state.error = exc
             return
-        state.saw(frame)
-        pipeline.add_frame(frame)
-        bar.update(1)
-        if state.delivered % _MEMORY_EVERY_FRAMES == 0:
-            times.sample_memory()
-
-
-def _read_realtime(
-    frames: Iterator[Frame],
-    pipeline: Pipeline,
-    state: _ReadState,
-    times: StageTimes,
-    bar: Any,
-    *,
-    source: BagFrameSource,
-    rate: float,
-    queue_size: int,
-) -> None:
-    """A reader thread releases frames at ``rate`` times their stamps' pace into a bounded
-    queue (oldest dropped, counted as ``frame_queue_full``); this thread maps them."""
-    waiting: deque[Frame] = deque()
-    ready = threading.Condition()
-    stop = threading.Event()
-    done = False
-
-    def read() -> None:
-        nonlocal done
-        start_wall = 0.0
-        try:
-            for frame in frames:
-                if stop.is_set():
-                    return
-                if state.delivered == 0:
-                    start_wall = time.monotonic()
-                state.saw(frame)
-                due = start_wall + (frame.stamp_ns - state.first_stamp_ns) / 1e9 / rate
-                delay = due - time.monotonic()
-                if delay > 0 and stop.wait(delay):
-                    return
-                # Reading and decoding slower than the pace: the replay no longer reproduces
-                # the stream's rate (reported, so a figure from such a run is not mistaken).
-                state.reader_lag_s_max = max(state.reader_lag_s_max, -delay)
-                with ready:
-                    if len(waiting) >= queue_size:
-                        old = waiting.popleft()
-                        source.assembler.stats.skip(
-                            "frame_queue_full",
-                            f"t={old.stamp_ns}: mapper slower than the bag at {rate:g}x",
-                        )
-                    waiting.append(frame)
-                    ready.notify()
-        except Exception as exc:  # bag content is untrusted and rosbags raises many types
-            state.error = exc
-        finally:
-            with ready:
-                done = True
-                ready.notify()
-
-    reader = threading.Thread(target=read, name="replay-reader", daemon=True)
-    reader.start()
-    mapped = 0
-    try:
-        while True:
-            with ready:
-                while not waiting and not done:
-                    ready.wait(timeout=0.5)
-                if not waiting:
-                    break
-                frame = waiting.popleft()
-            pipeline.add_frame(frame)
-            mapped += 1
-            bar.update(1)
-            if mapped % _MEMORY_EVERY_FRAMES == 0:
-                times.sample_memory()
-    finally:
-        stop.set()
-        reader.join(timeout=60.0)
+        times.add("read", time.perf_counter() - t0)
+        state.saw(raw)
+        yield raw
 
 
 def replay(
@@ -498,11 +409,13 @@ def replay(
     config: ReplayConfig,
     *,
     segmenter: Segmenter2D,
+    text_encoder: TextEncoder,
     progress: bool = True,
 ) -> Pipeline:
-    """Run every frame of ``bag`` through a new pipeline (deterministic mode unless the config
-    says otherwise); returns it flushed and closed."""
-    return run_replay(bag, config, segmenter=segmenter, progress=progress).pipeline
+    """Run every frame of ``bag`` through a new runtime (deterministic mode unless the config
+    says otherwise); returns its pipeline, flushed and closed."""
+    return run_replay(bag, config, segmenter=segmenter, text_encoder=text_encoder,
+                      progress=progress).pipeline
 
 
 # --------------------------------------------------------------------------- outputs
@@ -515,9 +428,9 @@ _OUTPUT_FILES = (
 _OUTPUT_BAGS = ("bag", "salvaged_bag")
 
 
-def _prepare_out(out: Path, *, force: bool) -> None:
-    """Make ``out``; refuse to write over an earlier replay's outputs unless ``force``, and
-    then delete only those (never a file a replay does not write)."""
+def _check_out(out: Path, *, force: bool) -> list[Path]:
+    """The earlier replay outputs in ``out`` that ``force`` allows to replace; refused
+    without it, or when a directory of them holds files a replay does not write."""
     existing = [out / n for n in (*_OUTPUT_FILES, *_OUTPUT_BAGS, "queries") if (out / n).exists()]
     if existing and not force:
         names = ", ".join(p.name for p in existing)
@@ -528,6 +441,14 @@ def _prepare_out(out: Path, *, force: bool) -> None:
             strays = [c for c in path.iterdir() if c.suffix not in allowed or c.is_dir()]
             if strays:
                 raise ConfigError(f"{path} holds files a replay does not write ({strays[0]})")
+    return existing
+
+
+def _prepare_out(out: Path, *, force: bool) -> None:
+    """Make ``out``, deleting an earlier replay's outputs if ``force`` (never a file a
+    replay does not write)."""
+    for path in _check_out(out, force=force):
+        if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink()
@@ -573,27 +494,26 @@ def replay_to_dir(
     from diff2scene.eval.datasets import load_synthetic
     from diff2scene.eval.evaluate import evaluate_scene, summarise
     from diff2scene.eval.evaluate import write_report as write_eval
-    from diff2scene.io.bag_writer import UNKNOWN_LABEL, ResultBagWriter
-    from diff2scene.mapping.render import label_palette, render_map
-    from diff2scene.query.session import QuerySession
+    from diff2scene.io.bag_writer import ResultBagWriter
+    from diff2scene.mapping.render import render_map
 
     bag, out = Path(bag), Path(out)
     _prepare_out(out, force=force)
     times = StageTimes()
     times.sample_memory()
     run = run_replay(
-        bag, config, segmenter=segmenter, progress=progress, realtime_rate=realtime_rate,
-        salvage_dir=out / "salvaged_bag", times=times,
+        bag, config, segmenter=segmenter, text_encoder=encoder, progress=progress,
+        realtime_rate=realtime_rate, salvage_dir=out / "salvaged_bag", times=times,
     )  # fmt: skip
-    pipeline = run.pipeline
+    runtime = run.runtime
+    pipeline = runtime.pipeline
     outputs = [pipeline.save(out / "map.npz")]
     with pipeline.lock:
         snapshot = pipeline.map.snapshot()
     gt_dir = ground_truth_dir(bag)
     scene = load_synthetic(gt_dir) if (gt_dir / "scene.json").is_file() else None
-    labelling_cfg = config.labelling
-    if scene is not None and config.label_with_scene_classes and not labelling_cfg.classes:
-        labelling_cfg = replace(labelling_cfg, classes=tuple(scene.class_names))
+    if scene is not None and config.label_with_scene_classes and not config.labelling.classes:
+        runtime.set_vocabulary(classes=list(scene.class_names))
     problems = list(run.problems)
     answers: list[dict[str, Any]] = []
     evaluation: dict[str, Any] | None = None
@@ -603,24 +523,15 @@ def replay_to_dir(
         if snapshot.num_voxels == 0:
             problems.append("the map is empty (no frame was integrated): no labels, no queries")
         else:
-            session = QuerySession.of_snapshot(
-                snapshot, encoder, segmenter, query=config.query, ensemble=config.ensemble,
-                labelling=labelling_cfg,
-            )  # fmt: skip
             t0 = time.perf_counter()
-            session.engine()
+            runtime.session.engine()
             times.add("query_engine_build", time.perf_counter() - t0)
             t0 = time.perf_counter()
-            lab = session.labelling().labelling
+            cloud = runtime.labelled_cloud()
             times.add("labelling", time.perf_counter() - t0)
-            known = lab.labels >= 0
-            labels = np.full(snapshot.num_voxels, UNKNOWN_LABEL, np.uint32)
-            labels[known] = lab.labels[known]
-            colors = np.array(snapshot.colors, dtype=np.uint8)
-            if np.any(known):
-                colors[known] = label_palette(len(lab.names))[lab.labels[known]]
-            writer.write_cloud(CLOUD_TOPIC, end_ns, snapshot.points_m, rgb=colors,
-                               labels=labels, scores=lab.confidence)  # fmt: skip
+            lab = runtime.session.labelling().labelling
+            writer.write_cloud(CLOUD_TOPIC, end_ns, cloud.points_m, rgb=cloud.rgb,
+                               labels=cloud.labels, scores=cloud.scores)  # fmt: skip
             outputs.append(render_map(snapshot.points_m, out / "map_rgb.png",
                                       colors=np.asarray(snapshot.colors), title="fused colour",
                                       config=config.render))  # fmt: skip
@@ -630,13 +541,14 @@ def replay_to_dir(
                                       config=config.render))  # fmt: skip
             for i, text in enumerate(queries, start=1):
                 stamp_ns = end_ns + i * QUERY_SPACING_NS
-                answers.append(_answer(session, text, index=i, stamp_ns=stamp_ns, run=run,
+                answers.append(_answer(runtime, text, index=i, stamp_ns=stamp_ns,
                                        writer=writer, out=out, times=times,
                                        render=config.render))  # fmt: skip
                 outputs.extend(out / a["heatmap"] for a in answers[-1:] if a.get("heatmap"))
             if scene is not None:
                 t0 = time.perf_counter()
-                evaluation = summarise([evaluate_scene(scene, session.engine(), config.eval)])
+                evaluation = summarise([evaluate_scene(scene, runtime.session.engine(),
+                                                       config.eval)])  # fmt: skip
                 outputs.extend(write_eval(evaluation, out, name="eval"))
                 times.add("evaluation", time.perf_counter() - t0)
     outputs.insert(1, bag_out)
@@ -701,12 +613,11 @@ def replay_to_dir(
 
 
 def _answer(
-    session: QuerySession,
+    runtime: MappingRuntime,
     text: str,
     *,
     index: int,
     stamp_ns: int,
-    run: ReplayRun,
     writer: ResultBagWriter,
     out: Path,
     times: StageTimes,
@@ -718,25 +629,20 @@ def _answer(
     writer.write_text(QUERY_TEXT_TOPIC, stamp_ns, text)
     t0 = time.perf_counter()
     try:
-        answer = session.query(text, viewpoint_m=run.last_camera_position_m)
+        answer = runtime.query(text)
     except InputError as exc:  # a query the grammar or the limits refuse: reported, not fatal
         writer.write_markers(MARKERS_TOPIC, stamp_ns, [])
         return {"text": text, "error": str(exc), "instances": [], "matched_voxels": 0}
     elapsed_s = time.perf_counter() - t0
     times.add("query", elapsed_s)
     result, snap = answer.result, answer.snapshot
-    matched = result.matched
-    ranks = np.zeros(snap.num_voxels, np.uint32)  # 1-based instance rank, 0 = none (the node's)
-    for rank, inst in reversed(list(enumerate(result.instances, start=1))):
-        ranks[inst.voxel_indices] = rank
     writer.write_markers(MARKERS_TOPIC, stamp_ns, result.instances)
-    writer.write_cloud(QUERY_CLOUD_TOPIC, stamp_ns, snap.points_m[matched],
-                       rgb=np.asarray(snap.colors)[matched], labels=ranks[matched],
-                       scores=result.scores[matched])  # fmt: skip
+    writer.write_cloud(QUERY_CLOUD_TOPIC, stamp_ns, answer.points_m, rgb=answer.rgb,
+                       labels=answer.rank_labels, scores=answer.scores)  # fmt: skip
     heatmap = Path("queries") / f"{index:02d}_{_slug(text)}.png"
     (out / "queries").mkdir(exist_ok=True)
-    title = (f"'{text}': {len(result.instances)} instance(s), {matched.size} voxel(s) "
-             "above the threshold (score heat map)")  # fmt: skip
+    title = (f"'{text}': {len(result.instances)} instance(s), {answer.points_m.shape[0]} "
+             "voxel(s) above the threshold (score heat map)")  # fmt: skip
     render_map(snap.points_m, out / heatmap, colors=_heat_colors(result.scores), title=title,
                config=render)
     return {
@@ -749,7 +655,7 @@ def _answer(
              "num_points": inst.num_points}
             for inst in result.instances
         ],
-        "matched_voxels": int(matched.size),
+        "matched_voxels": int(answer.points_m.shape[0]),
         "ms": round(elapsed_s * 1e3, 2),
         "engine_timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "heatmap": str(heatmap),
@@ -789,11 +695,12 @@ def _run(args: argparse.Namespace) -> int:
             f"--out is an output directory (the map is written as DIR/map.npz), got {out}"
         )
     config = load_replay_config(args.config)
-    config.source = apply_topic_flags(config.source, args)
+    config.source, config.input = apply_topic_flags(config.source, config.input, args)
     queries = read_queries(args.queries) if args.queries is not None else []
+    _check_out(out, force=args.force)  # before any work, not after the replay
     # The bag first: a missing bag or unusable topics are the problem to name, not the
     # models (the oracle would complain about ground truth beside a bag that is not there).
-    probe = BagFrameSource(args.bag, config.source)
+    probe = BagFrameSource(args.bag, config.source, input_config=config.input)
     try:
         probe.topics()
     except DataFormatError:
@@ -806,7 +713,7 @@ def _run(args: argparse.Namespace) -> int:
               f"{layout.camera_info_topic}, pose from {layout.pose_topic or 'TF'}")
         for note in layout.notes:
             print(f"  (auto) {note}")
-    segmenter, encoder = build_segmenter(config.segmenter, bag=args.bag)
+    segmenter, encoder = build_models(config, bag=args.bag)
     report = replay_to_dir(
         args.bag, out, config, segmenter=segmenter, encoder=encoder, queries=queries,
         realtime_rate=args.realtime, progress=not args.no_progress, force=args.force,

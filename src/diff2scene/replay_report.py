@@ -7,8 +7,9 @@ measured and the report gives count, p50, p95, max and mean per stage.
 
 Stages (names as in the report):
 
-* ``assemble_decode`` — reading the bag, deserialising, pairing colour/depth/pose and
-  decoding the images of one frame (the frame source's work between two frames);
+* ``read`` — reading the bag, deserialising and pairing colour/depth/pose until the next
+  frame is ready (the bag source's work between two frames);
+* ``decode`` — decoding and checking the images of one frame (the runtime's frame worker);
 * ``fusion`` — TSDF integration of one frame into the map;
 * ``segment2d`` — the 2D model on one keyframe;
 * ``unproject`` — unprojecting one keyframe's masks into the map and merging memberships;
@@ -42,7 +43,7 @@ __all__ = [
 
 #: Stages in pipeline order (others, if recorded, follow).
 STAGES = (
-    "assemble_decode", "fusion", "segment2d", "unproject", "net3d",
+    "read", "decode", "fusion", "segment2d", "unproject", "net3d",
     "query_engine_build", "query", "labelling",
 )  # fmt: skip
 

@@ -26,11 +26,13 @@ from diff2scene.replay import (
     MARKERS_TOPIC,
     QUERY_CLOUD_TOPIC,
     QUERY_TEXT_TOPIC,
-    build_segmenter,
+    ReplayConfig,
     load_replay_config,
     read_queries,
     run_replay,
 )
+from diff2scene.runtime import build_models
+from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.synth.dataset import SynthConfig, SynthResult, synthesize
 from diff2scene.synth.render import RenderConfig
 
@@ -55,6 +57,7 @@ def config_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("cfg") / "replay.yaml"
     path.write_text(yaml.safe_dump({
         "pipeline": {"mapper": {"voxel_size_m": 0.05, "device": "CPU:0"}},
+        "segmenter": {"kind": "oracle"},
         "render": {"max_points": 3000, "figure_size_in": [6.0, 3.0], "dots_per_inch": 40},
         "eval": {"max_query_classes": 3, "max_relation_queries": 1},
     }))  # fmt: skip
@@ -125,7 +128,7 @@ def test_replay_writes_map_bag_pictures_report_and_evaluation(
     assert frames["delivered"] == frames["mapped"] == N_FRAMES
     assert frames["integrated"] == N_FRAMES
     stages = report["stages_ms"]
-    assert stages["assemble_decode"]["count"] == N_FRAMES
+    assert stages["read"]["count"] == stages["decode"]["count"] == N_FRAMES
     assert stages["fusion"]["count"] == N_FRAMES
     segmented = report["keyframes"]["segmented"]
     assert segmented == report["keyframes"]["selected"] >= 5
@@ -278,14 +281,14 @@ def test_a_corrupt_chunk_is_skipped_and_the_rest_replayed(
     frame = chunks[0] + 9 + 44  # the zstd frame of the first chunk (see test_mcap_salvage)
     data[frame : frame + 4] = bytes(4)
     mcap.write_bytes(bytes(data))
-    config = load_replay_config(None)
+    config = ReplayConfig(segmenter=SegmenterConfig(kind="oracle"))
     config.pipeline.mapper.voxel_size_m = 0.05
-    segmenter, _ = build_segmenter(config.segmenter, bag=scene / "bag")
+    segmenter, encoder = build_models(config, bag=scene / "bag")
     # Without a place to put a salvaged copy, reading stops at the bad chunk, reported.
-    plain = run_replay(scene / "bag", config, segmenter=segmenter, progress=False)
+    plain = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False)
     assert plain.error is not None and plain.frames_delivered == 0
     assert any("stopped after 0 frame(s)" in p and "Zstd" in p for p in plain.problems)
-    run = run_replay(scene / "bag", config, segmenter=segmenter, progress=False,
+    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False,
                      salvage_dir=tmp_path / "salvaged")  # fmt: skip
     assert "failed part-way" in run.problems[0]
     assert any("1 corrupt chunk(s) dropped" in p for p in run.problems)
@@ -319,10 +322,10 @@ def test_sqlite_bag_with_a_garbage_message_is_named_and_costs_one_frame(
         shutil.copy(room.out_dir / name, scene / name)
     _sqlite_copy_with_garbage(room.bag_path, scene / "bag", bad_index=5)
     assert list((scene / "bag").glob("*.db3"))
-    config = load_replay_config(None)
+    config = ReplayConfig(segmenter=SegmenterConfig(kind="oracle"))
     config.pipeline.mapper.voxel_size_m = 0.05
-    segmenter, _ = build_segmenter(config.segmenter, bag=scene / "bag")
-    run = run_replay(scene / "bag", config, segmenter=segmenter, progress=False)
+    segmenter, encoder = build_models(config, bag=scene / "bag")
+    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False)
     assert run.frames_delivered == N_FRAMES - 1
     assert run.input_counters["skipped_undecodable_message"] == 1
     assert any("undecodable_message" in p for p in run.problems)
@@ -331,12 +334,12 @@ def test_sqlite_bag_with_a_garbage_message_is_named_and_costs_one_frame(
 
 
 def test_realtime_paces_frames_and_counts_every_drop(room: SynthResult) -> None:
-    config = load_replay_config(None)
+    config = ReplayConfig(segmenter=SegmenterConfig(kind="oracle"))
     config.pipeline.mapper.voxel_size_m = 0.05
     config.frame_queue_size = 1
-    segmenter, _ = build_segmenter(config.segmenter, bag=room.bag_path)
+    segmenter, encoder = build_models(config, bag=room.bag_path)
     # 1000x: the 8 s bag is released in ~8 ms, far faster than fusion; the queue must drop.
-    run = run_replay(room.bag_path, config, segmenter=segmenter, progress=False,
+    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False,
                      realtime_rate=1000.0)  # fmt: skip
     assert run.mode == "realtime"
     assert run.pipeline.config.overflow_policy == "drop_oldest" and run.pipeline.config.threaded
@@ -349,15 +352,15 @@ def test_realtime_paces_frames_and_counts_every_drop(room: SynthResult) -> None:
     assert s.keyframes_selected == (s.keyframes_segmented + s.keyframes_dropped
                                     + sum(s.keyframes_abandoned.values()))  # fmt: skip
     with pytest.raises(ConfigError, match="RATE"):
-        run_replay(room.bag_path, config, segmenter=segmenter, progress=False, realtime_rate=0.0)
+        run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False, realtime_rate=0.0)
 
 
 def test_realtime_keeps_the_bag_pace(room: SynthResult) -> None:
-    config = load_replay_config(None)
+    config = ReplayConfig(segmenter=SegmenterConfig(kind="oracle"))
     config.pipeline.mapper.voxel_size_m = 0.05
     config.source.max_frames = 6  # 6 frames at 3 Hz = 5/3 s of bag time
-    segmenter, _ = build_segmenter(config.segmenter, bag=room.bag_path)
-    run = run_replay(room.bag_path, config, segmenter=segmenter, progress=False,
+    segmenter, encoder = build_models(config, bag=room.bag_path)
+    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False,
                      realtime_rate=2.0)  # fmt: skip
     bag_s = (run.last_stamp_ns - run.first_stamp_ns) / 1e9
     assert bag_s == pytest.approx(5 / 3, rel=1e-3)

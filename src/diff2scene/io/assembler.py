@@ -374,6 +374,26 @@ class FrameAssembler:
             self._enqueue(self._sync.flush())
             return self._resolve(final=True)
 
+    def reject(self, reason: str) -> None:
+        """A message a front end could not read (bad calibration, pose, transform): counted
+        under ``rejected_<reason>``. Front ends call this rather than touching the counters,
+        which callback threads share."""
+        with self._lock:
+            self.rejected[reason] += 1
+
+    def skip_color(self, reason: str, detail: str = "") -> None:
+        """A colour image that cannot become a frame before it reaches the assembler (an
+        undecodable message in a bag): received, and skipped under ``reason``."""
+        with self._lock:
+            self.received["color"] += 1
+            self.stats.skip(reason, detail)
+
+    def skip_frame(self, raw: RawFrame, reason: str, detail: str = "") -> None:
+        """A raw frame handed out but dropped before decoding (a full frame queue, a frame
+        stride): skipped under ``reason``, so the books still close."""
+        with self._lock:
+            self.stats.skip(reason, f"t={raw.stamp_ns}" + (f": {detail}" if detail else ""))
+
     # ------------------------------------------------------------------ decoding
 
     def finish(self, raw: RawFrame) -> Frame | None:
@@ -389,10 +409,6 @@ class FrameAssembler:
             self._frames_built += 1
             self.stats.delivered += 1
         return frame
-
-    def assemble(self, raws: Iterable[RawFrame]) -> list[Frame]:
-        """:meth:`finish` of each raw frame, the unusable ones left out."""
-        return [f for f in (self.finish(r) for r in raws) if f is not None]
 
     def _decode(self, raw: RawFrame) -> Frame:
         cfg = self.config

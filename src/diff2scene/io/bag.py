@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -62,14 +62,12 @@ class BagSourceConfig:
     pose_topic: str = "/camera/pose"
     #: Ground-truth instance image topic (synthetic bags); read when present.
     instance_topic: str = "/camera/instance/image_raw"
-    #: Assembly of the messages into frames (shared with the live node).
-    input: InputConfig = field(default_factory=InputConfig)
     #: Topics that must be in the bag as named (those given on the command line): an automatic
     #: choice never replaces them, so a typo stops the run instead of reading another topic.
     required_topics: tuple[str, ...] = ()
     #: Deliver every n-th frame (1 = all).
     frame_stride: int = 1
-    #: Stop after this many delivered frames (0 = no limit).
+    #: Stop after this many frames are handed to the mapper (0 = no limit).
     max_frames: int = 0
 
     def __post_init__(self) -> None:
@@ -93,9 +91,6 @@ class BagLayout:
 
     def as_config(self, base: BagSourceConfig) -> BagSourceConfig:
         """``base`` with this layout's topics written in (what ``bag-info`` proposes)."""
-        input_config = base.input
-        if input_config.pose_source == "auto" and self.pose_source == "tf":
-            input_config = replace(input_config, pose_source="tf")
         return replace(
             base,
             color_topic=self.color_topic,
@@ -103,8 +98,14 @@ class BagLayout:
             camera_info_topic=self.camera_info_topic,
             pose_topic=self.pose_topic or base.pose_topic,
             instance_topic=self.instance_topic or base.instance_topic,
-            input=input_config,
         )
+
+    def input_config(self, base: InputConfig) -> InputConfig:
+        """``base`` with the pose source this bag offers made explicit (``auto`` → ``tf`` for
+        a bag with TF only), as ``bag-info`` proposes it."""
+        if base.pose_source == "auto" and self.pose_source == "tf":
+            return replace(base, pose_source="tf")
+        return base
 
 
 def _namespace(topic: str) -> str:
@@ -142,7 +143,9 @@ def _rank_depth(topic: str, color_topic: str) -> tuple[int, int, int, str]:
     return (aligned, -shared, raw_first, topic)
 
 
-def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
+def choose_layout(
+    topics: dict[str, str], config: BagSourceConfig, *, pose_source: str = "auto"
+) -> BagLayout:
     """Pick the topics to read from ``topics`` (name → type); :class:`DataFormatError` when the
     bag cannot provide frames, naming what is missing and what the bag has."""
     notes: list[str] = []
@@ -211,7 +214,7 @@ def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
         notes.append(f"camera_info: {info} ({config.camera_info_topic} absent)")
 
     has_tf = any(t in topics and topics[t] == TF_TYPE for t in TF_TOPICS)
-    wanted = config.input.pose_source
+    wanted = pose_source
     pose_topic = ""
     if wanted != "tf":
         if config.pose_topic in topics:
@@ -245,16 +248,29 @@ def choose_layout(topics: dict[str, str], config: BagSourceConfig) -> BagLayout:
 
 
 class BagFrameSource(FrameSource):
-    """Synchronised frames from a rosbag2 directory or file (sqlite3 or MCAP)."""
+    """Synchronised frames from a rosbag2 directory or file (sqlite3 or MCAP).
 
-    def __init__(self, path: str | Path, config: BagSourceConfig | None = None) -> None:
+    Iterating gives decoded frames (tools, training, evaluation). A mapping runtime instead
+    takes the posed, undecoded frames of :meth:`raw_frames`, assembled by its own assembler,
+    and decodes them in its frame worker as it does for a live stream.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        config: BagSourceConfig | None = None,
+        *,
+        input_config: InputConfig | None = None,
+    ) -> None:
         super().__init__()
         self.path = Path(path)
         self.config = config or BagSourceConfig()
+        #: How messages are assembled into frames (the live node's ``input.*``).
+        self.input_config = input_config or InputConfig()
         if not self.path.exists():
             raise DataFormatError(f"bag not found: {self.path}")
         #: The assembler of the last (or current) pass over the bag: counters live here.
-        self.assembler = FrameAssembler(self.config.input)
+        self.assembler = FrameAssembler(self.input_config)
         self._layout: BagLayout | None = None
 
     def _reader(self) -> Any:
@@ -284,26 +300,45 @@ class BagFrameSource(FrameSource):
     def layout(self) -> BagLayout:
         """The topics this source reads (chosen on first use)."""
         if self._layout is None:
-            self._layout = choose_layout(
-                {t: ty for t, (ty, _) in self.topics().items()}, self.config
-            )
+            self._layout = self._choose({t: ty for t, (ty, _) in self.topics().items()})
         return self._layout
 
+    def _choose(self, types: dict[str, str]) -> BagLayout:
+        return choose_layout(types, self.config, pose_source=self.input_config.pose_source)
+
     def __iter__(self) -> Iterator[Frame]:
+        delivered = 0
+        for raw in self.raw_frames(FrameAssembler(self.input_config,
+                                                  expect_instances=self._has_instances())):
+            frame = self.assembler.finish(raw)
+            if frame is None:
+                continue
+            delivered += 1
+            yield frame
+            if self.config.max_frames and delivered >= self.config.max_frames:
+                return
+
+    def _has_instances(self) -> bool:
+        return bool(self.layout.instance_topic)
+
+    def raw_frames(self, assembler: FrameAssembler) -> Iterator[RawFrame]:
+        """The bag's messages pushed in log order into ``assembler`` (which becomes this
+        source's :attr:`assembler`), and the frames it makes ready, not yet decoded.
+
+        ``frame_stride`` is applied here (the frames left out are counted as
+        ``frame_stride``); ``max_frames`` ends the pass after that many frames are handed out.
+        """
+        self.assembler = assembler
+        self.stats = assembler.stats
         reader = self._reader()
         try:
             if self._layout is None:
-                types = {c.topic: c.msgtype for c in reader.connections}
-                self._layout = choose_layout(types, self.config)
-            self.assembler = FrameAssembler(
-                self.config.input, expect_instances=bool(self._layout.instance_topic)
-            )
-            self.stats = self.assembler.stats
-            yield from self._frames(reader, self._layout)
+                self._layout = self._choose({c.topic: c.msgtype for c in reader.connections})
+            yield from self._raw_frames(reader, self._layout)
         finally:
             reader.close()
 
-    def _frames(self, reader: Any, layout: BagLayout) -> Iterator[Frame]:
+    def _raw_frames(self, reader: Any, layout: BagLayout) -> Iterator[RawFrame]:
         cfg = self.config
         asm = self.assembler
         handlers = {
@@ -313,26 +348,26 @@ class BagFrameSource(FrameSource):
         }
         if layout.pose_topic:
             handlers[layout.pose_topic] = lambda m: asm.add_pose(read_pose(m))
-        if layout.pose_source == "tf" or cfg.input.pose_source in ("auto", "tf"):
+        if layout.pose_source == "tf" or self.input_config.pose_source in ("auto", "tf"):
             handlers["/tf"] = lambda m: asm.add_transforms(read_transforms(m))
             handlers["/tf_static"] = lambda m: asm.add_transforms(read_transforms(m), static=True)
         if layout.instance_topic:
             handlers[layout.instance_topic] = lambda m: asm.add_instances(read_image(m))
         connections = [c for c in reader.connections if c.topic in handlers]
         ready = 0
-        delivered = 0
+        handed = 0
 
-        def take(raws: list[RawFrame]) -> Iterator[Frame]:
-            nonlocal ready, delivered
+        def take(raws: list[RawFrame]) -> Iterator[RawFrame]:
+            nonlocal ready, handed
             for raw in raws:
                 ready += 1
                 if (ready - 1) % cfg.frame_stride:
-                    asm.stats.skip("frame_stride", "")
+                    asm.skip_frame(raw, "frame_stride")
                     continue
-                frame = asm.finish(raw)
-                if frame is not None:
-                    delivered += 1
-                    yield frame
+                if cfg.max_frames and handed >= cfg.max_frames:
+                    return
+                handed += 1
+                yield raw
 
         for conn, _log_ns, payload in reader.messages(connections=connections):
             try:
@@ -345,20 +380,15 @@ class BagFrameSource(FrameSource):
             except InputError as exc:
                 self._count_bad(conn.topic, layout, exc.reason, f"{conn.topic}: {exc.detail}")
                 continue
-            for frame in take(raws):
-                yield frame
-                if cfg.max_frames and delivered >= cfg.max_frames:
-                    return
-        for frame in take(asm.flush()):
-            yield frame
-            if cfg.max_frames and delivered >= cfg.max_frames:
+            yield from take(raws)
+            if cfg.max_frames and handed >= cfg.max_frames:
                 return
+        yield from take(asm.flush())
 
     def _count_bad(self, topic: str, layout: BagLayout, reason: str, detail: str) -> None:
         """A message that could not be read: a lost frame if it was a colour image."""
         if topic == layout.color_topic:
-            self.assembler.received["color"] += 1
-            self.assembler.stats.skip(reason, detail)
+            self.assembler.skip_color(reason, detail)
         else:
-            self.assembler.rejected[reason] += 1
+            self.assembler.reject(reason)
             _LOG.debug("message refused (%s): %s", reason, detail)

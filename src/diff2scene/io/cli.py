@@ -12,6 +12,7 @@ import numpy as np
 import yaml
 
 from diff2scene.config import to_dict
+from diff2scene.io.assembler import InputConfig
 from diff2scene.io.bag import (
     CAMERA_INFO_TYPE,
     IMAGE_TYPES,
@@ -34,14 +35,16 @@ def add_topic_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--world-frame", help="map frame for TF lookups (default: map)")
 
 
-def apply_topic_flags(config: BagSourceConfig, args: argparse.Namespace) -> BagSourceConfig:
-    """``config`` with the topic flags given on the command line written in."""
+def apply_topic_flags(
+    config: BagSourceConfig, input_config: InputConfig, args: argparse.Namespace
+) -> tuple[BagSourceConfig, InputConfig]:
+    """``config`` and ``input_config`` with the topic flags given on the command line written
+    in (``--pose-topic tf`` and ``--world-frame`` are input settings)."""
     changes: dict[str, Any] = {}
     for flag in ("color_topic", "depth_topic", "camera_info_topic"):
         value = getattr(args, flag, None)
         if value:
             changes[flag] = value
-    input_config = config.input
     pose = getattr(args, "pose_topic", None)
     if pose == "tf":
         input_config = replace(input_config, pose_source="tf")
@@ -51,7 +54,7 @@ def apply_topic_flags(config: BagSourceConfig, args: argparse.Namespace) -> BagS
     world = getattr(args, "world_frame", None)
     if world:
         input_config = replace(input_config, world_frame=world)
-    return replace(config, input=input_config, **changes)
+    return replace(config, **changes), input_config
 
 
 def register(subparsers: Any) -> None:
@@ -79,8 +82,8 @@ def _candidates(topics: dict[str, tuple[str, int]]) -> dict[str, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    config = apply_topic_flags(BagSourceConfig(), args)
-    source = BagFrameSource(args.bag, config)
+    config, input_config = apply_topic_flags(BagSourceConfig(), InputConfig(), args)
+    source = BagFrameSource(args.bag, config, input_config=input_config)
     topics = source.topics()
     layout = source.layout
     n = 0
@@ -104,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
                      "instance_topic")
         }
     }
-    proposed["source"]["input"] = {
-        "pose_source": proposal.input.pose_source,
+    proposed["input"] = {
+        "pose_source": layout.input_config(source.input_config).pose_source,
         "world_frame": source.assembler.map_frame,
     }
     summary: dict[str, Any] = {

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from diff2scene.config import to_dict
 from diff2scene.errors import ConfigError, DataFormatError
+from diff2scene.io.assembler import InputConfig
 from diff2scene.io.bag import BagSourceConfig
 from diff2scene.mapping import KeyframeConfig, MapperConfig, UnprojectConfig
 from diff2scene.net3d.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -93,6 +94,8 @@ class TrainConfig:
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
     #: Bag reading (topics, sync) for scenes given as bags.
     bag: BagSourceConfig = field(default_factory=BagSourceConfig)
+    #: How the bag's messages are assembled into frames (sync, pose source), as in replay.
+    input: InputConfig = field(default_factory=InputConfig)
     #: Voxel fusion for scenes given as bags.
     mapper: MapperConfig = field(default_factory=MapperConfig)
     #: Keyframe selection for scenes given as bags.
@@ -127,6 +130,7 @@ def _cache_path(config: TrainConfig, scene: Path) -> Path:
         "scene": str(scene.resolve()),
         "segmenter": to_dict(config.segmenter),
         "bag": to_dict(config.bag),
+        "input": to_dict(config.input),
         "mapper": to_dict(config.mapper),
         "keyframes": to_dict(config.keyframes),
         "unproject": to_dict(config.unproject),
@@ -146,7 +150,7 @@ def prepare_scene(config: TrainConfig, scene: Path) -> Path:
 
     _LOG.info("building scene cache %s from %s", cache, scene)
     bag = scene / "bag" if (scene / "bag" / "metadata.yaml").exists() else scene
-    source = BagFrameSource(bag, config.bag)
+    source = BagFrameSource(bag, config.bag, input_config=config.input)
     data = build_scene(
         source,
         build_segmenter(config.segmenter, bag=bag)[0],

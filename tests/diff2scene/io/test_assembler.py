@@ -5,11 +5,13 @@ from diff2scene.errors import ConfigError, DataFormatError, InputError
 from diff2scene.io.assembler import (
     FrameAssembler,
     InputConfig,
+    RawFrame,
     intrinsics_from_camera_info,
 )
 from diff2scene.io.bag import BagSourceConfig, choose_layout
 from diff2scene.io.messages import CameraInfoData, ImageData, PoseData
 from diff2scene.io.transforms import T_BODY_OPTICAL, pose_to_matrix, quat_to_matrix
+from diff2scene.types import Frame
 
 W, H = 8, 6
 DT = 33_333_333
@@ -37,6 +39,11 @@ def pose(t: int, x: float, parent: str = "map", child: str = "") -> PoseData:
     return PoseData(t, parent, child, pose_to_matrix((x, 0.0, 0.0), (0, 0, 0, 1)))
 
 
+def finished(asm: FrameAssembler, raws: list[RawFrame]) -> list[Frame]:
+    """The frames ``raws`` decode to, unusable ones left out (as the runtime's worker does)."""
+    return [f for f in (asm.finish(r) for r in raws) if f is not None]
+
+
 def feed(asm: FrameAssembler, n: int, *, skip: tuple[int, ...] = (), with_pose: bool = True):
     raws = []
     asm.add_camera_info(info())
@@ -49,7 +56,7 @@ def feed(asm: FrameAssembler, n: int, *, skip: tuple[int, ...] = (), with_pose: 
         if with_pose:
             raws += asm.add_pose(pose(t, i * 0.01))
     raws += asm.flush()
-    return asm.assemble(raws)
+    return finished(asm, raws)
 
 
 def test_intrinsics_prefer_p_then_k_and_apply_roi_and_binning() -> None:
@@ -118,7 +125,7 @@ def test_tf_chain_is_chained_and_interpolated() -> None:
         raws += asm.add_color(color(t))
         raws += asm.add_depth(depth(t))
     raws += asm.add_transforms([pose(T0 + 4 * DT, 0.4, "odom", "base_link")])
-    frames = asm.assemble(raws)
+    frames = finished(asm, raws)
     assert len(frames) == 4 and asm.pose_used["tf"] == 4
     T = frames[1].T_world_camera
     # halfway between samples 1 (0.1 m at t - DT/2) and 2 (0.2 m at t + DT/2)
@@ -140,7 +147,7 @@ def test_odometry_of_a_body_frame_is_linked_to_the_camera_through_tf() -> None:
         raws += asm.add_color(color(t))
         raws += asm.add_depth(depth(t))
     raws += asm.flush()
-    frames = asm.assemble(raws)
+    frames = finished(asm, raws)
     assert len(frames) == 3
     np.testing.assert_allclose(frames[1].T_world_camera[:3, 2], [1.0, 0.0, 0.0], atol=1e-9)
     # the odometry frame is not linked to "map": it becomes the map frame, said once
@@ -172,7 +179,7 @@ def test_a_single_wild_stamp_is_skipped_and_a_confirmed_reset_accepted() -> None
         t = T0 - 60 * 10**9 + i * DT
         raws += asm.add_color(color(t)) + asm.add_depth(depth(t)) + asm.add_pose(pose(t, 0.0))
     raws += asm.flush()
-    frames = asm.assemble(raws)
+    frames = finished(asm, raws)
     assert asm.rejected["time_reset"] == 1
     assert asm.stats.skipped["stamp_jump"] == 1 + 2  # the wild one, then two before the reset
     assert len(frames) == 8 + 4
@@ -188,7 +195,7 @@ def test_instances_are_attached_when_expected() -> None:
     assert raws == []  # waits for its ground truth
     ids = np.full((H, W), 7, np.int32)
     raws = asm.add_instances(ImageData(t, "cam", "32SC1", ids.tobytes(), H, W, W * 4))
-    frames = asm.assemble(raws)
+    frames = finished(asm, raws)
     assert frames[0].instance_ids is not None and frames[0].instance_ids[0, 0] == 7
 
 

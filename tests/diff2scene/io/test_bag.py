@@ -45,7 +45,7 @@ def test_pose_from_tf_chain_with_static_optical_frame(tmp_path: Path) -> None:
     path = tmp_path / "b"
     with bag(path) as b:
         write_sequence(b, 4, pose="tf")
-    frames = list(BagFrameSource(path, BagSourceConfig(input=InputConfig(pose_source="tf"))))
+    frames = list(BagFrameSource(path, input_config=InputConfig(pose_source="tf")))
     assert len(frames) == 4
     T = frames[1].T_world_camera
     x = frames[1].stamp_ns * 1e-9
@@ -133,7 +133,7 @@ def test_frames_wait_for_a_late_camera_info_then_are_skipped(tmp_path: Path) -> 
             b.write("/camera/pose", ti, pose_stamped(ti, (0, 0, 0)))
         t2 = t + n * dt
         b.write("/camera/color/camera_info", t2, camera_info(t2, 8, 6))
-    source = BagFrameSource(path, BagSourceConfig(input=InputConfig(max_pose_wait_s=0.5)))
+    source = BagFrameSource(path, input_config=InputConfig(max_pose_wait_s=0.5))
     frames = list(source)
     skipped = source.stats.skipped["missing_camera_info"]
     assert 0 < skipped < n  # the oldest gave up waiting; the newest got the late calibration
