@@ -12,10 +12,9 @@ from __future__ import annotations
 import array
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
-from builtin_interfaces.msg import Time
+from builtin_interfaces.msg import Duration, Time
 from diff2scene_interfaces.msg import Instance
 from geometry_msgs.msg import (
     Point,
@@ -32,9 +31,39 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from diff2scene.errors import InputError
-from diff2scene.io.bag_writer import cloud_record
+from diff2scene.io import output_layout as layout
+from diff2scene.io.output_layout import (
+    HIGHLIGHT_RGB,
+    QUERY_NAMESPACE,
+    UNKNOWN_LABEL,
+    InstanceLike,
+    MarkerStyle,
+    unpack_rgb,
+)
 from diff2scene.io.transforms import matrix_to_quat
 from diff2scene.types import CameraIntrinsics
+
+__all__ = [
+    "CLOUD_FIELDS",
+    "HIGHLIGHT_RGB",
+    "UNKNOWN_LABEL",
+    "Cloud",
+    "InstanceLike",
+    "arrays_to_cloud",
+    "cloud_to_arrays",
+    "depth_to_image",
+    "instance_msg_contents",
+    "instances_to_msgs",
+    "intrinsics_to_camera_info",
+    "make_header",
+    "matrix_to_pose_stamped",
+    "matrix_to_transform_stamped",
+    "ns_to_stamp",
+    "query_markers",
+    "rgb_to_image",
+    "stamp_to_ns",
+    "unpack_rgb",
+]
 
 _NS_PER_S = 1_000_000_000
 
@@ -172,36 +201,8 @@ def matrix_to_transform_stamped(
 
 # --------------------------------------------------------------------------- point clouds
 
-#: ``label`` of a point whose class is unknown (too little evidence to name one).
-UNKNOWN_LABEL = 0xFFFFFFFF
-
-#: The labelled cloud's point layout: (name, PointField datatype, numpy dtype), 24 bytes.
-CLOUD_FIELDS: tuple[tuple[str, int, str], ...] = (
-    ("x", PointField.FLOAT32, "<f4"),
-    ("y", PointField.FLOAT32, "<f4"),
-    ("z", PointField.FLOAT32, "<f4"),
-    ("rgb", PointField.FLOAT32, "<f4"),
-    ("label", PointField.UINT32, "<u4"),
-    ("score", PointField.FLOAT32, "<f4"),
-)
-_POINTFIELD_DTYPES: dict[int, str] = {
-    PointField.INT8: "i1",
-    PointField.UINT8: "u1",
-    PointField.INT16: "i2",
-    PointField.UINT16: "u2",
-    PointField.INT32: "i4",
-    PointField.UINT32: "u4",
-    PointField.FLOAT32: "f4",
-    PointField.FLOAT64: "f8",
-}
-
-
-def unpack_rgb(packed: NDArray[np.generic]) -> NDArray[np.uint8]:
-    """(N, 3) uint8 RGB of a packed (N,) float32 or uint32 ``rgb``/``rgba`` field."""
-    bits = np.ascontiguousarray(packed).view(np.uint32)
-    return np.stack([(bits >> 16) & 0xFF, (bits >> 8) & 0xFF, bits & 0xFF], axis=1).astype(
-        np.uint8
-    )
+#: The labelled cloud's fields (:data:`diff2scene.io.output_layout.CLOUD_FIELDS`), 24 bytes.
+CLOUD_FIELDS = layout.CLOUD_FIELDS
 
 
 @dataclass
@@ -212,12 +213,6 @@ class Cloud:
     rgb: NDArray[np.uint8] | None = None  # (N, 3)
     labels: NDArray[np.uint32] | None = None  # (N,)
     scores: NDArray[np.float32] | None = None  # (N,)
-
-
-def _offsets(dtype: np.dtype[np.void]) -> list[int]:
-    if dtype.fields is None:
-        return []
-    return [int(dtype.fields[name][1]) for name in dtype.names or ()]
 
 
 def arrays_to_cloud(
@@ -232,27 +227,23 @@ def arrays_to_cloud(
     """Unorganised ``PointCloud2`` with fields x y z rgb label score (:data:`CLOUD_FIELDS`).
 
     ``points_m`` is (N, 3); ``rgb`` (N, 3) uint8 (default grey), ``labels`` (N,) non-negative
-    ints (default 0), ``scores`` (N,) (default 0). All six fields are always written so every
-    cloud the node publishes has one layout that rviz can colour by ``rgb`` or ``label``.
+    ints (default 0), ``scores`` (N,) (default 0). The content is the core's
+    (:func:`~diff2scene.io.output_layout.labelled_cloud`), shared with replay's result bags.
     """
-    # the core's record (shared with the result bags of a replay) checks the shapes
-    rec = cloud_record(points_m, rgb=rgb, labels=labels, scores=scores)
-    dtype = rec.dtype
-    n = rec.shape[0]
-    pts = np.asarray(points_m)
+    c = layout.labelled_cloud(points_m, rgb=rgb, labels=labels, scores=scores)
     return PointCloud2(
         header=make_header(frame_id, stamp_ns),
-        height=1,
-        width=n,
+        height=c.height,
+        width=c.width,
         fields=[
-            PointField(name=name, offset=offset, datatype=code, count=1)
-            for (name, code, _), offset in zip(CLOUD_FIELDS, _offsets(dtype), strict=True)
+            PointField(name=f.name, offset=f.offset, datatype=f.datatype, count=f.count)
+            for f in c.fields
         ],
-        is_bigendian=False,
-        point_step=dtype.itemsize,
-        row_step=dtype.itemsize * n,
-        data=array.array("B", rec.tobytes()),
-        is_dense=bool(np.all(np.isfinite(pts))),
+        is_bigendian=c.is_bigendian,
+        point_step=c.point_step,
+        row_step=c.row_step,
+        data=array.array("B", c.data),
+        is_dense=c.is_dense,
     )
 
 
@@ -268,9 +259,9 @@ def cloud_to_arrays(msg: PointCloud2) -> Cloud:
     order = ">" if msg.is_bigendian else "<"
     fields: dict[str, tuple[int, str]] = {}
     for f in msg.fields:
-        if int(f.datatype) not in _POINTFIELD_DTYPES:
+        if int(f.datatype) not in layout.POINTFIELD_DTYPES:
             raise InputError("bad_cloud_field", f"{f.name}: unknown datatype {f.datatype}")
-        fmt = order + _POINTFIELD_DTYPES[int(f.datatype)]
+        fmt = order + layout.POINTFIELD_DTYPES[int(f.datatype)]
         if int(f.count) != 1 or int(f.offset) + np.dtype(fmt).itemsize > point_step:
             raise InputError("bad_cloud_field", f"{f.name} overruns point_step {point_step}")
         fields[str(f.name)] = (int(f.offset), fmt)
@@ -315,50 +306,36 @@ def cloud_to_arrays(msg: PointCloud2) -> Cloud:
 # --------------------------------------------------------------------------- query results
 
 
-class InstanceLike(Protocol):
-    """What a query answer says about one object (``diff2scene.query.instances.Instance``)."""
-
-    @property
-    def label(self) -> str: ...
-    @property
-    def score(self) -> float: ...
-    @property
-    def centroid_m(self) -> Sequence[float] | NDArray[np.floating]: ...
-    @property
-    def box_size_m(self) -> Sequence[float] | NDArray[np.floating]: ...
-    @property
-    def num_points(self) -> int: ...
-
-
-def _xyz(value: Sequence[float] | NDArray[np.floating], name: str) -> tuple[float, float, float]:
-    v = np.asarray(value, dtype=np.float64).reshape(-1)
-    if v.shape != (3,) or not np.all(np.isfinite(v)):
-        raise InputError("bad_instance", f"{name} must be 3 finite numbers, got {value!r}")
-    return float(v[0]), float(v[1]), float(v[2])
-
-
 def instances_to_msgs(instances: Sequence[InstanceLike]) -> list[Instance]:
-    """``diff2scene_interfaces/Instance`` messages, in the given order."""
-    out = []
-    for inst in instances:
-        cx, cy, cz = _xyz(inst.centroid_m, "centroid_m")
-        sx, sy, sz = _xyz(inst.box_size_m, "box_size_m")
-        if min(sx, sy, sz) < 0 or int(inst.num_points) < 0:
-            raise InputError("bad_instance", f"negative box size or point count in {inst!r}")
-        out.append(
-            Instance(
-                label=str(inst.label),
-                score=float(inst.score),
-                centroid=Point(x=cx, y=cy, z=cz),
-                box_size=Vector3(x=sx, y=sy, z=sz),
-                point_count=int(inst.num_points),
-            )
+    """``diff2scene_interfaces/Instance`` messages, in the given order.
+
+    Bad geometry raises ``InputError("bad_instance", ...)``
+    (:func:`~diff2scene.io.output_layout.instance_contents`).
+    """
+    return [
+        Instance(
+            label=c.label,
+            score=c.score,
+            centroid=Point(x=c.centroid_m[0], y=c.centroid_m[1], z=c.centroid_m[2]),
+            box_size=Vector3(x=c.box_size_m[0], y=c.box_size_m[1], z=c.box_size_m[2]),
+            point_count=c.point_count,
         )
-    return out
+        for c in layout.instance_contents(instances)
+    ]
 
 
-#: Colour of query boxes when no per-instance colour is given (orange, like a highlight).
-HIGHLIGHT_RGB = (255, 140, 0)
+def instance_msg_contents(instances: Sequence[Instance]) -> list[layout.InstanceContent]:
+    """The core's contents of ``Instance`` messages (a ``TextQuery`` response's), unchecked."""
+    return [
+        layout.InstanceContent(
+            label=str(m.label),
+            score=float(m.score),
+            centroid_m=(float(m.centroid.x), float(m.centroid.y), float(m.centroid.z)),
+            box_size_m=(float(m.box_size.x), float(m.box_size.y), float(m.box_size.z)),
+            point_count=int(m.point_count),
+        )
+        for m in instances
+    ]
 
 
 def query_markers(
@@ -366,55 +343,43 @@ def query_markers(
     *,
     frame_id: str = "map",
     stamp_ns: int = 0,
-    namespace: str = "query",
+    namespace: str = QUERY_NAMESPACE,
     colors: NDArray[np.uint8] | None = None,
-    min_box_size_m: float = 0.02,
-    text_height_m: float = 0.12,
-    box_alpha: float = 0.35,
+    min_box_size_m: float = MarkerStyle.min_box_size_m,
+    text_height_m: float = MarkerStyle.text_height_m,
+    box_alpha: float = MarkerStyle.box_alpha,
 ) -> MarkerArray:
     """``MarkerArray`` drawing each instance as a translucent box and a "label 0.87" text.
 
     The first marker is a DELETEALL for ``namespace`` so an answer replaces the previous one
     in rviz instead of leaving stale boxes. Boxes are at least ``min_box_size_m`` wide so a
-    one-voxel instance stays visible. ``colors`` is (N, 3) uint8, one per instance.
+    one-voxel instance stays visible. ``colors`` is (N, 3) uint8, one per instance. The layout
+    is the core's (:func:`~diff2scene.io.output_layout.query_marker_contents`).
     """
-    if colors is not None and colors.shape != (len(instances), 3):
-        raise InputError("bad_marker_colors", f"{colors.shape} for {len(instances)} instances")
+    contents = layout.query_marker_contents(
+        instance_msg_contents(instances),
+        namespace=namespace,
+        colors=colors,
+        style=MarkerStyle(min_box_size_m=min_box_size_m, text_height_m=text_height_m,
+                          box_alpha=box_alpha),
+    )
     header = make_header(frame_id, stamp_ns)
-    markers = [Marker(header=header, ns=namespace, id=0, action=Marker.DELETEALL)]
-    for i, inst in enumerate(instances):
-        r, g, b = (int(v) for v in (HIGHLIGHT_RGB if colors is None else colors[i]))
-        rgba = ColorRGBA(r=r / 255.0, g=g / 255.0, b=b / 255.0, a=float(box_alpha))
-        size = inst.box_size
-        box = Marker(
-            header=header,
-            ns=namespace,
-            id=2 * i + 1,
-            type=Marker.CUBE,
-            action=Marker.ADD,
-            pose=Pose(position=inst.centroid, orientation=Quaternion(w=1.0)),
-            scale=Vector3(
-                x=max(size.x, min_box_size_m),
-                y=max(size.y, min_box_size_m),
-                z=max(size.z, min_box_size_m),
-            ),
-            color=rgba,
-        )
-        c = inst.centroid
-        lift_m = text_height_m  # text floats one line above the box top
-        text = Marker(
-            header=header,
-            ns=namespace,
-            id=2 * i + 2,
-            type=Marker.TEXT_VIEW_FACING,
-            action=Marker.ADD,
-            pose=Pose(
-                position=Point(x=c.x, y=c.y, z=c.z + max(size.z, min_box_size_m) / 2 + lift_m),
-                orientation=Quaternion(w=1.0),
-            ),
-            scale=Vector3(z=text_height_m),
-            color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
-            text=f"{inst.label} {inst.score:.2f}",
-        )
-        markers.extend([box, text])
-    return MarkerArray(markers=markers)
+    return MarkerArray(markers=[_marker(header, m) for m in contents])
+
+
+def _marker(header: Header, m: layout.MarkerContent) -> Marker:
+    (px, py, pz), (qx, qy, qz, qw) = m.position_m, m.orientation_xyzw
+    (sx, sy, sz), (r, g, b, a) = m.scale_m, m.color_rgba
+    sec, nanosec = divmod(m.lifetime_ns, _NS_PER_S)
+    return Marker(
+        header=header,
+        ns=m.ns,
+        id=m.id,
+        type=int(m.type),
+        action=int(m.action),
+        pose=Pose(position=Point(x=px, y=py, z=pz), orientation=Quaternion(x=qx, y=qy, z=qz, w=qw)),
+        scale=Vector3(x=sx, y=sy, z=sz),
+        color=ColorRGBA(r=r, g=g, b=b, a=a),
+        lifetime=Duration(sec=sec, nanosec=nanosec),
+        text=m.text,
+    )

@@ -13,15 +13,19 @@ same definitions from ros2_ws/compat.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 from diff2scene_interfaces.msg import Instance
 from geometry_msgs.msg import Point, Pose, Quaternion, Vector3
 from vision_msgs.msg import Detection3D, Detection3DArray, ObjectHypothesisWithPose
 
-from diff2scene.errors import InputError
-from diff2scene_ros.conversions import InstanceLike, instances_to_msgs, make_header
+from diff2scene.io.output_layout import detection_contents
+from diff2scene_ros.conversions import (
+    InstanceLike,
+    instance_msg_contents,
+    instances_to_msgs,
+    make_header,
+)
 
 
 def instances_to_detections(
@@ -44,23 +48,23 @@ def instance_msgs_to_detections(
     """:func:`instances_to_detections` for the ``Instance`` messages of a ``TextQuery`` response.
 
     A publisher that already filled the response passes ``response.instances`` here, so the
-    detections repeat exactly what the service answered.
+    detections repeat exactly what the service answered. The content is the core's
+    (:func:`~diff2scene.io.output_layout.detection_contents`, which rejects non-finite values
+    and negative boxes).
     """
     header = make_header(frame_id, stamp_ns)
     out = Detection3DArray(header=header)
-    for inst in instances:
-        c, s = inst.centroid, inst.box_size
-        values = (c.x, c.y, c.z, s.x, s.y, s.z, inst.score)
-        if not all(math.isfinite(v) for v in values) or min(s.x, s.y, s.z) < 0:
-            raise InputError("bad_instance", f"non-finite value or negative box size in {inst!r}")
-        centre = Pose(position=Point(x=c.x, y=c.y, z=c.z), orientation=Quaternion(w=1.0))
+    for d in detection_contents(instance_msg_contents(instances)):
+        (px, py, pz), (qx, qy, qz, qw) = d.position_m, d.orientation_xyzw
+        centre = Pose(position=Point(x=px, y=py, z=pz),
+                      orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))  # fmt: skip
         hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = inst.label
-        hypothesis.hypothesis.score = float(inst.score)
+        hypothesis.hypothesis.class_id = d.class_id
+        hypothesis.hypothesis.score = d.score
         hypothesis.pose.pose = centre
         detection = Detection3D(header=header, results=[hypothesis])
         detection.bbox.center = centre
-        detection.bbox.size = Vector3(x=s.x, y=s.y, z=s.z)
+        detection.bbox.size = Vector3(x=d.size_m[0], y=d.size_m[1], z=d.size_m[2])
         # ``id`` is for trackers (the same object across messages); answers to different
         # queries are not tracked, so it stays empty as the message definition allows.
         out.detections.append(detection)

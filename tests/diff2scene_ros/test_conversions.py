@@ -381,9 +381,14 @@ def test_instances_reject_bad_geometry() -> None:
                          colors=np.zeros((2, 3), np.uint8))
 
 
-def test_cloud_fields_name_the_core_record_layout() -> None:
-    from diff2scene.io.bag_writer import CLOUD_DTYPE
+def test_core_layout_codes_are_the_message_definitions() -> None:
+    """The core writes these codes by hand (it may not import the message packages)."""
+    from diff2scene.io.output_layout import MarkerAction, MarkerType, PointFieldType
 
-    assert tuple(CLOUD_DTYPE.names or ()) == tuple(name for name, _, _ in cv.CLOUD_FIELDS)
-    assert [CLOUD_DTYPE[name].str for name, _, _ in cv.CLOUD_FIELDS] == [
-        fmt for _, _, fmt in cv.CLOUD_FIELDS]
+    for code in PointFieldType:
+        assert getattr(PointField, code.name) == code
+    for kind in MarkerType:
+        assert getattr(Marker, kind.name) == kind
+    for action in MarkerAction:
+        assert getattr(Marker, action.name) == action
+    assert Marker().type == MarkerType.ARROW  # what a DELETEALL marker carries
