@@ -2,7 +2,8 @@
 
 The names follow ScanNet200 so a vocabulary built for real data also reads synthetic scenes.
 Each class has a frequency tier that drives how often the scene generator uses it, which gives
-the long-tail distribution the head/common/tail mIoU split is meant to measure (DESIGN §5).
+a long-tailed class distribution, so that mIoU split into head, common and tail classes
+shows how a model does on rare classes as well as on frequent ones.
 Shapes are deliberately crude compositions of boxes, cylinders, cones and spheres: what the
 benchmark exercises is geometry + labels + colours, not photorealism.
 """

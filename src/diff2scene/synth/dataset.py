@@ -22,7 +22,7 @@ from diff2scene.config import to_dict
 from diff2scene.errors import ConfigError
 from diff2scene.synth.bag import BagStats, BagTopics, write_bag
 from diff2scene.synth.groundtruth import POINTS_FILE, SCENE_FILE, GroundTruth
-from diff2scene.synth.render import RenderConfig, render_frames
+from diff2scene.synth.render import RenderConfig, camera_trajectory, render_frames
 from diff2scene.synth.scene import SceneConfig, generate_scene
 
 #: Name of the rosbag2 directory inside a synthetic dataset directory.
@@ -53,6 +53,9 @@ class SynthResult:
     bag_path: Path
     groundtruth: GroundTruth
     bag: BagStats
+    #: Frame rate of the bag's stamps, Hz: the render config's ``rate_hz``, or lower where
+    #: that would have moved the camera faster than its speed limits.
+    frame_rate_hz: float
     #: Wall-clock time of the whole run, seconds.
     elapsed_s: float
 
@@ -99,10 +102,12 @@ def synthesize(
     partial_root.mkdir(parents=True, exist_ok=True)
 
     scene = generate_scene(seed, config.scene)
+    frame_rate_hz = camera_trajectory(scene, config.render).rate_hz
     metadata = {
         "generator": "diff2scene.synth",
         "config": to_dict(config),
         "frames": config.render.n_frames,
+        "frame_rate_hz": frame_rate_hz,
         "bag": BAG_DIR,
     }
     gt = GroundTruth.from_scene(
@@ -126,5 +131,6 @@ def synthesize(
         bag_path=bag_path,
         groundtruth=gt,
         bag=stats,
+        frame_rate_hz=frame_rate_hz,
         elapsed_s=time.perf_counter() - start,
     )

@@ -35,10 +35,21 @@ class RenderConfig:
     height: int = 480
     #: Horizontal field of view, degrees (square pixels; fy = fx).
     hfov_deg: float = 65.0
-    #: Number of frames along the path.
+    #: Number of frames along the path. The path is flown whole whatever the count, so fewer
+    #: frames sample it more sparsely: in time as well as in space where ``rate_hz`` would
+    #: make the camera faster than the two limits below.
     n_frames: int = 300
-    #: Frame rate, Hz (sets the stamps).
+    #: Frame rate, Hz, unless the speed limits below ask for a lower one (see
+    #: :func:`camera_trajectory`).
     rate_hz: float = 30.0
+    #: Fastest the camera may move between two frames, m/s. Where ``n_frames`` at ``rate_hz``
+    #: would fly the path faster, the frames are spaced further apart in time (a constant, lower
+    #: frame rate) instead of the path being cut short. Keep it below the mapper's
+    #: ``max_speed_m_s`` (5 m/s by default), which refuses faster frames as pose jumps.
+    max_camera_speed_m_s: float = 2.0
+    #: Fastest the camera may turn between two frames, degrees/s; like
+    #: ``max_camera_speed_m_s``, and below the mapper's ``max_angular_speed_deg_s`` (360).
+    max_camera_angular_speed_deg_s: float = 180.0
     #: Stamp of the first frame, nanoseconds since the epoch.
     start_stamp_ns: int = 1_700_000_000_000_000_000
     #: Turns around the room centre over the whole sequence.
@@ -85,6 +96,11 @@ class RenderConfig:
             raise ValueError(f"hfov_deg must be in [10, 150], got {self.hfov_deg}")
         if self.n_frames < 1 or self.rate_hz <= 0:
             raise ValueError("n_frames >= 1 and rate_hz > 0 required")
+        if not (self.max_camera_speed_m_s > 0 and self.max_camera_angular_speed_deg_s > 0):
+            raise ValueError(
+                "max_camera_speed_m_s and max_camera_angular_speed_deg_s must be > 0, got "
+                f"{self.max_camera_speed_m_s}, {self.max_camera_angular_speed_deg_s}"
+            )
         if not 0 <= self.min_range_m < self.max_range_m <= 65.535:
             raise ValueError("need 0 <= min_range_m < max_range_m <= 65.535 (16UC1 mm)")
         for name in ("edge_dropout_prob", "random_dropout_prob"):
@@ -102,9 +118,6 @@ class RenderConfig:
             cx=(self.width - 1) / 2,
             cy=(self.height - 1) / 2,
         )
-
-    def stamp_ns(self, index: int) -> int:
-        return self.start_stamp_ns + round(index * 1e9 / self.rate_hz)
 
     def depth_sigma_m(self, depth_m: NDArray[np.float32]) -> NDArray[np.float32]:
         """Axial noise standard deviation at each (…) depth, metres."""
@@ -153,6 +166,65 @@ def camera_path(scene: Scene, config: RenderConfig) -> NDArray[np.float64]:
     return poses
 
 
+def step_motion(poses: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Translation (m) and rotation angle (degrees) between consecutive (N, 4, 4) poses.
+
+    Two (N - 1,) arrays: the motion the mapper's pose-jump check measures between frames.
+    """
+    step_m = np.linalg.norm(np.diff(poses[:, :3, 3], axis=0), axis=1)
+    # trace(R_a^T R_b) is the sum of the element-wise product of R_a and R_b.
+    trace = np.einsum("nij,nij->n", poses[:-1, :3, :3], poses[1:, :3, :3])
+    step_deg = np.degrees(np.arccos(np.clip((trace - 1.0) / 2.0, -1.0, 1.0)))
+    return step_m, step_deg
+
+
+@dataclass(frozen=True)
+class CameraTrajectory:
+    """The camera's poses and when they are taken: what a recording of the scene holds."""
+
+    #: (N, 4, 4) float64 T_world_camera per frame.
+    poses: NDArray[np.float64]
+    #: Stamp of frame 0, nanoseconds since the epoch.
+    start_stamp_ns: int
+    #: Time between consecutive frames, nanoseconds (fractional: stamps are rounded per frame,
+    #: so a 30 Hz sequence does not drift by the rounding of one interval).
+    frame_period_ns: float
+
+    @property
+    def rate_hz(self) -> float:
+        """Frame rate, Hz."""
+        return 1e9 / self.frame_period_ns
+
+    def stamp_ns(self, index: int) -> int:
+        """Stamp of frame ``index``, nanoseconds since the epoch."""
+        return self.start_stamp_ns + round(index * self.frame_period_ns)
+
+
+def camera_trajectory(scene: Scene, config: RenderConfig) -> CameraTrajectory:
+    """:func:`camera_path` with stamps at which no step is faster than the config's limits.
+
+    The frames come at ``rate_hz`` unless a step between two of them would then move faster
+    than ``max_camera_speed_m_s`` or turn faster than ``max_camera_angular_speed_deg_s``; the
+    frame period then grows until the fastest step keeps both limits. The whole path is
+    always flown and the rate stays constant, so a short sequence (``--frames 30``) still sees
+    the whole room, at a lower frame rate, and its bag replays through a mapper whose pose-jump
+    limits are above the camera's (the mapper compares each step's motion with its
+    ``max_speed_m_s`` and ``max_angular_speed_deg_s`` times the time between the stamps).
+    """
+    poses = camera_path(scene, config)
+    period_s = 1.0 / config.rate_hz
+    if len(poses) > 1:
+        step_m, step_deg = step_motion(poses)
+        period_s = max(
+            period_s,
+            float(step_m.max()) / config.max_camera_speed_m_s,
+            float(step_deg.max()) / config.max_camera_angular_speed_deg_s,
+        )
+    return CameraTrajectory(
+        poses=poses, start_stamp_ns=config.start_stamp_ns, frame_period_ns=period_s * 1e9
+    )
+
+
 @dataclass
 class RenderedView:
     """Exact (noise-free) images of one view."""
@@ -174,6 +246,8 @@ class Renderer:
         self.scene = scene
         self.config = config or RenderConfig()
         self.intrinsics = self.config.intrinsics()
+        #: The sequence's poses and stamps; :meth:`frame` stamps frame ``index`` from it.
+        self.trajectory = camera_trajectory(scene, self.config)
         self._raycaster = o3d.t.geometry.RaycastingScene()
         geometry_to_instance = {}
         colours = np.zeros((len(scene.instances) + 1, 3), dtype=np.float32)
@@ -251,7 +325,7 @@ class Renderer:
         return np.maximum(out, 0.0)
 
     def frame(self, index: int, T_world_camera: NDArray[np.float64]) -> Frame:
-        """Frame ``index`` of the sequence, seen from ``T_world_camera``."""
+        """Frame ``index`` of the sequence (its stamp and noise), seen from ``T_world_camera``."""
         cfg = self.config
         view = self.render(T_world_camera)
         rng = np.random.default_rng([self.scene.seed, cfg.noise_seed, index])
@@ -261,7 +335,7 @@ class Renderer:
             noise = rng.standard_normal(rgb.shape).astype(np.float32) * cfg.rgb_noise_std
             rgb = np.clip(rgb.astype(np.float32) + noise + 0.5, 0, 255).astype(np.uint8)
         return Frame(
-            stamp_ns=cfg.stamp_ns(index),
+            stamp_ns=self.trajectory.stamp_ns(index),
             rgb=rgb,
             depth_m=depth,
             intrinsics=self.intrinsics,
@@ -288,8 +362,7 @@ def _depth_edges(depth_m: NDArray[np.float32], jump_ratio: float) -> NDArray[np.
 
 
 def render_frames(scene: Scene, config: RenderConfig | None = None) -> Iterator[Frame]:
-    """The scene's frames along :func:`camera_path`, one at a time (bounded memory)."""
-    config = config or RenderConfig()
+    """The scene's frames along :func:`camera_trajectory`, one at a time (bounded memory)."""
     renderer = Renderer(scene, config)
-    for index, pose in enumerate(camera_path(scene, config)):
+    for index, pose in enumerate(renderer.trajectory.poses):
         yield renderer.frame(index, pose)

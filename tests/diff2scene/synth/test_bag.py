@@ -15,7 +15,7 @@ from diff2scene.synth.bag import CAMERA_FRAME, depth_to_mm
 from diff2scene.synth.cli import register
 from diff2scene.synth.dataset import SynthConfig, SynthResult, synthesize
 from diff2scene.synth.groundtruth import GroundTruth
-from diff2scene.synth.render import RenderConfig, Renderer, camera_path
+from diff2scene.synth.render import RenderConfig, Renderer, camera_path, camera_trajectory
 from diff2scene.synth.scene import generate_scene
 
 SEED = 9
@@ -63,9 +63,21 @@ def test_layout_and_counts(dataset: SynthResult, messages: dict[str, list[Any]])
     assert dataset.bag.messages == dict.fromkeys(EXPECTED_TYPES, N_FRAMES)
 
 
-def test_stamps_frames_and_encodings(messages: dict[str, list[Any]]) -> None:
-    config = _config().render
-    expected = [config.stamp_ns(i) for i in range(N_FRAMES)]
+def _stamps() -> list[int]:
+    trajectory = camera_trajectory(generate_scene(SEED, _config().scene), _config().render)
+    return [trajectory.stamp_ns(i) for i in range(N_FRAMES)]
+
+
+def test_stamps_frames_and_encodings(
+    dataset: SynthResult, messages: dict[str, list[Any]]
+) -> None:
+    expected = _stamps()
+    # A constant frame rate, the one the result and the ground truth's metadata report.
+    assert np.ptp(np.diff(expected)) <= 1  # each stamp is rounded to the nanosecond
+    rate_hz = 1e9 * (N_FRAMES - 1) / (expected[-1] - expected[0])
+    assert dataset.frame_rate_hz == pytest.approx(rate_hz, rel=1e-6)
+    metadata = GroundTruth.load(dataset.out_dir).metadata
+    assert metadata["frame_rate_hz"] == pytest.approx(rate_hz, rel=1e-6)
     for topic, items in messages.items():
         stamps = [_stamp(m) if topic != "/tf" else _stamp(m.transforms[0]) for _, m in items]
         assert stamps == expected, topic
@@ -84,8 +96,9 @@ def test_stamps_frames_and_encodings(messages: dict[str, list[Any]]) -> None:
     info = messages["/camera/color/camera_info"][0][1]
     assert info.header.frame_id == CAMERA_FRAME
     assert info.distortion_model == "plumb_bob" and not np.any(info.d)
-    assert np.allclose(info.k.reshape(3, 3), config.intrinsics().matrix())
-    assert np.allclose(info.p.reshape(3, 4)[:, :3], config.intrinsics().matrix())
+    matrix = _config().render.intrinsics().matrix()
+    assert np.allclose(info.k.reshape(3, 3), matrix)
+    assert np.allclose(info.p.reshape(3, 4)[:, :3], matrix)
     pose = messages["/camera/pose"][0][1]
     assert pose.header.frame_id == "map"
     tf = messages["/tf"][0][1].transforms[0]
@@ -122,8 +135,9 @@ def test_frame_source_reads_the_bag(dataset: SynthResult) -> None:
     config = _config().render
     scene = generate_scene(SEED, _config().scene)
     poses = camera_path(scene, config)
+    stamps = _stamps()
     for i, frame in enumerate(frames):
-        assert frame.stamp_ns == config.stamp_ns(i)
+        assert frame.stamp_ns == stamps[i]
         assert frame.intrinsics == config.intrinsics()
         assert np.allclose(frame.T_world_camera, poses[i], atol=1e-6)
         assert frame.instance_ids is not None
