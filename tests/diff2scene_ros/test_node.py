@@ -39,7 +39,9 @@ from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
 from diff2scene_ros.executor import PoolExecutor
-from diff2scene_ros.node import MappingNode, NodeConfig, build_models
+from diff2scene.runtime import build_models
+from diff2scene_ros.config import NodeConfig
+from diff2scene_ros.node import MappingNode
 
 pytestmark = pytest.mark.ros
 
@@ -168,8 +170,8 @@ def mapped(harness: Harness) -> Harness:
     """The harness after eight good frames went through the node and the 2D model."""
     for i in range(8):
         harness.publish_frame(i)
-    pipeline = harness.node.pipeline
-    _wait_for(lambda: harness.node.pipeline.stats.frames_in >= 8, "8 frames mapped")
+    pipeline = harness.node.runtime.pipeline
+    _wait_for(lambda: harness.node.runtime.pipeline.stats.frames_in >= 8, "8 frames mapped")
     pipeline.flush()
     assert pipeline.stats.keyframes_segmented >= 1
     return harness
@@ -177,8 +179,8 @@ def mapped(harness: Harness) -> Harness:
 
 def test_frames_build_a_map_of_the_wall(mapped: Harness) -> None:
     node = mapped.node
-    assert node.assembler.stats.delivered == 8
-    points = node.pipeline.map.points_m
+    assert node.runtime.assembler.stats.delivered == 8
+    points = node.runtime.pipeline.map.points_m
     assert points.shape[0] > 100
     # the wall is the plane z = 1.5 m in the world (camera looks along +z, moves along x)
     assert np.median(np.abs(points[:, 2] - WALL_DEPTH_M)) < 0.05
@@ -212,7 +214,7 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
     cloud = cv.cloud_to_arrays(_fresh_cloud(mapped))
     assert cloud.labels is not None
     assert set(np.unique(cloud.labels).tolist()) <= {0, 1, 2, cv.UNKNOWN_LABEL}
-    labelling = mapped.node.session.labelling().labelling
+    labelling = mapped.node.runtime.session.labelling().labelling
     assert labelling.names == names
     expected = labelling.labels.astype(np.int64)
     expected[expected < 0] = cv.UNKNOWN_LABEL
@@ -225,7 +227,7 @@ def test_set_vocabulary_labels_the_cloud(mapped: Harness) -> None:
                           SetVocabulary.Request(vocabulary_name="no_such_vocabulary"))
     assert not unknown.success
     # the refused ones changed nothing
-    assert mapped.node.session.labelling_config.classes == tuple(names)
+    assert mapped.node.runtime.session.labelling_config.classes == tuple(names)
 
 
 def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -> None:
@@ -236,12 +238,12 @@ def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -
                    durability=DurabilityPolicy.TRANSIENT_LOCAL),
     )
     node = mapped.node
-    assert node.session.wait_until_current(60.0)  # the map is still: one version answers
+    assert node.runtime.session.wait_until_current(60.0)  # the map is still: one version answers
     response = mapped.call(TextQuery, "text_query",
                            TextQuery.Request(query="wall", score_threshold=0.01, top_k=0))
     assert response.success, response.message
     # top_k 0 asks for every instance; compare with the engine's own answer
-    engine = node.session.engine()
+    engine = node.runtime.session.engine()
     snapshot = engine.snapshot
     expected = engine.query("wall", 0.01, 2**31 - 1)
     assert expected.matched.size > 0  # a low threshold keeps points even with random weights
@@ -261,7 +263,7 @@ def test_text_query_answers_with_points_instances_and_markers(mapped: Harness) -
 
 
 def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
-    assembler = mapped.node.assembler
+    assembler = mapped.node.runtime.assembler
     stats = assembler.stats
     before = stats.delivered
     mapped.publish_frame(20, depth_encoding="32FC1")  # fine: depth in metres
@@ -279,12 +281,12 @@ def test_bad_input_is_counted_not_fatal(mapped: Harness) -> None:
                           for d in list(mapped.diagnostics)[-5:]),
               "diagnostics to report the skip")
     assert stats.delivered == before + 2
-    assert mapped.node.pipeline.map.num_voxels > 0
+    assert mapped.node.runtime.pipeline.map.num_voxels > 0
 
 
 def test_a_failing_stage_is_reported_and_mapping_goes_on(mapped: Harness) -> None:
     node = mapped.node
-    segmenter = node.pipeline.segmenter
+    segmenter = node.runtime.pipeline.segmenter
     original = segmenter.segment
 
     def broken(frame: Any) -> Any:
@@ -292,36 +294,36 @@ def test_a_failing_stage_is_reported_and_mapping_goes_on(mapped: Harness) -> Non
 
     segmenter.segment = broken  # type: ignore[method-assign]
     try:
-        frames_before = node.pipeline.stats.frames_in
+        frames_before = node.runtime.pipeline.stats.frames_in
         for i in range(40, 46):  # far along x: new keyframes for the broken model
             mapped.publish_frame(i)
-        _wait_for(lambda: node.pipeline.stats.frames_in >= frames_before + 6, "frames mapped")
-        node.pipeline.flush()
-        status = node.pipeline.stage_status()["segment2d"]
+        _wait_for(lambda: node.runtime.pipeline.stats.frames_in >= frames_before + 6, "frames mapped")
+        node.runtime.pipeline.flush()
+        status = node.runtime.pipeline.stage_status()["segment2d"]
         assert status.failures >= 1 and "injected" in status.last_error
         _wait_for(lambda: any(s.level == DiagnosticStatus.ERROR and "segment2d" in s.message
                               for d in list(mapped.diagnostics)[-5:] for s in d.status),
                   "an ERROR diagnostic naming the stage")
     finally:
         segmenter.segment = original  # type: ignore[method-assign]
-    assert node.pipeline.stats.frames_in >= frames_before + 6  # fusion went on
+    assert node.runtime.pipeline.stats.frames_in >= frames_before + 6  # fusion went on
 
 
 def test_save_and_load_map(mapped: Harness) -> None:
     # last on purpose: the map it loads replaces the one the other tests look at
-    mapped.node.pipeline.flush()  # the frames of the previous test are in the map
-    n = mapped.node.pipeline.map.num_voxels
+    mapped.node.runtime.pipeline.flush()  # the frames of the previous test are in the map
+    n = mapped.node.runtime.pipeline.map.num_voxels
     saved = mapped.call(SaveMap, "save_map", SaveMap.Request(path="map.npz"))
     assert saved.success, saved.message
     assert (mapped.node.maps.root / "map.npz").is_file()
 
     missing = mapped.call(LoadMap, "load_map", LoadMap.Request(path="none.npz"))
     assert not missing.success and "map kept" in missing.message
-    assert mapped.node.pipeline.map.num_voxels == n
+    assert mapped.node.runtime.pipeline.map.num_voxels == n
 
     loaded = mapped.call(LoadMap, "load_map", LoadMap.Request(path="map.npz"))
     assert loaded.success, loaded.message
-    assert mapped.node.pipeline.map.num_voxels == n
+    assert mapped.node.runtime.pipeline.map.num_voxels == n
 
 
 def _fresh_cloud(h: Harness) -> PointCloud2:

@@ -444,11 +444,6 @@ class Mapper:
         r3 = self.config.block_resolution**3
         return int(self.num_blocks * r3 * 20 + self._index.nbytes + self._colors.nbytes)
 
-    @property
-    def voxel_grid(self) -> o3d.t.geometry.VoxelBlockGrid:
-        """The underlying Open3D grid (for meshing or ray casting); do not integrate into it."""
-        return self._vbg
-
     def seed_voxels(self, coords: NDArray[np.int32], colors: NDArray[np.uint8]) -> None:
         """Start the voxel index from a saved map's voxels (same numbering), e.g. after
         :meth:`SemanticMap.load`, so that later updates extend that map instead of restarting.

@@ -28,7 +28,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -38,7 +37,6 @@ from numpy.typing import NDArray
 from diff2scene.errors import Diff2SceneError, InputError
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.mapping.snapshot import MapSnapshot
-from diff2scene.priority import PriorityGate
 from diff2scene.query.engine import QueryConfig, QueryEngine, QueryResult
 from diff2scene.query.ensemble import Branch, EnsembleConfig, GeometricIndex
 from diff2scene.query.labelling import Labelling, LabellingConfig, MaskClassifier
@@ -164,12 +162,8 @@ class QuerySession:
         ensemble: EnsembleConfig | None = None,
         labelling: LabellingConfig | None = None,
         background: bool = True,
-        priority: PriorityGate | None = None,
     ) -> None:
         self._source = snapshot_source
-        #: Held while a query runs, so that the pipeline's fusion waits (boundedly) instead of
-        #: holding the interpreter lock through it; labelling is background work and does not.
-        self._priority = priority
         self.encoder = encoder
         self.classifier = classifier
         self.query_config = query or QueryConfig()
@@ -229,12 +223,9 @@ class QuerySession:
         ``viewpoint_m`` (3,) is where left/right are seen from (None: along +y). Raises
         :class:`~diff2scene.errors.InputError` for malformed queries or arguments.
         """
-        with self._priority.priority() if self._priority is not None else nullcontext():
-            ready, waited = self._engine()
-            view = None if viewpoint_m is None else np.asarray(viewpoint_m, dtype=np.float64)
-            result = ready.engine.query(
-                text, score_threshold, top_k, branch=branch, viewpoint_m=view
-            )
+        ready, waited = self._engine()
+        view = None if viewpoint_m is None else np.asarray(viewpoint_m, dtype=np.float64)
+        result = ready.engine.query(text, score_threshold, top_k, branch=branch, viewpoint_m=view)
         with self._lock:
             self._queries += 1
             self._queries_waited += int(waited)

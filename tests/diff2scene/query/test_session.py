@@ -13,7 +13,6 @@ from numpy.typing import NDArray
 from diff2scene.errors import InputError
 from diff2scene.mapping import MaskUnprojector, SemanticMap, SurfaceUpdate, Unprojection
 from diff2scene.mapping.snapshot import MapSnapshot
-from diff2scene.priority import PriorityGate
 from diff2scene.query.engine import QueryConfig
 from diff2scene.query.ensemble import EnsembleConfig
 from diff2scene.query.instances import InstanceConfig
@@ -216,31 +215,3 @@ def test_locked_source_does_not_wait_for_a_busy_lock() -> None:
     thread.join(timeout=60)
     after = source()
     assert after.version == smap.version > first.version
-
-
-def test_a_query_holds_the_priority_gate_and_labelling_does_not(
-    toy: ToyMap, encoder: ClipTextEncoder, oracle: OracleSegmenter
-) -> None:
-    # The pipeline's fusion waits on this gate: it must be held for the whole of a query
-    # (classification included) and released after, also when the query fails.
-    gate = PriorityGate(max_wait_s=1.0)
-    held: list[bool] = []
-
-    class Watching(OracleSegmenter):
-        def classify(self, embeddings, vocabulary):  # type: ignore[no-untyped-def]
-            held.append(gate._active > 0)
-            return super().classify(embeddings, vocabulary)
-
-    snapshot = toy.snapshot()
-    session = QuerySession(
-        lambda: snapshot, encoder, Watching({}, encoder), query=QUERY, ensemble=ENSEMBLE,
-        background=False, priority=gate,
-    )  # fmt: skip
-    assert session.query("table").result.instances
-    assert held and all(held)
-    held.clear()
-    session.labelling()
-    assert held and not any(held)
-    with pytest.raises(InputError):
-        session.query("chair left of the table", viewpoint_m=(1.0, 2.0))
-    assert gate._active == 0
