@@ -4,6 +4,10 @@ A subcommand module exposes ``register(subparsers)``, which adds its parser(s) a
 ``func`` to a callable taking the parsed namespace and returning an exit code. Adding a tool is
 one module plus one line in ``SUBCOMMANDS``. Only the module of the command being run is
 imported, so ``diff2scene synth`` does not pay for torch or Open3D it never uses.
+
+Any :class:`~diff2scene.errors.Diff2SceneError` a command raises (a bad config, an unreadable
+file, model weights not on this machine) ends it with exit status 2 and its message after
+``diff2scene COMMAND: error:``, without a traceback: those messages say what to do.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "map-info": ("diff2scene.mapping.cli", "summarise a saved semantic map"),
     "map-render": ("diff2scene.mapping.cli", "draw a saved map to a PNG"),
     "convert-odise": ("diff2scene.segmentation.cli", "convert the ODISE head checkpoint"),
+    "models": ("diff2scene.segmentation.models_cli", "list the 2D model profiles found, and where"),
     "train": ("diff2scene.net3d.cli", "distil 2D masks into the 3D network"),
     "eval": ("diff2scene.eval.cli", "score a saved map against ground truth"),
     # the ROS 2 tools: their module imports rclpy only when the command runs

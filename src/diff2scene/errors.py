@@ -4,6 +4,8 @@ Each subsystem raises a specific subclass so callers can tell bad input (skip an
 from a broken installation (stop and tell the user what to fix).
 """
 
+from pathlib import Path
+
 
 class Diff2SceneError(Exception):
     """Base class of every error raised on purpose by diff2scene."""
@@ -28,6 +30,23 @@ class DataFormatError(Diff2SceneError):
 
 class WeightsUnavailableError(Diff2SceneError):
     """Model weights cannot be found locally and cannot be downloaded."""
+
+
+#: How to run without any weights; appended to every :class:`MissingWeightsError`.
+DRY_RUN_HINT = "For a dry run with random weights instead, set `segmenter.profile: tiny`."
+
+
+class MissingWeightsError(WeightsUnavailableError):
+    """A weight file a model profile needs is not on this machine.
+
+    ``path`` is the file (or the directory or cache folder that lacks it); the message names
+    it, says how to make or fetch it, and ends with :data:`DRY_RUN_HINT`, so a user without
+    the weights always learns the one setting that runs anyway.
+    """
+
+    def __init__(self, message: str, *, path: str | Path) -> None:
+        self.path = Path(path)
+        super().__init__(f"{message} {DRY_RUN_HINT}")
 
 
 class NotAMapError(DataFormatError):

@@ -26,3 +26,23 @@ def test_a_command_imports_only_its_module() -> None:
 def test_errors_are_reported_not_raised(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bag-info", str(tmp_path / "missing")]) == 2
     assert "bag not found" in capsys.readouterr().err
+
+
+def test_models_lists_profiles_without_importing_torch() -> None:
+    code = (
+        "import sys\nfrom diff2scene.cli import main\nrc = main(['models'])\n"
+        "print(rc, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "0 False"
+    assert any(line.startswith("tiny ") and "tiny.yaml" in line for line in lines)
+
+
+def test_unknown_profile_is_an_error_naming_the_known_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert main(["models", "no_such_profile"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("diff2scene models: error: unknown model profile 'no_such_profile'")
+    assert "odise_sd15, tiny" in err

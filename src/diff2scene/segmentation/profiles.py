@@ -1,19 +1,19 @@
 """Model profiles of the diffusion segmenter: what to build and where the weights come from.
 
-A profile is a YAML file in ``models/`` (``tiny.yaml``, ``odise_sd15.yaml``) holding the
-segmenter config plus *either* a ``tiny`` section (diffusers configs of small networks with
-seeded random weights — same classes as the real model, what tests and CI run) *or* a
+A profile is a YAML file (``tiny.yaml``, ``odise_sd15.yaml`` in the repository's ``models/``,
+found by name wherever diff2scene is installed: :mod:`~diff2scene.segmentation.profile_lookup`)
+holding the segmenter config plus *either* a ``tiny`` section (diffusers configs of small
+networks with seeded random weights — same classes as the real model, what tests and CI run) *or* a
 ``weights`` section (Stable Diffusion by Hugging Face id or local directory, CLIP, and our head
 checkpoint). Every weight file is located before anything is built, so a machine without the
-weights fails at once with :class:`WeightsUnavailableError` naming each missing file and where
-to put it.
+weights fails at once with :class:`MissingWeightsError` naming the missing file, how to make
+or fetch it, and the ``tiny`` profile that runs without any.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from diff2scene.config import from_dict, load_yaml
-from diff2scene.errors import ConfigError, DataFormatError, WeightsUnavailableError
+from diff2scene.errors import ConfigError, DataFormatError, MissingWeightsError
 from diff2scene.segmentation.clip import ClipConfig, build_clip, hub_offline, resolve_weights
 from diff2scene.segmentation.diffusion.backbone import DiffusionBackbone
 from diff2scene.segmentation.diffusion.maskclip import ClipImageFeatures
@@ -33,10 +33,7 @@ from diff2scene.segmentation.diffusion.segmenter import (
     DiffusionSegmenterConfig,
     DiffusionSegmenterModel,
 )
-
-#: Directory of the bundled profiles (``models/`` at the repository root); override with
-#: ``$DIFF2SCENE_MODELS_DIR``.
-MODELS_DIR = Path(__file__).resolve().parents[3] / "models"
+from diff2scene.segmentation.profile_lookup import find_profile
 
 #: Stable Diffusion v1.x UNet (``unet/config.json`` of SD 1.5), for random-weight builds.
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -142,19 +139,14 @@ class ModelProfile:
 
 
 def models_dir() -> Path:
-    env = os.environ.get("DIFF2SCENE_MODELS_DIR")
-    return Path(env) if env else MODELS_DIR
+    """The directory the ``tiny`` profile is read from: the bundled profiles as installed."""
+    return find_profile("tiny").parent
 
 
 def load_profile(name_or_path: str | Path) -> ModelProfile:
-    """A profile by name (``tiny``, ``odise_sd15`` in :func:`models_dir`) or YAML path."""
-    path = Path(name_or_path)
-    if not path.is_file():
-        path = models_dir() / f"{name_or_path}.yaml"
-    if not path.is_file():
-        known = sorted(p.stem for p in models_dir().glob("*.yaml"))
-        raise ConfigError(f"unknown model profile {name_or_path!r}; known: {known}")
-    return profile_from_dict(load_yaml(path), where=path.name)
+    """A profile by name (``tiny``, ``odise_sd15``; see :func:`find_profile`) or YAML path."""
+    path = find_profile(name_or_path)
+    return profile_from_dict(load_yaml(path), where=str(path))
 
 
 def profile_from_dict(data: Mapping[str, Any], *, where: str = "profile") -> ModelProfile:
@@ -226,17 +218,33 @@ def _build_real(
     return segmenter
 
 
+#: ODISE's released head checkpoint, the input of ``diff2scene convert-odise``.
+ODISE_CHECKPOINT = "odise_label_coco_50e-b67d2efc.pth"
+
+
 def _require_head(weights: WeightsConfig) -> Path:
-    head = weights.head_checkpoint
-    if head is None or not Path(head).expanduser().is_file():
-        raise WeightsUnavailableError(
-            f"ODISE head checkpoint not found ({head}). Needed: a safetensors head made from "
-            "ODISE's released `odise_label_coco_50e` checkpoint: download "
-            "odise_label_coco_50e-b67d2efc.pth from the NVlabs/ODISE release page on a "
-            "connected machine, run `diff2scene convert-odise odise_label_coco_50e-b67d2efc.pth "
-            "odise_head.safetensors`, and set `weights.head_checkpoint` to the output file."
+    make = (
+        f"download {ODISE_CHECKPOINT} from the NVlabs/ODISE release page on a connected machine "
+        f"and run `diff2scene convert-odise {ODISE_CHECKPOINT} {{out}}`"
+    )
+    if weights.head_checkpoint is None:
+        raise ConfigError(
+            "the profile names no ODISE head (weights.head_checkpoint): "
+            + make.format(out="odise_head.safetensors")
+            + ", then set weights.head_checkpoint to the output file"
         )
-    return Path(head).expanduser()
+    # A relative path is relative to the working directory, as on the command line; shown
+    # absolute so the message says exactly where the file was looked for.
+    head = Path(weights.head_checkpoint).expanduser().absolute()
+    if not head.is_file():
+        raise MissingWeightsError(
+            f"ODISE head checkpoint not found: {head} (weights.head_checkpoint of the model "
+            f"profile). Make it from ODISE's released odise_label_coco_50e checkpoint: "
+            + make.format(out=head)
+            + " (or point weights.head_checkpoint at an existing converted head).",
+            path=head,
+        )
+    return head
 
 
 def resolve_sd_dir(weights: WeightsConfig) -> Path:
@@ -245,11 +253,12 @@ def resolve_sd_dir(weights: WeightsConfig) -> Path:
     if source.is_dir():
         absent = [alts for alts in SD_FILES if not any((source / a).is_file() for a in alts)]
         if absent:
-            raise WeightsUnavailableError(
+            raise MissingWeightsError(
                 f"Stable Diffusion directory {source} is incomplete; missing: "
                 + "; ".join(" or ".join(alts) for alts in absent)
                 + ". It must have the diffusers layout of stable-diffusion-v1-5 "
-                "(unet/, vae/, text_encoder/ subfolders)."
+                "(unet/, vae/, text_encoder/ subfolders).",
+                path=source / absent[0][0],
             )
         return source
     if weights.sd_model.count("/") != 1:
@@ -287,12 +296,14 @@ def resolve_sd_dir(weights: WeightsConfig) -> Path:
         why = "offline (HF_HUB_OFFLINE=1 or weights.offline: true)"
     from huggingface_hub import constants
 
-    raise WeightsUnavailableError(
+    cache_root = cache or constants.HF_HUB_CACHE
+    folder = f"models--{repo.replace('/', '--')}"
+    raise MissingWeightsError(
         f"Stable Diffusion weights {repo} are not available: {why}. Needed files: "
         f"{', '.join(missing)}. Run `huggingface-cli download {repo} {' '.join(missing)}` on a "
-        f"connected machine and copy its cache folder models--{repo.replace('/', '--')} into "
-        f"{cache or constants.HF_HUB_CACHE}, or copy the files (same sub-folders) into a "
-        "directory and set `weights.sd_model` to it."
+        f"connected machine and copy its cache folder {folder} into {cache_root}, or copy the "
+        "files (same sub-folders) into a directory and set `weights.sd_model` to it.",
+        path=Path(cache_root) / folder,
     )
 
 

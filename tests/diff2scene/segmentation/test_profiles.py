@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diff2scene.errors import ConfigError, WeightsUnavailableError
+from diff2scene.errors import DRY_RUN_HINT, ConfigError, MissingWeightsError
 from diff2scene.segmentation.clip import ClipConfig, build_clip
 from diff2scene.segmentation.profiles import (
     ModelProfile,
@@ -38,7 +38,7 @@ def test_bundled_profiles_load() -> None:
 
 
 def test_unknown_profile_and_bad_keys_are_rejected(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown model profile"):
+    with pytest.raises(ConfigError, match=r"unknown model profile .*known: odise_sd15, tiny"):
         load_profile("no_such_profile")
     with pytest.raises(ConfigError, match="unknown key"):
         profile_from_dict({"name": "x", "tiny": {"unett": {}}})
@@ -62,20 +62,38 @@ def _real(tmp_path: Path, **weights: object) -> ModelProfile:
     return profile_from_dict({"name": "real", "weights": base})
 
 
-def test_missing_head_fails_fast_naming_the_converter(tmp_path: Path) -> None:
+def test_missing_head_fails_fast_naming_the_file_and_the_converter(tmp_path: Path) -> None:
+    head = tmp_path / "head.safetensors"
     t0 = time.perf_counter()
-    with pytest.raises(WeightsUnavailableError, match="convert-odise") as info:
+    with pytest.raises(MissingWeightsError) as info:
         build_segmenter(_real(tmp_path))
-    assert "odise_label_coco_50e" in str(info.value)
     assert time.perf_counter() - t0 < 5.0
+    msg = str(info.value)
+    assert info.value.path == head
+    assert f"ODISE head checkpoint not found: {head}" in msg
+    assert f"`diff2scene convert-odise odise_label_coco_50e-b67d2efc.pth {head}`" in msg
+    assert msg.endswith(DRY_RUN_HINT) and "segmenter.profile: tiny" in DRY_RUN_HINT
+
+
+def test_relative_head_is_looked_for_in_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MissingWeightsError) as info:
+        build_segmenter(_real(tmp_path, head_checkpoint="models/head.safetensors"))
+    assert info.value.path == tmp_path / "models" / "head.safetensors"
+    assert str(tmp_path / "models" / "head.safetensors") in str(info.value)
+    with pytest.raises(ConfigError, match=r"names no ODISE head.*convert-odise"):
+        build_segmenter(_real(tmp_path, head_checkpoint=None))
 
 
 def test_incomplete_sd_directory_lists_missing_files(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(1)}, str(tmp_path / "head.safetensors"))
     (tmp_path / "sd" / "unet").mkdir(parents=True)
     (tmp_path / "sd" / "unet" / "config.json").write_text("{}")
-    with pytest.raises(WeightsUnavailableError) as info:
+    with pytest.raises(MissingWeightsError) as info:
         build_segmenter(_real(tmp_path))
+    assert info.value.path == tmp_path / "sd" / "unet/diffusion_pytorch_model.safetensors"
     msg = str(info.value)
     assert "vae/config.json" in msg and "text_encoder/model.safetensors" in msg
     assert "unet/diffusion_pytorch_model.safetensors" in msg
@@ -86,8 +104,10 @@ def test_offline_hub_id_fails_fast_with_instructions(tmp_path: Path) -> None:
     save_file({"x": torch.zeros(1)}, str(tmp_path / "head.safetensors"))
     profile = _real(tmp_path, sd_model="stable-diffusion-v1-5/stable-diffusion-v1-5")
     t0 = time.perf_counter()
-    with pytest.raises(WeightsUnavailableError) as info:
+    with pytest.raises(MissingWeightsError) as info:
         build_segmenter(profile)
+    folder = "models--stable-diffusion-v1-5--stable-diffusion-v1-5"
+    assert info.value.path == tmp_path / "cache" / folder
     msg = str(info.value)
     assert "offline" in msg and "unet/diffusion_pytorch_model.safetensors" in msg
     assert "models--stable-diffusion-v1-5--stable-diffusion-v1-5" in msg
