@@ -98,18 +98,20 @@ def build_segmenter(
     oracle kind, which reads the scene's instance → class and colour tables beside it.
     """
     if cfg.kind == "oracle":
-        from diff2scene.synth.groundtruth import GroundTruth
+        from diff2scene.synth.groundtruth import SCENE_FILE, GroundTruth
 
         if bag is None:
             raise ConfigError("the oracle segmenter needs a synthetic bag's ground truth")
         gt_dir = ground_truth_dir(bag)
-        try:
-            gt = GroundTruth.load(gt_dir)
-        except FileNotFoundError as exc:
+        # Checked here rather than caught from GroundTruth.load, whose missing-file error is
+        # about the file, not about the setting that asked for it.
+        if not (gt_dir / SCENE_FILE).is_file():
             raise DataFormatError(
-                f"no ground truth (scene.json) beside {bag}: the oracle segmenter only works on "
-                "bags written by `diff2scene synth`; use segmenter.kind: diffusion otherwise"
-            ) from exc
+                f"no ground truth ({SCENE_FILE}) beside {bag}: segmenter.kind oracle only works "
+                "on bags written by `diff2scene synth`; for other bags set segmenter.kind: "
+                "diffusion (segmenter.profile odise_sd15 for the real model, tiny for a dry run)"
+            )
+        gt = GroundTruth.load(gt_dir)
         encoder = build_text_encoder(cfg)
         oracle = OracleSegmenter(
             gt.instance_classes(), encoder, cfg.oracle, instance_colours=gt.instance_colours()
