@@ -33,12 +33,7 @@ from nav_msgs.msg import Odometry
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import QoSRequestedIncompatibleQoSInfo, SubscriptionEventCallbacks
 from rclpy.node import Node
-from rclpy.qos import (
-    DurabilityPolicy,
-    HistoryPolicy,
-    QoSProfile,
-    ReliabilityPolicy,
-)
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from tf2_msgs.msg import TFMessage
 from vision_msgs.msg import Detection3DArray
@@ -292,9 +287,9 @@ class MappingNode(Node):
 
     def publish_diagnostics(self) -> None:
         stats = self.diagnostics()
-        errors = [f"incompatible QoS on {sorted(self.qos_incompatible)}"] \
-            if self.qos_incompatible else []
-        health = self.runtime.health(stats, errors=errors)
+        qos = self.qos_incompatible
+        health = self.runtime.health(stats, errors=[f"incompatible QoS on {sorted(qos)}"]
+                                     if qos else [])
         status = DiagnosticStatus(
             level=_LEVELS[health.level],
             name=f"{self.get_fully_qualified_name()}: mapping",
@@ -386,10 +381,10 @@ class MappingNode(Node):
     def shutdown(self) -> None:
         """Stop taking frames, finish or abandon queued keyframes within the shutdown budget,
         and save the map to ``autosave_path`` (atomically) when one is set."""
-        save_to = None
         log = self.get_logger()
+        save_to = None
         if self.autosave is not None:
-            try:
+            try:  # checked now: a file that is not a map may have appeared there since
                 save_to = self.maps.for_save(self.config.autosave_path)
             except (Diff2SceneError, OSError) as exc:
                 log.error(f"autosave to {self.autosave} refused: {exc}")
@@ -398,10 +393,10 @@ class MappingNode(Node):
         log.info(f"pipeline closed ({close.policy}): {close.keyframes_finished} keyframes "
                  f"finished, {close.keyframes_abandoned} abandoned in {close.duration_s:.1f} s")
         self.worker_stopped = close.worker_stopped
+        self.autosaved = report.saved is not None
         if report.saved is not None:
             log.info(f"map saved to {report.saved} ({report.duration_s:.1f} s after the "
                      "shutdown request)")
-            self.autosaved = True
         elif report.save_error:
             log.error(f"autosave to {self.autosave} failed: {report.save_error}")
 

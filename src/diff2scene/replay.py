@@ -39,11 +39,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import platform
-import re
 import shutil
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,33 +47,34 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 from tqdm import tqdm
 
 from diff2scene.config import from_dict, load_yaml
-from diff2scene.errors import ConfigError, DataFormatError, InputError
+from diff2scene.errors import ConfigError, DataFormatError
 from diff2scene.eval.evaluate import EvalConfig
 from diff2scene.io.assembler import RawFrame
 from diff2scene.io.bag import BagFrameSource, BagLayout, BagSourceConfig
+from diff2scene.io.bag_writer import CLOUD_TOPIC
 from diff2scene.io.cli import add_topic_flags, apply_topic_flags
 from diff2scene.io.mcap_salvage import SalvageReport, find_mcap_file, salvage_mcap
 from diff2scene.mapping.render import RenderConfig
 from diff2scene.pipeline import CloseReport, Pipeline
-from diff2scene.replay_report import StageTimes, peak_rss_mib, write_report
+from diff2scene.replay_report import (
+    StageTimes,
+    answer_query,
+    run_report,
+    skip_problems,
+    write_report,
+)
 from diff2scene.runtime import MappingRuntime, RuntimeConfig, build_models, paced
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 from diff2scene.segmentation.factory import ground_truth_dir
 
 if TYPE_CHECKING:
-    from diff2scene.io.bag_writer import ResultBagWriter
+    pass
 
 _LOG = logging.getLogger(__name__)
 
-#: Topics of the output bag (the node's output names under its default node name).
-CLOUD_TOPIC = "/diff2scene/labelled_cloud"
-MARKERS_TOPIC = "/diff2scene/query_markers"
-QUERY_CLOUD_TOPIC = "/diff2scene/query_cloud"
-QUERY_TEXT_TOPIC = "/diff2scene/query_text"
 #: Spacing of the query answers after the labelled cloud in the output bag, nanoseconds: a
 #: player (Foxglove, ``ros2 bag play``) then shows them one at a time.
 QUERY_SPACING_NS = 1_000_000_000
@@ -266,7 +263,7 @@ def run_replay(
             run = read(BagFrameSource(salvage_dir, config.source, input_config=config.input))
     if run.error is not None:
         problems.append(_read_error(run))
-    problems.extend(_skip_problems(run.input_counters))
+    problems.extend(skip_problems(run.input_counters))
     run.problems = problems
     run.salvage = salvage
     return run
@@ -350,22 +347,6 @@ def _read(
         salvage=None, close=close, wall_s=wall_s, first_stamp_ns=state.first_stamp_ns,
         last_stamp_ns=state.last_stamp_ns, error=state.error, reader_lag_s_max=lag_s[0],
     )  # fmt: skip
-
-
-#: Skip reasons that mean the bag's content is bad (others are policy: stride, queue full).
-_BAD_INPUT_WORDS = ("undecodable", "bad_", "nan", "size_mismatch", "encoding", "truncated")
-
-
-def _skip_problems(counters: dict[str, int | float]) -> list[str]:
-    out = []
-    for key, value in sorted(counters.items()):
-        if not value or not key.startswith(("skipped_", "rejected_")):
-            continue
-        reason = key.split("_", 1)[1]
-        if any(w in reason for w in _BAD_INPUT_WORDS):
-            what = "frame(s) skipped" if key.startswith("skipped_") else "message(s) refused"
-            out.append(f"{int(value)} {what}: {reason} (the warnings below name the first ones)")
-    return out
 
 
 @dataclass
@@ -455,28 +436,6 @@ def _prepare_out(out: Path, *, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "query"
-
-
-def _heat_colors(scores: NDArray[np.float32]) -> NDArray[np.uint8]:
-    """(M, 3) uint8 colours of (M,) scores in [0, 1] (matplotlib's inferno map)."""
-    from matplotlib import colormaps
-
-    rgba = colormaps["inferno"](np.clip(np.nan_to_num(scores), 0.0, 1.0))
-    return np.asarray(np.rint(rgba[:, :3] * 255), dtype=np.uint8)
-
-
-def _conditions() -> str:
-    threads = os.environ.get("OMP_NUM_THREADS", "unset")
-    torch_mod = sys.modules.get("torch")
-    torch_threads = f", torch {torch_mod.get_num_threads()} thread(s)" if torch_mod else ""
-    return (
-        f"{os.cpu_count()} CPU core(s) visible, OMP_NUM_THREADS={threads}{torch_threads}, "
-        f"Python {platform.python_version()} on {platform.machine()}"
-    )
-
-
 def replay_to_dir(
     bag: str | Path,
     out: str | Path,
@@ -541,7 +500,7 @@ def replay_to_dir(
                                       config=config.render))  # fmt: skip
             for i, text in enumerate(queries, start=1):
                 stamp_ns = end_ns + i * QUERY_SPACING_NS
-                answers.append(_answer(runtime, text, index=i, stamp_ns=stamp_ns,
+                answers.append(answer_query(runtime, text, index=i, stamp_ns=stamp_ns,
                                        writer=writer, out=out, times=times,
                                        render=config.render))  # fmt: skip
                 outputs.extend(out / a["heatmap"] for a in answers[-1:] if a.get("heatmap"))
@@ -552,115 +511,14 @@ def replay_to_dir(
                 outputs.extend(write_eval(evaluation, out, name="eval"))
                 times.add("evaluation", time.perf_counter() - t0)
     outputs.insert(1, bag_out)
-    stats = pipeline.stats_dict()
-    counters = run.input_counters
-    skipped = {k[len("skipped_"):]: int(v) for k, v in counters.items()
-               if k.startswith("skipped_") and v}  # fmt: skip
-    skipped.update({f"not_integrated_{k[len('frames_skipped_'):]}": int(v)
-                    for k, v in stats.items() if k.startswith("frames_skipped_") and v})
-    duration_s = (run.last_stamp_ns - run.first_stamp_ns) / 1e9
-    report: dict[str, Any] = {
-        "bag": str(bag),
-        "bag_read": str(run.bag_read),
-        "run": {
-            "mode": run.mode,
-            "realtime_rate": run.realtime_rate,
-            "segmenter": f"{config.segmenter.kind}"
-            + (f" ({config.segmenter.profile})" if config.segmenter.kind == "diffusion" else ""),
-            "conditions": _conditions(),
-            "wall_s": round(run.wall_s, 3),
-            "frames_per_s": round(stats["frames_in"] / run.wall_s, 3) if run.wall_s else None,
-            "bag_duration_s": round(duration_s, 3),
-            "reader_lag_s_max": round(run.reader_lag_s_max, 3) if run.realtime_rate else None,
-            "topics": {"color": run.layout.color_topic, "depth": run.layout.depth_topic,
-                       "camera_info": run.layout.camera_info_topic,
-                       "pose": run.layout.pose_topic or "TF"},
-            "close_completed": run.close.completed,
-        },
-        "frames": {
-            "delivered": run.frames_delivered,
-            "mapped": stats["frames_in"],
-            "integrated": stats["frames_integrated"],
-            "skipped": skipped,
-        },
-        "keyframes": {
-            "selected": stats["keyframes_selected"],
-            "segmented": stats["keyframes_segmented"],
-        },
-        "drops": {
-            "frame_queue_full": int(counters.get("skipped_frame_queue_full", 0)),
-            "keyframes_dropped": stats["keyframes_dropped"],
-            "keyframes_abandoned": stats["keyframes_abandoned"],
-        },
-        "stages_ms": times.summary_ms(),
-        "peak_rss_mib": round(peak_rss_mib(), 1),
-        "map": {"voxels": snapshot.num_voxels, "masks": snapshot.num_masks,
-                "frame_id": run.map_frame},
-        "problems": problems,
-        "input_warnings": run.input_warnings,
-        "queries": answers,
-        "evaluation": None if evaluation is None else {
-            k: v for k, v in evaluation.items() if k != "queries"
-        },
-        "pipeline": stats,
-        "input": counters,
-        "output_bag_messages": writer.counts,
-        "outputs": [str(p.relative_to(out)) for p in outputs]
-        + ["report.json", "report.md", "timing.png"],
-    }
+    report = run_report(
+        run, config, bag=bag, map_voxels=snapshot.num_voxels, map_masks=snapshot.num_masks,
+        problems=problems, answers=answers, evaluation=evaluation,
+        output_bag_messages=writer.counts,
+        outputs=[str(p.relative_to(out)) for p in outputs],
+    )  # fmt: skip
     write_report(report, out, times)
     return report
-
-
-def _answer(
-    runtime: MappingRuntime,
-    text: str,
-    *,
-    index: int,
-    stamp_ns: int,
-    writer: ResultBagWriter,
-    out: Path,
-    times: StageTimes,
-    render: RenderConfig,
-) -> dict[str, Any]:
-    """Ask ``text``; write its text, markers and result cloud to the bag and its heat map."""
-    from diff2scene.mapping.render import render_map
-
-    writer.write_text(QUERY_TEXT_TOPIC, stamp_ns, text)
-    t0 = time.perf_counter()
-    try:
-        answer = runtime.query(text)
-    except InputError as exc:  # a query the grammar or the limits refuse: reported, not fatal
-        writer.write_markers(MARKERS_TOPIC, stamp_ns, [])
-        return {"text": text, "error": str(exc), "instances": [], "matched_voxels": 0}
-    elapsed_s = time.perf_counter() - t0
-    times.add("query", elapsed_s)
-    result, snap = answer.result, answer.snapshot
-    writer.write_markers(MARKERS_TOPIC, stamp_ns, result.instances)
-    writer.write_cloud(QUERY_CLOUD_TOPIC, stamp_ns, answer.points_m, rgb=answer.rgb,
-                       labels=answer.rank_labels, scores=answer.scores)  # fmt: skip
-    heatmap = Path("queries") / f"{index:02d}_{_slug(text)}.png"
-    (out / "queries").mkdir(exist_ok=True)
-    title = (f"'{text}': {len(result.instances)} instance(s), {answer.points_m.shape[0]} "
-             "voxel(s) above the threshold (score heat map)")  # fmt: skip
-    render_map(snap.points_m, out / heatmap, colors=_heat_colors(result.scores), title=title,
-               config=render)
-    return {
-        "text": text,
-        "target": result.parsed.target,
-        "instances": [
-            {"label": inst.label, "score": round(float(inst.score), 4),
-             "centroid_m": [round(float(v), 3) for v in inst.centroid_m],
-             "box_size_m": [round(float(v), 3) for v in inst.box_size_m],
-             "num_points": inst.num_points}
-            for inst in result.instances
-        ],
-        "matched_voxels": int(answer.points_m.shape[0]),
-        "ms": round(elapsed_s * 1e3, 2),
-        "engine_timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
-        "heatmap": str(heatmap),
-        "bag_stamp_ns": stamp_ns,
-    }
 
 
 # --------------------------------------------------------------------------- command line

@@ -22,22 +22,38 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import platform
+import re
 import resource
 import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from diff2scene.errors import InputError
+
+if TYPE_CHECKING:
+    from numpy.typing import NDArray
+
+    from diff2scene.io.bag_writer import ResultBagWriter
+    from diff2scene.mapping.render import RenderConfig
+    from diff2scene.replay import ReplayConfig, ReplayRun
+    from diff2scene.runtime import MappingRuntime
 
 __all__ = [
     "STAGES",
     "StageTimes",
+    "answer_query",
     "peak_rss_mib",
     "plot_timing",
     "rss_mib",
+    "run_report",
+    "skip_problems",
     "write_report",
 ]
 
@@ -223,6 +239,103 @@ def _markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+#: Skip reasons that mean the bag's content is bad (others are policy: stride, queue full).
+_BAD_INPUT_WORDS = ("undecodable", "bad_", "nan", "size_mismatch", "encoding", "truncated")
+
+
+def skip_problems(counters: Mapping[str, int | float]) -> list[str]:
+    """One sentence per kind of bad bag content the input counters show."""
+    out = []
+    for key, value in sorted(counters.items()):
+        if not value or not key.startswith(("skipped_", "rejected_")):
+            continue
+        reason = key.split("_", 1)[1]
+        if any(w in reason for w in _BAD_INPUT_WORDS):
+            what = "frame(s) skipped" if key.startswith("skipped_") else "message(s) refused"
+            out.append(f"{int(value)} {what}: {reason} (the warnings below name the first ones)")
+    return out
+
+
+def conditions() -> str:
+    """The machine and thread settings a replay's timings were measured under."""
+    threads = os.environ.get("OMP_NUM_THREADS", "unset")
+    torch_mod = sys.modules.get("torch")
+    torch_threads = f", torch {torch_mod.get_num_threads()} thread(s)" if torch_mod else ""
+    return (
+        f"{os.cpu_count()} CPU core(s) visible, OMP_NUM_THREADS={threads}{torch_threads}, "
+        f"Python {platform.python_version()} on {platform.machine()}"
+    )
+
+
+def run_report(
+    run: ReplayRun,
+    config: ReplayConfig,
+    *,
+    bag: Path,
+    map_voxels: int,
+    map_masks: int,
+    problems: list[str],
+    answers: list[dict[str, Any]],
+    evaluation: Mapping[str, Any] | None,
+    output_bag_messages: Mapping[str, int],
+    outputs: list[str],
+) -> dict[str, Any]:
+    """The contents of ``report.json``: how the run went, frame by frame and stage by stage."""
+    stats = run.pipeline.stats_dict()
+    counters = run.input_counters
+    skipped = {k[len("skipped_"):]: int(v) for k, v in counters.items()
+               if k.startswith("skipped_") and v}  # fmt: skip
+    skipped.update({f"not_integrated_{k[len('frames_skipped_'):]}": int(v)
+                    for k, v in stats.items() if k.startswith("frames_skipped_") and v})
+    seg = config.segmenter
+    return {
+        "bag": str(bag),
+        "bag_read": str(run.bag_read),
+        "run": {
+            "mode": run.mode,
+            "realtime_rate": run.realtime_rate,
+            "segmenter": seg.kind + (f" ({seg.profile})" if seg.kind == "diffusion" else ""),
+            "conditions": conditions(),
+            "wall_s": round(run.wall_s, 3),
+            "frames_per_s": round(stats["frames_in"] / run.wall_s, 3) if run.wall_s else None,
+            "bag_duration_s": round((run.last_stamp_ns - run.first_stamp_ns) / 1e9, 3),
+            "reader_lag_s_max": round(run.reader_lag_s_max, 3) if run.realtime_rate else None,
+            "topics": {"color": run.layout.color_topic, "depth": run.layout.depth_topic,
+                       "camera_info": run.layout.camera_info_topic,
+                       "pose": run.layout.pose_topic or "TF"},
+            "close_completed": run.close.completed,
+        },
+        "frames": {
+            "delivered": run.frames_delivered,
+            "mapped": stats["frames_in"],
+            "integrated": stats["frames_integrated"],
+            "skipped": skipped,
+        },
+        "keyframes": {
+            "selected": stats["keyframes_selected"],
+            "segmented": stats["keyframes_segmented"],
+        },
+        "drops": {
+            "frame_queue_full": int(counters.get("skipped_frame_queue_full", 0)),
+            "keyframes_dropped": stats["keyframes_dropped"],
+            "keyframes_abandoned": stats["keyframes_abandoned"],
+        },
+        "stages_ms": run.times.summary_ms(),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "map": {"voxels": map_voxels, "masks": map_masks, "frame_id": run.map_frame},
+        "problems": problems,
+        "input_warnings": run.input_warnings,
+        "queries": answers,
+        "evaluation": None if evaluation is None else {
+            k: v for k, v in evaluation.items() if k != "queries"
+        },
+        "pipeline": stats,
+        "input": counters,
+        "output_bag_messages": dict(output_bag_messages),
+        "outputs": [*outputs, "report.json", "report.md", "timing.png"],
+    }
+
+
 def write_report(report: Mapping[str, Any], out_dir: Path, times: StageTimes) -> list[Path]:
     """``report.json``, ``report.md`` and ``timing.png`` in ``out_dir``; returns the paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -277,3 +390,68 @@ def plot_timing(times: StageTimes, path: Path, *, title: str = "") -> Path:
     fig.tight_layout()
     fig.savefig(path)
     return path
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")[:40] or "query"
+
+
+def _heat_colors(scores: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """(M, 3) uint8 colours of (M,) scores in [0, 1] (matplotlib's inferno map)."""
+    from matplotlib import colormaps
+
+    rgba = colormaps["inferno"](np.clip(np.nan_to_num(scores), 0.0, 1.0))
+    return np.asarray(np.rint(rgba[:, :3] * 255), dtype=np.uint8)
+
+
+def answer_query(
+    runtime: MappingRuntime,
+    text: str,
+    *,
+    index: int,
+    stamp_ns: int,
+    writer: ResultBagWriter,
+    out: Path,
+    times: StageTimes,
+    render: RenderConfig,
+) -> dict[str, Any]:
+    """Ask ``text``; write its text, markers and result cloud to the bag and its heat map
+    (``out/queries/NN_<query>.png``); returns its entry of the report."""
+    from diff2scene.io.bag_writer import MARKERS_TOPIC, QUERY_CLOUD_TOPIC, QUERY_TEXT_TOPIC
+    from diff2scene.mapping.render import render_map
+
+    writer.write_text(QUERY_TEXT_TOPIC, stamp_ns, text)
+    t0 = time.perf_counter()
+    try:
+        answer = runtime.query(text)
+    except InputError as exc:  # a query the grammar or the limits refuse: reported, not fatal
+        writer.write_markers(MARKERS_TOPIC, stamp_ns, [])
+        return {"text": text, "error": str(exc), "instances": [], "matched_voxels": 0}
+    elapsed_s = time.perf_counter() - t0
+    times.add("query", elapsed_s)
+    result, snap = answer.result, answer.snapshot
+    writer.write_markers(MARKERS_TOPIC, stamp_ns, result.instances)
+    writer.write_cloud(QUERY_CLOUD_TOPIC, stamp_ns, answer.points_m, rgb=answer.rgb,
+                       labels=answer.rank_labels, scores=answer.scores)  # fmt: skip
+    heatmap = Path("queries") / f"{index:02d}_{_slug(text)}.png"
+    (out / "queries").mkdir(exist_ok=True)
+    title = (f"'{text}': {len(result.instances)} instance(s), {answer.points_m.shape[0]} "
+             "voxel(s) above the threshold (score heat map)")  # fmt: skip
+    render_map(snap.points_m, out / heatmap, colors=_heat_colors(result.scores), title=title,
+               config=render)
+    return {
+        "text": text,
+        "target": result.parsed.target,
+        "instances": [
+            {"label": inst.label, "score": round(float(inst.score), 4),
+             "centroid_m": [round(float(v), 3) for v in inst.centroid_m],
+             "box_size_m": [round(float(v), 3) for v in inst.box_size_m],
+             "num_points": inst.num_points}
+            for inst in result.instances
+        ],
+        "matched_voxels": int(answer.points_m.shape[0]),
+        "ms": round(elapsed_s * 1e3, 2),
+        "engine_timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
+        "heatmap": str(heatmap),
+        "bag_stamp_ns": stamp_ns,
+    }

@@ -19,15 +19,17 @@ from rosbags.typesys import Stores, get_typestore
 
 from diff2scene.cli import main
 from diff2scene.errors import ConfigError
-from diff2scene.io.bag_writer import CLOUD_DTYPE, UNKNOWN_LABEL
-from diff2scene.mapping.semantic_map import SemanticMap
-from diff2scene.replay import (
+from diff2scene.io.bag_writer import (
+    CLOUD_DTYPE,
     CLOUD_TOPIC,
     MARKERS_TOPIC,
     QUERY_CLOUD_TOPIC,
     QUERY_TEXT_TOPIC,
+    UNKNOWN_LABEL,
+)
+from diff2scene.mapping.semantic_map import SemanticMap
+from diff2scene.replay import (
     ReplayConfig,
-    load_replay_config,
     read_queries,
     run_replay,
 )
@@ -285,10 +287,12 @@ def test_a_corrupt_chunk_is_skipped_and_the_rest_replayed(
     config.pipeline.mapper.voxel_size_m = 0.05
     segmenter, encoder = build_models(config, bag=scene / "bag")
     # Without a place to put a salvaged copy, reading stops at the bad chunk, reported.
-    plain = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False)
+    plain = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder,
+                       progress=False)
     assert plain.error is not None and plain.frames_delivered == 0
     assert any("stopped after 0 frame(s)" in p and "Zstd" in p for p in plain.problems)
-    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False,
+    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder,
+                     progress=False,
                      salvage_dir=tmp_path / "salvaged")  # fmt: skip
     assert "failed part-way" in run.problems[0]
     assert any("1 corrupt chunk(s) dropped" in p for p in run.problems)
@@ -325,7 +329,8 @@ def test_sqlite_bag_with_a_garbage_message_is_named_and_costs_one_frame(
     config = ReplayConfig(segmenter=SegmenterConfig(kind="oracle"))
     config.pipeline.mapper.voxel_size_m = 0.05
     segmenter, encoder = build_models(config, bag=scene / "bag")
-    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder, progress=False)
+    run = run_replay(scene / "bag", config, segmenter=segmenter, text_encoder=encoder,
+                     progress=False)
     assert run.frames_delivered == N_FRAMES - 1
     assert run.input_counters["skipped_undecodable_message"] == 1
     assert any("undecodable_message" in p for p in run.problems)
@@ -339,7 +344,8 @@ def test_realtime_paces_frames_and_counts_every_drop(room: SynthResult) -> None:
     config.frame_queue_size = 1
     segmenter, encoder = build_models(config, bag=room.bag_path)
     # 1000x: the 8 s bag is released in ~8 ms, far faster than fusion; the queue must drop.
-    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False,
+    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder,
+                     progress=False,
                      realtime_rate=1000.0)  # fmt: skip
     assert run.mode == "realtime"
     assert run.pipeline.config.overflow_policy == "drop_oldest" and run.pipeline.config.threaded
@@ -352,7 +358,8 @@ def test_realtime_paces_frames_and_counts_every_drop(room: SynthResult) -> None:
     assert s.keyframes_selected == (s.keyframes_segmented + s.keyframes_dropped
                                     + sum(s.keyframes_abandoned.values()))  # fmt: skip
     with pytest.raises(ConfigError, match="RATE"):
-        run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False, realtime_rate=0.0)
+        run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder,
+                   progress=False, realtime_rate=0.0)
 
 
 def test_realtime_keeps_the_bag_pace(room: SynthResult) -> None:
@@ -360,7 +367,8 @@ def test_realtime_keeps_the_bag_pace(room: SynthResult) -> None:
     config.pipeline.mapper.voxel_size_m = 0.05
     config.source.max_frames = 6  # 6 frames at 3 Hz = 5/3 s of bag time
     segmenter, encoder = build_models(config, bag=room.bag_path)
-    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder, progress=False,
+    run = run_replay(room.bag_path, config, segmenter=segmenter, text_encoder=encoder,
+                     progress=False,
                      realtime_rate=2.0)  # fmt: skip
     bag_s = (run.last_stamp_ns - run.first_stamp_ns) / 1e9
     assert bag_s == pytest.approx(5 / 3, rel=1e-3)

@@ -33,7 +33,11 @@ from diff2scene.io.output_layout import (
 
 __all__ = [
     "CLOUD_DTYPE",
+    "CLOUD_TOPIC",
     "HIGHLIGHT_RGB",
+    "MARKERS_TOPIC",
+    "QUERY_CLOUD_TOPIC",
+    "QUERY_TEXT_TOPIC",
     "UNKNOWN_LABEL",
     "InstanceLike",
     "MarkerStyle",
@@ -41,6 +45,12 @@ __all__ = [
     "cloud_record",
     "pack_rgb",
 ]
+
+#: Topics of a replay's output bag: the node's output names under its default node name.
+CLOUD_TOPIC = "/diff2scene/labelled_cloud"
+MARKERS_TOPIC = "/diff2scene/query_markers"
+QUERY_CLOUD_TOPIC = "/diff2scene/query_cloud"
+QUERY_TEXT_TOPIC = "/diff2scene/query_text"
 
 #: Topic → message type of everything :class:`ResultBagWriter` writes.
 _CLOUD_TYPE = "sensor_msgs/msg/PointCloud2"
