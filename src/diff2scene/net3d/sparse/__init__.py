@@ -1,7 +1,9 @@
 """Sparse 3D convolutions behind one module API, on a reference or an spconv backend.
 
 Pick a backend with :func:`resolve_backend`, wrap voxels with :func:`make_sparse_tensor`, and
-run any network built from :mod:`~diff2scene.net3d.sparse.modules`.
+run any network built from :mod:`~diff2scene.net3d.sparse.modules`. Both functions live here,
+above the backends: the tensor record (:mod:`~diff2scene.net3d.sparse.tensor`) knows no
+backend, and each backend imports the record, never the other way round.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Literal
 
 import torch
 
-from diff2scene.errors import ConfigError
+from diff2scene.errors import ConfigError, InputError
 from diff2scene.net3d.sparse import spconv_backend
 from diff2scene.net3d.sparse.modules import (
     BatchNorm,
@@ -21,10 +23,48 @@ from diff2scene.net3d.sparse.modules import (
     UpConv3d,
     cat,
 )
-from diff2scene.net3d.sparse.tensor import Backend, SparseContext, SparseTensor, make_sparse_tensor
+from diff2scene.net3d.sparse.tensor import (
+    Backend,
+    SparseContext,
+    SparseTensor,
+    key_frame,
+    linear_keys,
+)
 
 #: What a config may ask for; ``auto`` is resolved per use by :func:`resolve_backend`.
 BackendChoice = Literal["auto", "reference", "spconv"]
+
+
+def make_sparse_tensor(
+    coords: torch.Tensor,
+    feats: torch.Tensor,
+    *,
+    backend: Backend,
+    max_stride: int = 16,
+) -> SparseTensor:
+    """Wrap stride-1 voxels (M, 4) int32 ``[batch, x, y, z]`` and (M, C) features.
+
+    Coordinates must be unique per batch item (one row per voxel); duplicates would be summed
+    twice by the convolutions, so they are rejected here rather than silently mis-weighted.
+    """
+    if coords.ndim != 2 or coords.shape[1] != 4:
+        raise InputError("bad sparse coordinates", f"expected (M, 4), got {tuple(coords.shape)}")
+    if feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
+        raise InputError(
+            "bad sparse features", f"expected ({coords.shape[0]}, C), got {tuple(feats.shape)}"
+        )
+    if coords.shape[0] == 0:
+        raise InputError("empty sparse tensor", "at least one voxel is needed")
+    coords = coords.to(torch.int32)
+    if int(coords[:, 0].min()) < 0:
+        raise InputError("bad sparse coordinates", "batch indices must be >= 0")
+    batch_size = int(coords[:, 0].max()) + 1
+    keys = linear_keys(coords.to(torch.int64), *key_frame(coords.to(torch.int64), pad=0))
+    if torch.unique(keys).numel() != keys.numel():
+        raise InputError("duplicate voxels", "each (batch, x, y, z) may appear only once")
+    ctx = SparseContext(backend=backend, batch_size=batch_size, max_stride=max_stride)
+    native = spconv_backend.wrap_input(coords, feats, ctx) if backend == "spconv" else None
+    return SparseTensor(coords, feats, 1, ctx, native)
 
 
 def resolve_backend(choice: str, *, training: bool, device: torch.device) -> Backend:

@@ -8,6 +8,9 @@ both produce the same coordinate sets.
 All tensors of one forward pass share a :class:`SparseContext`: it names the backend and caches
 what is derived from coordinates only (reference kernel maps, spconv index pairs), so the
 stride-2 map built on the way down is reused by the transposed convolution on the way up.
+
+This module knows no backend (both import it): input voxels are wrapped by
+:func:`diff2scene.net3d.sparse.make_sparse_tensor`, which does.
 """
 
 from __future__ import annotations
@@ -16,8 +19,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-
-from diff2scene.errors import InputError
 
 #: Backend that actually executes a forward pass (``auto`` is resolved before this point).
 Backend = Literal["reference", "spconv"]
@@ -73,42 +74,6 @@ class SparseTensor:
             raise ValueError(f"expected {self.coords.shape[0]} feature rows, got {feats.shape[0]}")
         native = self.native.replace_feature(feats) if self.native is not None else None
         return SparseTensor(self.coords, feats, self.stride, self.context, native)
-
-
-def make_sparse_tensor(
-    coords: torch.Tensor,
-    feats: torch.Tensor,
-    *,
-    backend: Backend,
-    max_stride: int = 16,
-) -> SparseTensor:
-    """Wrap stride-1 voxels (M, 4) int32 ``[batch, x, y, z]`` and (M, C) features.
-
-    Coordinates must be unique per batch item (one row per voxel); duplicates would be summed
-    twice by the convolutions, so they are rejected here rather than silently mis-weighted.
-    """
-    if coords.ndim != 2 or coords.shape[1] != 4:
-        raise InputError("bad sparse coordinates", f"expected (M, 4), got {tuple(coords.shape)}")
-    if feats.ndim != 2 or feats.shape[0] != coords.shape[0]:
-        raise InputError(
-            "bad sparse features", f"expected ({coords.shape[0]}, C), got {tuple(feats.shape)}"
-        )
-    if coords.shape[0] == 0:
-        raise InputError("empty sparse tensor", "at least one voxel is needed")
-    coords = coords.to(torch.int32)
-    if int(coords[:, 0].min()) < 0:
-        raise InputError("bad sparse coordinates", "batch indices must be >= 0")
-    batch_size = int(coords[:, 0].max()) + 1
-    keys = linear_keys(coords.to(torch.int64), *key_frame(coords.to(torch.int64), pad=0))
-    if torch.unique(keys).numel() != keys.numel():
-        raise InputError("duplicate voxels", "each (batch, x, y, z) may appear only once")
-    ctx = SparseContext(backend=backend, batch_size=batch_size, max_stride=max_stride)
-    native = None
-    if backend == "spconv":
-        from diff2scene.net3d.sparse import spconv_backend
-
-        native = spconv_backend.wrap_input(coords, feats, ctx)
-    return SparseTensor(coords, feats, 1, ctx, native)
 
 
 def key_frame(coords: torch.Tensor, *, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
