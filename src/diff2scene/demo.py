@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from diff2scene.query.engine import QueryConfig, QueryEngine
     from diff2scene.query.labelling import LabellingConfig, label_map
     from diff2scene.query.relations import RelationConfig
-    from diff2scene.replay import ReplayConfig, SegmenterConfig, build_segmenter, replay
+    from diff2scene.replay import ReplayConfig, replay
+    from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
     from diff2scene.synth.dataset import SynthConfig, synthesize
     from diff2scene.synth.render import RenderConfig
 

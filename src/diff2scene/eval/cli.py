@@ -4,7 +4,7 @@ SCENE is a synthetic dataset directory (``diff2scene synth``), a ScanNet scene o
 scene (layouts in :mod:`diff2scene.eval.datasets`). The map's masks are classified with the
 configured segmenter's ``classify`` (the oracle for synthetic scenes; it needs no images);
 the report goes to ``--out`` as ``eval.json``, ``eval.md`` and ``eval.png``. An optional
-YAML CONFIG has the sections ``segmenter`` (replay's ``SegmenterConfig``), ``ensemble``,
+YAML CONFIG has the sections ``segmenter`` (``SegmenterConfig``), ``ensemble``,
 ``query`` and ``eval``.
 """
 
@@ -19,7 +19,7 @@ from diff2scene.eval.evaluate import EvalConfig
 
 
 def _segmenter_config() -> Any:
-    from diff2scene.replay import SegmenterConfig
+    from diff2scene.segmentation.factory import SegmenterConfig
 
     return SegmenterConfig()
 
@@ -42,7 +42,7 @@ def load_command_config(path: Path | None) -> EvalCommandConfig:
     from diff2scene.config import from_dict, load_yaml
     from diff2scene.query.engine import QueryConfig
     from diff2scene.query.ensemble import EnsembleConfig
-    from diff2scene.replay import SegmenterConfig
+    from diff2scene.segmentation.factory import SegmenterConfig
 
     data = {} if path is None else load_yaml(path)
     return EvalCommandConfig(
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     from diff2scene.eval.evaluate import evaluate_scene, summarise, write_report
     from diff2scene.mapping.semantic_map import SemanticMap
     from diff2scene.query.session import QuerySession
-    from diff2scene.replay import build_segmenter
+    from diff2scene.segmentation.factory import build_segmenter
 
     cfg = load_command_config(args.config)
     known = {"segmenter", "ensemble", "query", "eval"}
