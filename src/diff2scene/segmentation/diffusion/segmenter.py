@@ -252,7 +252,7 @@ class DiffusionSegmenter(Segmenter2D):
         h, w = rgb.shape[:2]
         if min(h, w) < 16:
             raise InputError("bad image", f"image {w}x{h} is too small to segment")
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).to(self.device)
+        image = _tensor_of(rgb, np.uint8).to(self.device)
         image = image.permute(2, 0, 1).unsqueeze(0).float() / 255.0
         div = self.cfg.backbone.size_divisibility
         ph, pw = -(-h // div) * div, -(-w // div) * div
@@ -275,18 +275,18 @@ class DiffusionSegmenter(Segmenter2D):
         for space in (SPACE_DIFFUSION, SPACE_CLIP):
             if space not in embeddings:
                 raise InputError("missing embeddings", f"need the {space!r} space")
-        text = torch.from_numpy(np.asarray(vocabulary.text_embeddings, dtype=np.float32))
+        text = _tensor_of(vocabulary.text_embeddings, np.float32)
         if text.shape[1] != self.model.clip_features.embed_dim:
             raise InputError(
                 "vocabulary mismatch",
                 f"text embeddings are {text.shape[1]}-d, CLIP space is "
                 f"{self.model.clip_features.embed_dim}-d",
             )
-        diff = torch.from_numpy(np.asarray(embeddings[SPACE_DIFFUSION], dtype=np.float32))
-        clip = torch.from_numpy(np.asarray(embeddings[SPACE_CLIP], dtype=np.float32))
+        diff = _tensor_of(embeddings[SPACE_DIFFUSION], np.float32)
+        clip = _tensor_of(embeddings[SPACE_CLIP], np.float32)
         if len(vocabulary) == 0 or diff.shape[0] == 0:
             return np.zeros((diff.shape[0], len(vocabulary)), dtype=np.float32)
-        seen = torch.from_numpy(np.asarray(vocabulary.seen, dtype=bool))
+        seen = _tensor_of(vocabulary.seen, np.bool_)
         dev = self.device
         with torch.no_grad():
             text_diff, null = self.model.category_head(text.to(dev))
@@ -355,3 +355,17 @@ def fuse_class_probabilities(
         alpha=alpha,
         beta=beta,
     )
+
+
+def _tensor_of(array: NDArray[Any], dtype: type[np.generic]) -> torch.Tensor:
+    """A CPU tensor of ``array`` as ``dtype``, sharing its memory only where that is safe.
+
+    Frames decoded from message or bag buffers and the map snapshot's mask embeddings are
+    read-only views; ``torch.from_numpy`` would hand out a tensor over memory that must not be
+    written (PyTorch warns about it on every process's first such call), so those are copied.
+    The copies are small next to the model's own work: one image, or (N, D) embeddings.
+    """
+    out = np.ascontiguousarray(array, dtype=dtype)
+    if not out.flags.writeable:
+        out = out.copy()
+    return torch.from_numpy(out)
