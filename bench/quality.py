@@ -48,7 +48,8 @@ from diff2scene.net3d.train import TrainConfig, train
 from diff2scene.query.engine import QueryConfig, QueryEngine
 from diff2scene.query.ensemble import EnsembleConfig
 from diff2scene.query.relations import RelationConfig
-from diff2scene.replay import ReplayConfig, build_segmenter, replay
+from diff2scene.replay import ReplayConfig, replay
+from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
 from diff2scene.segmentation.oracle import OracleConfig
 from diff2scene.synth.classes import CLASSES
 from diff2scene.synth.dataset import BAG_DIR, SynthConfig, synthesize
@@ -172,9 +173,9 @@ def main() -> None:
             pass
     t_synth = time.perf_counter()
 
-    replay_cfg = ReplayConfig()
+    replay_cfg = ReplayConfig(segmenter=SegmenterConfig(
+        kind="oracle", oracle=OracleConfig(**ORACLE_NOISE)))  # type: ignore[arg-type]
     replay_cfg.pipeline.mapper.voxel_size_m = args.voxel_size_m
-    replay_cfg.segmenter.oracle = OracleConfig(**ORACLE_NOISE)  # type: ignore[arg-type]
     segmenter, encoder = build_segmenter(replay_cfg.segmenter, bag=scene_dirs[0] / BAG_DIR)
     dims = segmenter.embedding_dims
 
@@ -212,7 +213,8 @@ def main() -> None:
     attribute_asked: list[dict[str, Any]] = []
     for out in scene_dirs:
         segmenter, encoder = build_segmenter(replay_cfg.segmenter, bag=out / BAG_DIR)
-        smap = replay(out / BAG_DIR, replay_cfg, segmenter=segmenter, progress=False).map
+        smap = replay(out / BAG_DIR, replay_cfg, segmenter=segmenter, text_encoder=encoder,
+                      progress=False).map
         refresh_map_features(net, smap, full=True)
         engine = QueryEngine.from_map(
             smap, encoder, segmenter, query_cfg,

@@ -174,14 +174,18 @@ def test_bag_info_proposal_replays_into_the_raw_recordings_map(
     assert info["chosen"]["camera_info_topic"] == INFO
     assert info["chosen"]["pose"] == "tf"
     assert info["frames"] == {"delivered": N_FRAMES, "skipped_total": 0}
+    # the synthetic room's ground-truth masks stand in for the 2D model (not the default)
+    oracle = {"segmenter": {"kind": "oracle"}}
     proposed = tmp_path / "proposed.yaml"
-    proposed.write_text(yaml.safe_dump(info["proposed_config"]))
+    proposed.write_text(yaml.safe_dump({**info["proposed_config"], **oracle}))
+    topics_chosen = tmp_path / "oracle.yaml"
+    topics_chosen.write_text(yaml.safe_dump(oracle))
 
     maps = {}
     for name, bag, extra in (
-        ("raw", recordings.raw, []),
+        ("raw", recordings.raw, ["--config", str(topics_chosen)]),
         ("proposed", recordings.realsense, ["--config", str(proposed)]),
-        ("no_config", recordings.realsense, []),
+        ("no_config", recordings.realsense, ["--config", str(topics_chosen)]),
     ):
         out = tmp_path / name
         assert main(["replay", str(bag), "--out", str(out), "--no-progress", *extra]) == 0
@@ -299,8 +303,7 @@ def test_a_bag_that_cannot_be_opened_is_a_clear_error(
 def test_replay_of_a_missing_bag_names_the_bag_with_the_default_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The bag is the problem, not the synthetic ground truth that the default 2D model (the
-    oracle) would look for beside it."""
+    """The bag is the problem, not the weights that the default 2D model would look for."""
     assert main(["replay", str(tmp_path / "missing"), "--out", str(tmp_path / "replay")]) == 2
     assert "bag not found" in _error_line(capsys, "replay")
 
