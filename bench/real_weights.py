@@ -45,11 +45,11 @@ def write_files(out_dir: Path) -> dict[str, Any]:
     from diff2scene.config import load_yaml
     from diff2scene.segmentation.clip import ClipConfig
     from diff2scene.segmentation.local_weights import TextEncoderShape, write_random_weights
+    from diff2scene.segmentation.profile_lookup import find_profile
     from diff2scene.segmentation.profiles import (
         SD15_UNET_CONFIG,
         SD15_VAE_CONFIG,
         load_profile,
-        models_dir,
     )
 
     profile = load_profile(PROFILE)
@@ -65,7 +65,7 @@ def write_files(out_dir: Path) -> dict[str, Any]:
     )
     write_s = time.perf_counter() - t0
     del model
-    base = load_yaml(models_dir() / f"{PROFILE}.yaml")
+    base = load_yaml(find_profile(PROFILE))
     base["name"] = f"{PROFILE}_local"
     base["weights"] = files.weights_section(profile.weights.clip)
     (out_dir / f"{PROFILE}_local.yaml").write_text(yaml.safe_dump(base, sort_keys=False))

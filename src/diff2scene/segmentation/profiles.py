@@ -138,11 +138,6 @@ class ModelProfile:
             raise ValueError("a profile needs exactly one of `tiny` or `weights`")
 
 
-def models_dir() -> Path:
-    """The directory the ``tiny`` profile is read from: the bundled profiles as installed."""
-    return find_profile("tiny").parent
-
-
 def load_profile(name_or_path: str | Path) -> ModelProfile:
     """A profile by name (``tiny``, ``odise_sd15``; see :func:`find_profile`) or YAML path."""
     path = find_profile(name_or_path)

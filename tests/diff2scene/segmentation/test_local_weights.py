@@ -27,10 +27,10 @@ from diff2scene.segmentation.local_weights import (
     write_random_weights,
     write_sd_text_encoder,
 )
+from diff2scene.segmentation.profile_lookup import find_profile
 from diff2scene.segmentation.profiles import (
     clip_text_hidden_states,
     load_profile,
-    models_dir,
     profile_from_dict,
     sd_empty_prompt_embedding,
 )
@@ -91,7 +91,7 @@ def test_local_files_load_through_the_factory_and_reproduce_the_writer(
 
     # A copy of the tiny profile's segmenter section, pointed at the files.
     profile_yaml = tmp_path / "local.yaml"
-    base = load_yaml(models_dir() / "tiny.yaml")
+    base = load_yaml(find_profile("tiny"))
     profile_yaml.write_text(
         yaml.safe_dump(
             {
