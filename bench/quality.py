@@ -134,7 +134,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60,
                         help="3D distillation epochs (x scenes / batch = optimiser steps); at 30 "
                         "the 3D branch was under-trained and pulled the ensemble below the 2D "
-                        "masks on common and tail classes (see README)")
+                        "masks on common and tail classes (see docs/results.md)")
     parser.add_argument("--rate-hz", type=float, default=10.0,
                         help="camera frame rate; the path is one loop whatever the frame count, "
                         "so this sets the camera speed (the mapper rejects > 2 m/s as jumps)")
@@ -144,7 +144,7 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2,
                         help="distillation Adam learning rate (the design's 1e-4 is for ~30k "
                         "steps; at the ~300 steps a shared CPU allows it leaves the 3D branch "
-                        "untrained, see README)")
+                        "untrained, see docs/results.md)")
     parser.add_argument("--batch-size", type=int, default=1, help="scenes per optimiser step")
     parser.add_argument("--views-per-step", type=int, default=8,
                         help="keyframes per scene and step")  # fmt: skip
