@@ -210,13 +210,14 @@ def main() -> None:
     mapper = Mapper(cfg)
     selector = KeyframeSelector(KeyframeConfig())
     smap = SemanticMap(cfg.voxel_size_m)
+    attr = o3d.core.uint16 if cfg.compact_tsdf else o3d.core.float32  # the mapper's layout
     vbg = o3d.t.geometry.VoxelBlockGrid(
         ("tsdf", "weight", "color"),
-        (o3d.core.float32, o3d.core.float32, o3d.core.float32),
+        (o3d.core.float32, attr, attr),
         [o3d.core.SizeVector([c]) for c in (1, 1, 3)],
         cfg.voxel_size_m,
         cfg.block_resolution,
-        cfg.block_count,
+        cfg.max_tsdf_blocks,
         o3d.core.Device("CPU:0"),
     )
     rng = np.random.default_rng(0)

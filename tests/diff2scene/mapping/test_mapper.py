@@ -18,6 +18,7 @@ from diff2scene.mapping.mapper import (
     SKIP_POSE_JUMP,
     Mapper,
     MapperConfig,
+    _to_o3d,
 )
 
 VOXEL_M = 0.05
@@ -216,3 +217,58 @@ def test_pose_jump_gate_is_on_speed_so_motion_after_a_gap_is_kept(orbit_frames):
     back = dataclasses.replace(good, stamp_ns=after_gap.stamp_ns + 33_000_000)
     assert not mapper.integrate(back)
     assert mapper.stats.last_skip_reason == SKIP_POSE_JUMP
+
+
+def test_a_full_working_set_evicts_old_blocks_without_growing_or_losing_voxels(orbit_frames):
+    whole = Mapper(small_config())
+    for frame in orbit_frames:
+        whole.integrate(frame)
+    reference = whole.update_voxels()
+    assert whole.stats.blocks_evicted == 0
+    # One frame of the orbit touches up to ~60 % of it, and a frame's blocks must fit beside
+    # the kept ones: this working set fills up once near the end (a much smaller one would
+    # evict blocks before they are seen twice, and a surface needs two observations).
+    capacity = whole.num_blocks + 160
+    mapper = Mapper(small_config(max_tsdf_blocks=capacity))
+    for frame in orbit_frames:
+        assert mapper.integrate(frame), mapper.stats.last_skip_detail
+        assert mapper.num_blocks <= capacity
+        # the hash map was allocated once: growing it would rehash (a stall on a big map)
+        assert int(mapper._vbg.hashmap().capacity()) == capacity
+    update = mapper.update_voxels()
+    assert mapper.stats.blocks_evicted > 0
+    # the surface of evicted blocks was extracted before they left: nothing was lost
+    ref = {tuple(c) for c in reference.coords.tolist()}
+    got = {tuple(c) for c in update.coords.tolist()}
+    assert len(ref & got) >= 0.9 * len(ref)
+    assert update.new_start == 0 and np.unique(update.coords, axis=0).shape[0] == len(got)
+
+
+def test_a_revisited_region_is_fused_afresh_into_the_same_voxels(orbit_frames):
+    capacity = 400
+    mapper = Mapper(small_config(max_tsdf_blocks=capacity))
+    first = orbit_frames[:6]
+    for frame in first:
+        mapper.integrate(frame)
+    before = mapper.update_voxels()
+    # evict everything the first frames saw, then look again from the same places
+    for name in ("tsdf", "weight", "color"):
+        assert mapper._vbg.attribute(name).shape[0] == capacity
+    far_away = _to_o3d(np.array([[1000, 1000, 1000]], np.int32), mapper.device)
+    mapper._make_room(far_away, capacity)  # a "frame" that needs the whole map
+    assert mapper.num_blocks == 0 and mapper.stats.blocks_evicted > 0
+    for i, frame in enumerate(first):
+        # same views again, later stamps (the pose-jump gate compares with the last frame)
+        again = dataclasses.replace(frame, stamp_ns=first[-1].stamp_ns + (i + 1) * 10**8)
+        if i == 0:
+            mapper._prev_pose = None
+        assert mapper.integrate(again), mapper.stats.last_skip_detail
+    weight = mapper._vbg.attribute("weight").numpy()
+    active = mapper._vbg.hashmap().active_buf_indices().numpy()
+    # freed buffers were cleared: nothing older than the six new integrations remains
+    assert int(weight[active].max()) <= len(first)
+    after = mapper.update_voxels()
+    np.testing.assert_array_equal(after.coords[: before.num_voxels], before.coords)
+    # the re-observed surface maps onto the voxels it had: few new numbers
+    assert after.num_new <= 0.05 * before.num_voxels
+    assert np.intersect1d(after.updated_index, np.arange(before.num_voxels)).size > 0
