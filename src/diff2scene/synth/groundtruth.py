@@ -21,7 +21,7 @@ from numpy.typing import NDArray
 
 from diff2scene.errors import DataFormatError
 from diff2scene.synth.classes import CLASSES, TIERS, Tier
-from diff2scene.synth.scene import Scene, SceneInstance
+from diff2scene.synth.scene import SceneGeometry, SceneInstance
 
 #: Name of the tables file inside a synthetic dataset directory.
 SCENE_FILE = "scene.json"
@@ -90,7 +90,7 @@ class GroundTruth:
     @classmethod
     def from_scene(
         cls,
-        scene: Scene,
+        scene: SceneGeometry,
         *,
         points_per_m2: float = 1000.0,
         max_points: int = 2_000_000,
@@ -116,7 +116,7 @@ class GroundTruth:
             inst_ids.append(np.full(n, inst.instance_id, dtype=np.int32))
             cls_ids.append(np.full(n, inst.class_id, dtype=np.int32))
         instances = tuple(_instance_info(inst) for inst in scene.instances)
-        meta = {"seed": scene.seed, "room_size_m": [float(v) for v in scene.room_size_m]}
+        meta = scene.describe()
         meta.update(metadata or {})
         return cls(
             classes=tuple(ClassInfo(c.class_id, c.name, c.tier) for c in CLASSES),

@@ -18,7 +18,7 @@ import numpy as np
 import open3d as o3d
 from numpy.typing import NDArray
 
-from diff2scene.synth.scene import Scene
+from diff2scene.synth.scene import Scene, SceneGeometry
 from diff2scene.types import CameraIntrinsics, Frame
 
 #: Direction the room's light comes from (unit vector, world frame: z up).
@@ -201,17 +201,24 @@ class CameraTrajectory:
 
 
 def camera_trajectory(scene: Scene, config: RenderConfig) -> CameraTrajectory:
-    """:func:`camera_path` with stamps at which no step is faster than the config's limits.
+    """:func:`camera_path` stamped by :func:`timed_trajectory`.
+
+    The whole loop is always flown, so a short sequence (``--frames 30``) still sees the
+    whole room, at a lower frame rate.
+    """
+    return timed_trajectory(camera_path(scene, config), config)
+
+
+def timed_trajectory(poses: NDArray[np.float64], config: RenderConfig) -> CameraTrajectory:
+    """(N, 4, 4) ``poses`` with stamps at which no step is faster than the config's limits.
 
     The frames come at ``rate_hz`` unless a step between two of them would then move faster
     than ``max_camera_speed_m_s`` or turn faster than ``max_camera_angular_speed_deg_s``; the
-    frame period then grows until the fastest step keeps both limits. The whole path is
-    always flown and the rate stays constant, so a short sequence (``--frames 30``) still sees
-    the whole room, at a lower frame rate, and its bag replays through a mapper whose pose-jump
-    limits are above the camera's (the mapper compares each step's motion with its
-    ``max_speed_m_s`` and ``max_angular_speed_deg_s`` times the time between the stamps).
+    frame period then grows until the fastest step keeps both limits. The rate stays
+    constant, so a bag of any frame count replays through a mapper whose pose-jump limits are
+    above the camera's (the mapper compares each step's motion with its ``max_speed_m_s`` and
+    ``max_angular_speed_deg_s`` times the time between the stamps).
     """
-    poses = camera_path(scene, config)
     period_s = 1.0 / config.rate_hz
     if len(poses) > 1:
         step_m, step_deg = step_motion(poses)
@@ -242,12 +249,26 @@ class RenderedView:
 class Renderer:
     """Ray casts one scene from arbitrary poses; builds the acceleration structure once."""
 
-    def __init__(self, scene: Scene, config: RenderConfig | None = None) -> None:
+    def __init__(
+        self,
+        scene: SceneGeometry,
+        config: RenderConfig | None = None,
+        *,
+        trajectory: CameraTrajectory | None = None,
+    ) -> None:
+        """``trajectory`` defaults to a room's :func:`camera_trajectory`; any other scene
+        (a building floor) comes with its own route's."""
         self.scene = scene
         self.config = config or RenderConfig()
         self.intrinsics = self.config.intrinsics()
+        if trajectory is None:
+            if not isinstance(scene, Scene):
+                raise TypeError(
+                    f"{type(scene).__name__} has no default camera path: pass its trajectory"
+                )
+            trajectory = camera_trajectory(scene, self.config)
         #: The sequence's poses and stamps; :meth:`frame` stamps frame ``index`` from it.
-        self.trajectory = camera_trajectory(scene, self.config)
+        self.trajectory = trajectory
         self._raycaster = o3d.t.geometry.RaycastingScene()
         geometry_to_instance = {}
         colours = np.zeros((len(scene.instances) + 1, 3), dtype=np.float32)
@@ -361,8 +382,14 @@ def _depth_edges(depth_m: NDArray[np.float32], jump_ratio: float) -> NDArray[np.
     return edge
 
 
-def render_frames(scene: Scene, config: RenderConfig | None = None) -> Iterator[Frame]:
-    """The scene's frames along :func:`camera_trajectory`, one at a time (bounded memory)."""
-    renderer = Renderer(scene, config)
+def render_frames(
+    scene: SceneGeometry,
+    config: RenderConfig | None = None,
+    *,
+    trajectory: CameraTrajectory | None = None,
+) -> Iterator[Frame]:
+    """The scene's frames along ``trajectory`` (a room's default: :func:`camera_trajectory`),
+    one at a time, so memory holds one frame however long the sequence."""
+    renderer = Renderer(scene, config, trajectory=trajectory)
     for index, pose in enumerate(renderer.trajectory.poses):
         yield renderer.frame(index, pose)

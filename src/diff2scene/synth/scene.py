@@ -5,6 +5,8 @@ instances drawn from :data:`~diff2scene.synth.classes.CLASSES` by frequency tier
 random comes from one ``numpy.random.Generator`` seeded by the scene seed, so a seed names a
 scene exactly. The room's centre is left free of tall objects around the camera path that
 :mod:`diff2scene.synth.render` flies, so the camera never passes through furniture.
+The same furnishing fills each room of a building floor (:func:`furnish_room`, used by
+:mod:`diff2scene.synth.floor`), inside the room's rectangle and clear of its doorways.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import open3d as o3d
@@ -96,6 +99,26 @@ class SceneInstance:
         return self.vertices.min(axis=0), self.vertices.max(axis=0)
 
 
+class SceneGeometry(Protocol):
+    """What rendering and ground truth need of a scene: a room (:class:`Scene`) or a building
+    floor (:class:`~diff2scene.synth.floor.Floor`)."""
+
+    @property
+    def seed(self) -> int:
+        """The seed that names the scene (and salts the per-frame sensor noise)."""
+
+    @property
+    def instances(self) -> tuple[SceneInstance, ...]:
+        """Every instance, ids 1..N in order."""
+
+    @property
+    def extent_m(self) -> NDArray[np.float64]:
+        """(3,) size of the box [0, extent] that holds the scene, metres."""
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the ground truth's metadata (JSON-serialisable)."""
+
+
 @dataclass(frozen=True)
 class Scene:
     """A generated room: its size, instances and the camera-path ellipse kept free for it."""
@@ -111,6 +134,15 @@ class Scene:
     def centre_m(self) -> NDArray[np.float64]:
         """(3,) centre of the room's floor."""
         return np.array([self.room_size_m[0] / 2, self.room_size_m[1] / 2, 0.0])
+
+    @property
+    def extent_m(self) -> NDArray[np.float64]:
+        """(3,) size of the box [0, extent] that holds the scene: the room's size."""
+        return self.room_size_m
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the ground truth's metadata (JSON-serialisable)."""
+        return {"seed": self.seed, "room_size_m": [float(v) for v in self.room_size_m]}
 
     def instance(self, instance_id: int) -> SceneInstance:
         for inst in self.instances:
@@ -155,6 +187,63 @@ def _quad(corners: NDArray[np.float64]) -> tuple[NDArray[np.float64], NDArray[np
     return corners.astype(np.float64), np.array([[0, 1, 2], [0, 2, 3]], dtype=np.int32)
 
 
+def wall_frame(
+    wall: int, width_m: float, depth_m: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
+    """(start, along-wall unit vector, inward yaw) of wall 0..3 of a ``width_m`` x ``depth_m``
+    room whose corner is the origin: walls y=0, x=W, y=D, x=0, each running counter-clockwise
+    (seen from above) so that the room lies to the left of ``along``."""
+    frames = (
+        (np.array([0.0, 0.0]), np.array([1.0, 0.0]), 0.0),
+        (np.array([width_m, 0.0]), np.array([0.0, 1.0]), math.pi / 2),
+        (np.array([width_m, depth_m]), np.array([-1.0, 0.0]), math.pi),
+        (np.array([0.0, depth_m]), np.array([0.0, -1.0]), -math.pi / 2),
+    )
+    return frames[wall]
+
+
+def add_instance(
+    instances: list[SceneInstance],
+    spec: ClassSpec,
+    colour_name: str,
+    vertices: NDArray[np.float64],
+    triangles: NDArray[np.int32],
+) -> int:
+    """Append an instance with the next free id (ids are positions + 1) and return the id."""
+    inst = SceneInstance(
+        instance_id=len(instances) + 1,
+        class_id=spec.class_id,
+        class_name=spec.name,
+        colour_name=colour_name,
+        colour_rgb=PALETTE[colour_name],
+        vertices=np.ascontiguousarray(vertices, dtype=np.float64),
+        triangles=np.ascontiguousarray(triangles, dtype=np.int32),
+    )
+    instances.append(inst)
+    return inst.instance_id
+
+
+def structure_colours(rng: np.random.Generator) -> tuple[str, str]:
+    """(wall colour, floor colour) of one room; never the same, which would hide its corners."""
+    wall_colour = str(rng.choice(np.array(class_by_name("wall").colours)))
+    floor_colours = np.array([c for c in class_by_name("floor").colours if c != wall_colour])
+    return wall_colour, str(rng.choice(floor_colours))
+
+
+@dataclass(frozen=True)
+class Doorway:
+    """An opening in one wall of a room that furniture must leave free."""
+
+    #: Wall 0..3 as in :func:`wall_frame`.
+    wall: int
+    #: Centre of the opening along the wall from the wall's start, metres.
+    centre_m: float
+    #: Width of the opening, metres.
+    width_m: float
+    #: Depth of the floor kept clear in front of the opening, inside the room, metres.
+    clear_depth_m: float = 0.9
+
+
 @dataclass
 class _Support:
     """A horizontal surface small objects can stand on, in the supporting object's frame."""
@@ -171,30 +260,27 @@ class _Support:
 class _Builder:
     """Places instances one by one, tracking free floor, wall space and support surfaces."""
 
-    def __init__(self, seed: int, config: SceneConfig) -> None:
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        config: SceneConfig,
+        *,
+        origin_xy: NDArray[np.float64],
+        size: NDArray[np.float64],
+        path_xy: NDArray[np.float64],
+        instances: list[SceneInstance],
+    ) -> None:
         self.cfg = config
-        self.rng = np.random.default_rng(seed)
-        rng = self.rng
-        self.size = np.array(
-            [
-                rng.uniform(*config.room_width_range_m),
-                rng.uniform(*config.room_depth_range_m),
-                rng.uniform(*config.room_height_range_m),
-            ]
-        )
-        self.radii = (
-            config.camera_path_fraction * float(self.size[0]),
-            config.camera_path_fraction * float(self.size[1]),
-        )
-        theta = np.linspace(0.0, 2 * math.pi, 96, endpoint=False)
-        self.path_xy = np.stack(
-            [
-                self.size[0] / 2 + self.radii[0] * np.cos(theta),
-                self.size[1] / 2 + self.radii[1] * np.sin(theta),
-            ],
-            axis=1,
-        )
-        self.instances: list[SceneInstance] = []
+        self.rng = rng
+        #: (2,) corner of the room with the smallest x and y; the room spans origin + [0, size].
+        self.origin = np.asarray(origin_xy, dtype=np.float64)
+        #: (3,) room extent (x, y, z), metres.
+        self.size = size
+        #: (P, 2) points the camera passes; tall objects keep ``camera_clearance_m`` from them.
+        self.path_xy = path_xy
+        #: Every instance of the scene so far, shared by the builders of one floor's rooms
+        #: (instance ids are positions + 1).
+        self.instances = instances
         self.floor_rects: list[NDArray[np.float64]] = []
         #: Per wall: (s0, s1, z0, z1) rectangles in wall coordinates.
         self.wall_rects: list[list[tuple[float, float, float, float]]] = [[], [], [], []]
@@ -209,17 +295,7 @@ class _Builder:
         colour: str | None = None,
     ) -> int:
         colour_name = colour or str(self.rng.choice(np.array(spec.colours)))
-        inst = SceneInstance(
-            instance_id=len(self.instances) + 1,
-            class_id=spec.class_id,
-            class_name=spec.name,
-            colour_name=colour_name,
-            colour_rgb=PALETTE[colour_name],
-            vertices=np.ascontiguousarray(vertices, dtype=np.float64),
-            triangles=np.ascontiguousarray(triangles, dtype=np.int32),
-        )
-        self.instances.append(inst)
-        return inst.instance_id
+        return add_instance(self.instances, spec, colour_name, vertices, triangles)
 
     def _add_mesh(
         self,
@@ -238,7 +314,13 @@ class _Builder:
         return self.rng.uniform(np.array(spec.size_min_m), np.array(spec.size_max_m))
 
     def _floor_free(self, rect: NDArray[np.float64], height: float) -> bool:
-        if rect[0] < 0.0 or rect[2] < 0.0 or rect[1] > self.size[0] or rect[3] > self.size[1]:
+        x0, y0 = self.origin
+        if (
+            rect[0] < x0
+            or rect[2] < y0
+            or rect[1] > x0 + self.size[0]
+            or rect[3] > y0 + self.size[1]
+        ):
             return False
         if any(_rects_overlap(rect, other, self.cfg.object_gap_m) for other in self.floor_rects):
             return False
@@ -247,27 +329,19 @@ class _Builder:
         return True
 
     def _wall_frame(self, wall: int) -> tuple[NDArray[np.float64], NDArray[np.float64], float]:
-        """(origin, along-wall unit vector, inward yaw) of wall 0..3 (y=0, x=W, y=D, x=0)."""
-        w, d = float(self.size[0]), float(self.size[1])
-        frames = (
-            (np.array([0.0, 0.0]), np.array([1.0, 0.0]), 0.0),
-            (np.array([w, 0.0]), np.array([0.0, 1.0]), math.pi / 2),
-            (np.array([w, d]), np.array([-1.0, 0.0]), math.pi),
-            (np.array([0.0, d]), np.array([0.0, -1.0]), -math.pi / 2),
-        )
-        return frames[wall]
+        """(origin, along-wall unit vector, inward yaw) of wall 0..3 (y=0, x=W, y=D, x=0),
+        in room coordinates: add :attr:`origin` for the world."""
+        return wall_frame(wall, float(self.size[0]), float(self.size[1]))
 
     def _wall_length(self, wall: int) -> float:
         return float(self.size[0] if wall % 2 == 0 else self.size[1])
 
     # ---- structure
     def add_structure(self) -> None:
+        """Floor, ceiling and four closed walls of a room at the origin."""
         w, d, h = (float(v) for v in self.size)
         floor, ceiling, wall = (class_by_name(n) for n in ("floor", "ceiling", "wall"))
-        wall_colour = str(self.rng.choice(np.array(wall.colours)))
-        # A floor the colour of the walls would hide the room's corners in the images.
-        floor_colours = np.array([c for c in floor.colours if c != wall_colour])
-        floor_colour = str(self.rng.choice(floor_colours))
+        wall_colour, floor_colour = structure_colours(self.rng)
         floor_quad = _quad(np.array([[0, 0, 0], [w, 0, 0], [w, d, 0], [0, d, 0.0]]))
         self._add(floor, *floor_quad, colour=floor_colour)
         self._add(ceiling, *_quad(np.array([[0, 0, h], [0, d, h], [w, d, h], [w, 0, h]])))
@@ -278,6 +352,19 @@ class _Builder:
             up = np.array([0.0, 0.0, h])
             corners = np.array([a, a + up, b + up, b])
             self._add(wall, *_quad(corners), colour=wall_colour)
+
+    def reserve_doorway(self, door: Doorway) -> None:
+        """Keep ``door``'s stretch of wall (full height) and the floor in front of it free."""
+        half = door.width_m / 2
+        self.wall_rects[door.wall].append(
+            (door.centre_m - half, door.centre_m + half, 0.0, float(self.size[2]))
+        )
+        start, along, yaw = self._wall_frame(door.wall)
+        inward = np.array([-along[1], along[0]])
+        xy = self.origin + start + along * door.centre_m + inward * (door.clear_depth_m / 2)
+        self.floor_rects.append(
+            _footprint(xy, np.array([half + self.cfg.object_gap_m, door.clear_depth_m / 2]), yaw)
+        )
 
     # ---- objects
     def place(self, spec: ClassSpec) -> bool:
@@ -293,7 +380,7 @@ class _Builder:
         if spec.placement == "floor":
             yaw = float(rng.uniform(-math.pi, math.pi))
             half = size[:2] / 2
-            xy = rng.uniform(half.max(), self.size[:2] - half.max())
+            xy = self.origin + rng.uniform(half.max(), self.size[:2] - half.max())
             rect = _footprint(xy, half, yaw)
             if not self._floor_free(rect, float(size[2])):
                 return False
@@ -323,6 +410,7 @@ class _Builder:
                 ):
                     return False
             origin, along, yaw = self._wall_frame(wall)
+            origin = self.origin + origin
             inward = np.array([-along[1], along[0]])
             # Local +y (the object's back) faces the wall: yaw turns local +y onto -inward.
             xy = origin + along * s + inward * (size[1] / 2 + 0.002)
@@ -412,16 +500,31 @@ def _choose_classes(rng: np.random.Generator, config: SceneConfig) -> list[Class
 _PLACEMENT_ORDER = {"wall_floor": 0, "wall": 1, "floor": 2, "on_surface": 3}
 
 
-def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
-    """Build the room for ``seed``; the same seed and config always give the same scene.
+def ellipse_path_xy(
+    centre_xy: NDArray[np.float64], radii_m: tuple[float, float], n_points: int = 96
+) -> NDArray[np.float64]:
+    """(n_points, 2) points evenly spaced in angle on an axis-aligned ellipse."""
+    theta = np.linspace(0.0, 2 * math.pi, n_points, endpoint=False)
+    return np.stack(
+        [centre_xy[0] + radii_m[0] * np.cos(theta), centre_xy[1] + radii_m[1] * np.sin(theta)],
+        axis=1,
+    )
+
+
+def camera_path_radii(config: SceneConfig, size: NDArray[np.float64]) -> tuple[float, float]:
+    """Semi-axes of the camera ellipse of a room of (3,) ``size``, metres."""
+    return (config.camera_path_fraction * float(size[0]),
+            config.camera_path_fraction * float(size[1]))
+
+
+def _furnish(builder: _Builder) -> None:
+    """Fill the builder's room with objects of classes drawn by tier.
 
     Big furniture is placed first so that small objects fill the remaining space; an
     instance that finds no free spot in ``placement_attempts`` tries is left out. Head classes
-    get extra tries so that every scene has at least one of each.
+    get extra tries so that every room has at least one of each.
     """
-    config = config or SceneConfig()
-    builder = _Builder(seed, config)
-    builder.add_structure()
+    config = builder.cfg
     chosen = _choose_classes(builder.rng, config)
     order = builder.rng.permutation(len(chosen))
     shuffled = [chosen[i] for i in order]
@@ -445,9 +548,59 @@ def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
             n_objects += 1
             if spec.tier == "head":
                 placed_head.add(spec.name)
+
+
+def furnish_room(
+    rng: np.random.Generator,
+    config: SceneConfig,
+    instances: list[SceneInstance],
+    *,
+    origin_xy: NDArray[np.float64],
+    size: NDArray[np.float64],
+    path_xy: NDArray[np.float64],
+    doorways: tuple[Doorway, ...] = (),
+) -> None:
+    """Furnish the room ``origin_xy + [0, size]`` of a larger scene, appending to ``instances``.
+
+    The same placement rules as a single room's: objects stay inside the rectangle, tall ones
+    keep ``camera_clearance_m`` from ``path_xy`` ((P, 2) world points the camera passes), and
+    nothing stands in or hangs over a doorway or blocks the floor in front of it. The room's
+    structure (floor, walls, ceiling) is the caller's.
+    """
+    builder = _Builder(
+        rng, config, origin_xy=origin_xy, size=size, path_xy=path_xy, instances=instances
+    )
+    for door in doorways:
+        builder.reserve_doorway(door)
+    _furnish(builder)
+
+
+def generate_scene(seed: int, config: SceneConfig | None = None) -> Scene:
+    """Build the room for ``seed``; the same seed and config always give the same scene."""
+    config = config or SceneConfig()
+    rng = np.random.default_rng(seed)
+    size = np.array(
+        [
+            rng.uniform(*config.room_width_range_m),
+            rng.uniform(*config.room_depth_range_m),
+            rng.uniform(*config.room_height_range_m),
+        ]
+    )
+    radii = camera_path_radii(config, size)
+    instances: list[SceneInstance] = []
+    builder = _Builder(
+        rng,
+        config,
+        origin_xy=np.zeros(2),
+        size=size,
+        path_xy=ellipse_path_xy(size[:2] / 2, radii),
+        instances=instances,
+    )
+    builder.add_structure()
+    _furnish(builder)
     return Scene(
         seed=seed,
-        room_size_m=builder.size,
-        instances=tuple(builder.instances),
-        camera_path_radii_m=builder.radii,
+        room_size_m=size,
+        instances=tuple(instances),
+        camera_path_radii_m=radii,
     )
