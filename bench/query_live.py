@@ -41,7 +41,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,8 +48,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import write_results
+from tests.support.ros import REPO, DiagnosticsObserver, call_service, child_env, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 #: A node name of this run's own: several sessions may share a ROS_DOMAIN_ID on one machine.
 NODE = f"/diff2scene_bench_{os.getpid()}"
 STRUCTURE = {"wall", "floor", "ceiling"}
@@ -58,85 +57,25 @@ MAP_NAME = "big.npz"
 _MESSAGE = re.compile(r"map version (\d+) \(newest (\d+)\), ([0-9.]+) s old")
 
 
-class Diagnostics:
-    """The node's /diagnostics values, read in this process (a context of its own)."""
+class Diagnostics(DiagnosticsObserver):
+    """The node's /diagnostics values and a client of its ``~/load_map``, in this process."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
         from diff2scene_interfaces.srv import LoadMap
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
 
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = Node("query_live_bench", context=self.context)
-        self._lock = threading.Lock()
-        self.values: dict[str, str] = {}
-        self.received = 0
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_msg, 10)
+        super().__init__(domain_id, name="query_live_bench", node_name=NODE)
         self.load_client = self.node.create_client(LoadMap, f"{NODE}/load_map")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from contextlib import suppress
-
-        from rclpy.executors import ExternalShutdownException
-
-        with suppress(ExternalShutdownException):
-            self.executor.spin()
-
-    def _on_msg(self, msg: Any) -> None:
-        for status in msg.status:
-            if status.name.startswith(f"{NODE}:"):
-                with self._lock:
-                    self.values = {kv.key: kv.value for kv in status.values}
-                    self.received += 1
-
-    def get(self, key: str, default: float = 0.0) -> float:
-        with self._lock:
-            return float(self.values.get(key, default))
-
-    def fresh(self, timeout_s: float = 10.0) -> dict[str, str]:
-        """Values of a diagnostics message published after this call."""
-        with self._lock:
-            seen = self.received
-        _wait(lambda: self.received > seen, "a diagnostics message", timeout_s)
-        with self._lock:
-            return dict(self.values)
 
     def load_map(self, path: str, timeout_s: float = 300.0) -> str:
         from diff2scene_interfaces.srv import LoadMap
 
-        if not self.load_client.wait_for_service(timeout_sec=timeout_s):
-            raise RuntimeError(f"no {NODE}/load_map after {timeout_s} s")
-        future = self.load_client.call_async(LoadMap.Request(path=path))
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        if not done.wait(timeout_s):
-            raise RuntimeError(f"load_map did not answer in {timeout_s} s")
-        response = future.result()
+        try:
+            response = call_service(self.load_client, LoadMap.Request(path=path), timeout_s)
+        except TimeoutError as exc:
+            raise RuntimeError(f"load_map: {exc}") from exc
         if not response.success:
             raise RuntimeError(f"load_map failed: {response.message}")
         return str(response.message)
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        self._thread.join(timeout=5.0)
-
-
-def _wait(condition: Any, what: str, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_scene(workdir: Path, args: argparse.Namespace) -> tuple[Path, list[str]]:
@@ -195,7 +134,8 @@ def build_map(scene: Path, map_dir: Path, voxel_size_m: float) -> tuple[int, flo
     from diff2scene.mapping.mapper import MapperConfig
     from diff2scene.mapping.semantic_map import SemanticMap
     from diff2scene.pipeline import PipelineConfig
-    from diff2scene.replay import ReplayConfig, SegmenterConfig, build_segmenter, replay
+    from diff2scene.replay import ReplayConfig, replay
+    from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
 
     path = map_dir / MAP_NAME
     if path.is_file():
@@ -271,10 +211,8 @@ def measure(args: argparse.Namespace, scene: Path, map_dir: Path, queries: list[
     """One node process: load the map, time idle queries, then queries while the bag streams."""
     from diff2scene_ros.client import QueryClient
 
-    env = dict(os.environ)
     domain_id = random.randint(1, 100)
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    env = child_env(domain_id)
     node_args = [sys.executable, "-m", "diff2scene_ros.node", "--ros-args",
                  "-p", "segmenter.kind:=oracle", "-p", f"scene_dir:={scene}",
                  "-p", f"map_dir:={map_dir}",
@@ -290,8 +228,8 @@ def measure(args: argparse.Namespace, scene: Path, map_dir: Path, queries: list[
     player: subprocess.Popen[str] | None = None
     tag = " ".join(extra_params) or "defaults"
     try:
-        _wait(lambda: diag.load_client.wait_for_service(timeout_sec=1.0) or node.poll() is not None,
-              "the node's services", 300.0)
+        wait_for(lambda: diag.load_client.wait_for_service(timeout_sec=1.0)
+                 or node.poll() is not None, "the node's services", 300.0, period_s=0.05)
         t0 = time.perf_counter()
         message = diag.load_map(MAP_NAME)
         load_map_s = time.perf_counter() - t0
@@ -317,8 +255,8 @@ def measure(args: argparse.Namespace, scene: Path, map_dir: Path, queries: list[
              "--wait-for-subscribers-s", "60"],
             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         colour0 = float(before.get("color_msgs", 0))
-        _wait(lambda: diag.get("color_msgs") > colour0 or player.poll() is not None,
-              "the stream to reach the node", 120.0)
+        wait_for(lambda: diag.number("color_msgs", 0.0) > colour0 or player.poll() is not None,
+                 "the stream to reach the node", 120.0, period_s=0.05)
         latencies_ms: list[float] = []
         versions: list[int] = []
         lag_versions: list[int] = []

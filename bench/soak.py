@@ -46,7 +46,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -60,8 +59,8 @@ from bench.soak_faults import (
     SEGMENTER_FAULT_EVERY,
     STALL_RECORD_ENV,
 )
+from tests.support.ros import REPO, DiagnosticsObserver, call_service, child_env
 
-REPO = Path(__file__).resolve().parents[1]
 RSS_PERIOD_S = 5.0
 SAVE_LOAD_PERIOD_S = 60.0
 NODE_NAME = "/diff2scene"
@@ -94,73 +93,37 @@ def _value(text: str) -> int | float | str:
             return text
 
 
-class Observer:
+def _parsed(values: dict[str, str]) -> dict[str, Any]:
+    return {key: _value(text) for key, text in values.items()}
+
+
+class Observer(DiagnosticsObserver):
     """This process's view of the node: its latest ``/diagnostics`` and its map services."""
 
-    def __init__(self) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
+    def __init__(self, domain_id: int) -> None:
         from diff2scene_interfaces.srv import LoadMap, SaveMap
-        from rclpy.executors import MultiThreadedExecutor
 
-        rclpy.init()
-        self.node = rclpy.create_node("soak_observer")
-        self._lock = threading.Lock()
-        self.stats: dict[str, Any] = {}
-        self.level = 0
-        self.message = ""
-        self.received = 0
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        super().__init__(domain_id, name="soak_observer")
         self.save = self.node.create_client(SaveMap, f"{NODE_NAME}/save_map")
         self.load = self.node.create_client(LoadMap, f"{NODE_NAME}/load_map")
         self._save_type, self._load_type = SaveMap, LoadMap
-        self._executor = MultiThreadedExecutor(num_threads=2)
-        self._executor.add_node(self.node)
-        threading.Thread(target=self._executor.spin, daemon=True).start()
-
-    def _on_diag(self, msg: Any) -> None:
-        for status in msg.status:
-            if status.hardware_id != "diff2scene":
-                continue
-            with self._lock:
-                self.stats = {kv.key: _value(kv.value) for kv in status.values}
-                self.level = int.from_bytes(status.level, "little") \
-                    if isinstance(status.level, bytes) else int(status.level)
-                self.message = status.message
-                self.received += 1
 
     def snapshot(self) -> dict[str, Any]:
-        with self._lock:
-            return dict(self.stats)
+        """The latest values, numbers parsed."""
+        return _parsed(self.values())
 
     def wait_for(self, condition: Any, timeout_s: float) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition(self.snapshot()):
-                return True
-            time.sleep(0.2)
-        return False
+        """Whether ``condition`` of a :meth:`snapshot` held within ``timeout_s``."""
+        return self.wait_until(lambda values: condition(_parsed(values)), timeout_s)
 
     def call(self, kind: str, path: str, timeout_s: float = 60.0) -> tuple[bool, str]:
         client, srv = (self.save, self._save_type) if kind == "save" else (self.load,
                                                                           self._load_type)
-        if not client.wait_for_service(timeout_sec=timeout_s):
-            return False, "service unavailable"
-        future = client.call_async(srv.Request(path=path))
-        done = threading.Event()
-        future.add_done_callback(lambda _f, event=done: event.set())
-        if not done.wait(timeout_s):
-            client.remove_pending_request(future)
-            return False, "timeout"
-        response = future.result()
+        try:
+            response = call_service(client, srv.Request(path=path), timeout_s)
+        except TimeoutError as exc:
+            return False, str(exc)
         return bool(response.success), str(response.message)
-
-    def close(self) -> None:
-        import rclpy
-
-        self._executor.shutdown()
-        self.node.destroy_node()
-        rclpy.try_shutdown()
 
 
 def _synth_bag(out: Path, *, width: int, height: int, frames: int, rate_hz: float) -> Path:
@@ -173,9 +136,8 @@ def _synth_bag(out: Path, *, width: int, height: int, frames: int, rate_hz: floa
 
 
 def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(random.randint(101, 200))
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
+    """The children's environment, on a domain above the tests' (1-100)."""
+    env = child_env(random.randint(101, 200))
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
 
@@ -235,7 +197,6 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
         bag_hz: float, keep: bool) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="d2s_soak_"))
     env = _env()
-    os.environ["ROS_DOMAIN_ID"] = env["ROS_DOMAIN_ID"]
     maps = tmp / "maps"
     logs = tmp / "logs"
     logs.mkdir()
@@ -258,7 +219,7 @@ def run(minutes: float, rate: float, *, width: int, height: int, bag_frames: int
          "-p", "frame_queue_size:=64"],
         cwd=REPO, env=env, stdout=node_log, stderr=subprocess.STDOUT,
     )
-    observer = Observer()
+    observer = Observer(int(env["ROS_DOMAIN_ID"]))
     children: list[subprocess.Popen[Any]] = []
     figures: dict[str, Any] = {}
     crashes = 0

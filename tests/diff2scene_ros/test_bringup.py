@@ -36,7 +36,7 @@ from rclpy.node import Node
 from diff2scene.cli import build_parser
 from diff2scene.errors import ConfigError
 from diff2scene_ros import bringup
-from diff2scene_ros.node import NodeConfig
+from diff2scene_ros.config import NodeConfig
 from diff2scene_ros.params import (
     GENERATOR_COMMAND,
     RCLPY_BUILTIN_PARAMETERS,
@@ -45,8 +45,8 @@ from diff2scene_ros.params import (
     param_specs,
     writable,
 )
+from tests.support.ros import REPO, child_env
 
-REPO = Path(__file__).resolve().parents[2]
 LAUNCH = REPO / "launch" / "bringup.launch.py"
 CONFIG = REPO / "launch" / "config"
 SENSOR_FILES = sorted((CONFIG / "sensors").glob("*.yaml"))
@@ -374,9 +374,7 @@ def started(tmp_path: Path) -> Iterator[Started]:
                "--namespace", ns]
     for t in table.input_topics:
         command += [t.flag, topics[t.argument]]
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO), str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env = child_env(domain_id)
     process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                stderr=subprocess.STDOUT)
     try:

@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,10 +42,10 @@ from diff2scene_ros.client import (
     text_query_service,
 )
 from tests.diff2scene_ros import dds_server
+from tests.support.ros import REPO, child_env
 
 pytestmark = pytest.mark.ros
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Discovery plus the server's start-up (Python, rclpy, numpy imports) on a loaded 2-core box.
 SERVICE_WAIT_S = 60.0
 CALL_TIMEOUT_S = 30.0
@@ -62,14 +61,11 @@ class Server:
 def server() -> Iterator[Server]:
     domain_id = 101 + os.getpid() % 100  # apart from test_interfaces_dds.py's domains
     node_name = f"/d2s_client_{uuid.uuid4().hex[:12]}/diff2scene"
-    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), str(REPO_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env = child_env(domain_id)
     process = subprocess.Popen(
         [sys.executable, "-m", "tests.diff2scene_ros.dds_server",
          text_query_service(node_name), "300"],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
     try:
         with QueryClient(node_name, domain_id=domain_id) as probe:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,12 +23,10 @@ import pytest
 pytest.importorskip("tf2_msgs", reason="tf2_msgs is not built: run `make setup`")
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 
 from diff2scene_ros.client import QUERY_CLIENT_QOS, QueryClient
-from tests.diff2scene_ros.test_live_equals_replay import REPO, _env, _wait_for, stop_child
+from tests.support.ros import REPO, DiagnosticsObserver, child_env, stop_child, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -55,41 +52,9 @@ LOSSY_CLIENT_PROFILE = """<?xml version="1.0" encoding="UTF-8" ?>
 """
 
 
-class Diagnostics:
-    """The node's latest ``/diagnostics`` counters, read in this process."""
-
-    def __init__(self, domain_id: int) -> None:
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = rclpy.create_node("storm_test_observer", context=self.context)
-        self._lock = threading.Lock()
-        self._values: dict[str, str] = {}
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on, 10)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.spinner = threading.Thread(target=self.executor.spin, daemon=True)
-        self.spinner.start()
-
-    def _on(self, msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.hardware_id == "diff2scene":
-                with self._lock:
-                    self._values = {kv.key: kv.value for kv in status.values}
-
-    def count(self, key: str) -> int:
-        with self._lock:
-            return int(float(self._values.get(key, "-1")))
-
-    def close(self) -> None:
-        self.executor.shutdown()
-        self.spinner.join(timeout=10)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-
-
 @pytest.fixture
 def env() -> dict[str, str]:
-    return _env()
+    return child_env()
 
 
 @pytest.fixture
@@ -122,10 +87,9 @@ def test_query_client_qos_keeps_every_answer() -> None:
 def test_storm_of_clients_over_lossy_link_gets_every_answer(
     tmp_path: Path, env: dict[str, str], node: subprocess.Popen[Any]
 ) -> None:
-    diagnostics = Diagnostics(int(env["ROS_DOMAIN_ID"]))
-    try:
-        _wait_for(lambda: diagnostics.count("map_voxels") >= 0 or node.poll() is not None,
-                  "the node's diagnostics", 180.0)
+    with DiagnosticsObserver(int(env["ROS_DOMAIN_ID"]), name="storm_test_observer") as diagnostics:
+        wait_for(lambda: diagnostics.count("map_voxels") >= 0 or node.poll() is not None,
+                 "the node's diagnostics", 180.0)
         assert node.poll() is None
         profile = tmp_path / "lossy_client.xml"
         profile.write_text(LOSSY_CLIENT_PROFILE)
@@ -143,9 +107,7 @@ def test_storm_of_clients_over_lossy_link_gets_every_answer(
         assert result["answered"] == CLIENTS * QUERIES
         # the node's books: every request it took was answered (warm-up queries included)
         total = result["sent"] + result["warmup_sent"]
-        _wait_for(lambda: diagnostics.count("service_responses_text_query") >= total,
-                  "the node's response counter", 60.0)
+        wait_for(lambda: diagnostics.count("service_responses_text_query") >= total,
+                 "the node's response counter", 60.0)
         assert diagnostics.count("service_requests_text_query") == total
         assert diagnostics.count("service_responses_text_query") == total
-    finally:
-        diagnostics.close()

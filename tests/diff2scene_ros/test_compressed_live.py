@@ -20,18 +20,16 @@ pytest.importorskip("tf2_msgs", reason="tf2_msgs is not built: run `make setup`"
 from diff2scene.cli import main
 from diff2scene.io.bag import BagFrameSource
 from tests.diff2scene_ros.test_live_equals_replay import (
-    _env,
-    _node_output,
-    _wait_for,
     diagnostics,
+    node_output,
     play,
     recorded_frames,
     running_node,
 )
+from tests.support.ros import child_env, wait_for
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[2]
 N_FRAMES = 16
 DRIVER = "/camera/camera"
 COLOR = f"{DRIVER}/color/image_raw"
@@ -73,19 +71,19 @@ def test_node_on_compressed_topics_assembles_the_frames_a_replay_assembles(
 ) -> None:
     replayed = list(BagFrameSource(realsense_bag))
     assert len(replayed) == N_FRAMES
-    env = _env()
+    env = child_env()
     out = tmp_path / "node"
     # only what the node subscribes to: the player waits for a subscriber on every topic
     topics = ["/tf", "/tf_static", f"{COLOR}/compressed", f"{DEPTH}/compressedDepth", INFO]
     with compressed_node(out, env) as node:
         report = play(realsense_bag, env, "--rate", "0.5", "--topics", *topics)
         assert f"{COLOR}/compressed" in report and f"{DEPTH}/compressedDepth" in report
-        _wait_for(lambda: len(recorded_frames(out)) >= N_FRAMES or node.poll() is not None,
-                  f"the node to assemble the frames ({diagnostics(out)})")
-        assert node.poll() is None, _node_output(node)
+        wait_for(lambda: len(recorded_frames(out)) >= N_FRAMES or node.poll() is not None,
+                 f"the node to assemble the frames ({diagnostics(out)})")
+        assert node.poll() is None, node_output(node)
         # the diagnostics file is rewritten every 0.2 s: wait for the one after the last frame
-        _wait_for(lambda: int(diagnostics(out).get("frames_assembled", 0)) >= N_FRAMES,
-                  f"the node's diagnostics to count the frames ({diagnostics(out)})")
+        wait_for(lambda: int(diagnostics(out).get("frames_assembled", 0)) >= N_FRAMES,
+                 f"the node's diagnostics to count the frames ({diagnostics(out)})")
         d = diagnostics(out)
     live = recorded_frames(out)
     assert len(live) == N_FRAMES

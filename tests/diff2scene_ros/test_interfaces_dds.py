@@ -12,7 +12,6 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,10 +30,10 @@ from rclpy.node import Node
 
 from diff2scene_ros import conversions as cv
 from tests.diff2scene_ros import dds_server
+from tests.support.ros import REPO, child_env
 
 pytestmark = pytest.mark.ros
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 #: Discovery plus the server's start-up (Python, rclpy, numpy imports) on a loaded 2-core box.
 SERVICE_WAIT_S = 60.0
 CALL_TIMEOUT_S = 20.0
@@ -68,14 +67,10 @@ class Client:
 def client() -> Iterator[Client]:
     domain_id = 1 + os.getpid() % 100
     service_name = f"/d2s_test_{uuid.uuid4().hex[:12]}/text_query"
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(domain_id)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO_ROOT), str(REPO_ROOT / "src"), *filter(None, [env.get("PYTHONPATH")])]
-    )
+    env = child_env(domain_id)
     server = subprocess.Popen(
         [sys.executable, "-m", "tests.diff2scene_ros.dds_server", service_name, "300"],
-        cwd=REPO_ROOT,
+        cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

@@ -8,12 +8,10 @@ reason, or counted as a gap).
 from __future__ import annotations
 
 import json
-import os
-import random
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,43 +29,12 @@ from tests.diff2scene.io.bagfactory import (
     tf_message,
     transform,
 )
+from tests.support.ros import REPO, child_env, stop_child, wait_for
 
 pytestmark = pytest.mark.ros
 
-REPO = Path(__file__).resolve().parents[2]
 W, H = 64, 48
 CAMERA = "camera_color_optical_frame"
-WAIT_S = 180.0
-
-
-def stop_child(proc: subprocess.Popen[Any], *, timeout_s: float, terminate: bool = True) -> None:
-    """End a child process: SIGTERM (unless it was asked to stop another way), wait, kill
-    only if it does not end in time; close its output pipe."""
-    if terminate and proc.poll() is None:
-        proc.terminate()
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    for pipe in (proc.stdout, proc.stderr):
-        if pipe is not None:
-            pipe.close()
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.1)
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["ROS_DOMAIN_ID"] = str(random.randint(1, 100))
-    env["PYTHONPATH"] = f"{REPO}{os.pathsep}{env.get('PYTHONPATH', '')}"
-    return env
 
 
 def _frame_pixels(i: int, w: int = W, h: int = H) -> tuple[np.ndarray, np.ndarray]:
@@ -186,7 +153,8 @@ def diagnostics(out: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _node_output(node: subprocess.Popen[Any]) -> str:
+def node_output(node: subprocess.Popen[Any]) -> str:
+    """What a :func:`running_node` process printed, once it has ended (its log on failure)."""
     if node.poll() is None:
         return "(node still running)"
     return node.stdout.read() if node.stdout else ""
@@ -199,13 +167,13 @@ def test_node_assembles_the_frames_a_replay_assembles(tmp_path: Path, pose: str)
     replayed = list(BagFrameSource(bag_path))
     assert len(replayed) >= 22  # the last frames may lack a pose sample after them
 
-    env = _env()
+    env = child_env()
     out = tmp_path / "node"
     with running_node(out, env) as node:
         play(bag_path, env)
-        _wait_for(lambda: len(recorded_frames(out)) >= len(replayed) or node.poll() is not None,
-                  f"the node to assemble the frames ({diagnostics(out)})")
-        assert node.poll() is None, _node_output(node)
+        wait_for(lambda: len(recorded_frames(out)) >= len(replayed) or node.poll() is not None,
+                 f"the node to assemble the frames ({diagnostics(out)})")
+        assert node.poll() is None, node_output(node)
     live = recorded_frames(out)
     assert len(live) == len(replayed)
     for frame, rec in zip(replayed, live, strict=True):
@@ -231,7 +199,7 @@ def test_every_published_frame_is_accounted_for(tmp_path: Path) -> None:
     bad = (20, 21)  # an encoding the node cannot read: counted skips
     bag_path = tmp_path / "bag"
     write_camera_bag(bag_path, n, missing=missing, bad_encoding=bad)
-    env = _env()
+    env = child_env()
     out = tmp_path / "node"
     with running_node(out, env) as node:
         play(bag_path, env)
@@ -242,8 +210,8 @@ def test_every_published_frame_is_accounted_for(tmp_path: Path) -> None:
                 d.get("frames_waiting", 1)) == 0 and int(d.get("frame_queue_depth", 1)) == 0 \
                 and int(d.get("frames_in_mapper", 1)) == 0
 
-        _wait_for(lambda: settled() or node.poll() is not None, "the node to take every frame")
-        assert node.poll() is None, _node_output(node)
+        wait_for(lambda: settled() or node.poll() is not None, "the node to take every frame")
+        assert node.poll() is None, node_output(node)
         # a reading taken while the last frame was between two stages is off by it: at rest
         # (the next readings) the books must close
         closed = False

@@ -35,7 +35,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +52,7 @@ from diff2scene.synth.classes import CLASSES
 from diff2scene.synth.dataset import SynthConfig, synthesize
 from diff2scene.synth.groundtruth import GroundTruth, InstanceInfo
 from diff2scene.synth.render import RenderConfig
-from tests.diff2scene_ros.test_live_equals_replay import REPO, _env, _wait_for
+from tests.support.ros import REPO, DiagnosticsObserver, call_service, child_env, wait_for
 
 pytestmark = pytest.mark.ros
 
@@ -187,7 +187,7 @@ def checkpoint(scene: LiveScene, tmp_path_factory: pytest.TempPathFactory) -> Pa
     from diff2scene.mapping.mapper import MapperConfig
     from diff2scene.net3d.model import MinkUNetConfig
     from diff2scene.net3d.train import TrainConfig, train
-    from diff2scene.replay import SegmenterConfig, build_segmenter
+    from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
 
     root = tmp_path_factory.mktemp("live_semantics_net3d")
     segmenter_cfg = SegmenterConfig(kind="oracle", text_space="synthetic")
@@ -240,83 +240,40 @@ def play(bag: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     )
 
 
-class Observer:
+class Observer(DiagnosticsObserver):
     """This process's view of the node's topics: its diagnostics, its detections, and clients
-    of ``~/save_map`` / ``~/load_map`` (a context of its own, spun in a thread)."""
+    of ``~/save_map`` / ``~/load_map``."""
 
     def __init__(self, domain_id: int) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
         from diff2scene_interfaces.srv import LoadMap, SaveMap
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.node import Node
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from vision_msgs.msg import Detection3DArray
 
-        self.context = Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = Node("live_semantics_observer", context=self.context)
-        self._lock = threading.Lock()
-        self.diagnostics: dict[str, str] = {}
+        super().__init__(domain_id, name="live_semantics_observer", node_name=NODE)
+        self._detections_lock = threading.Lock()
         self.detections: list[Any] = []
-        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(Detection3DArray, f"{NODE}/detections",
                                       self._on_detections, latched)
         self.save_client = self.node.create_client(SaveMap, f"{NODE}/save_map")
         self.load_client = self.node.create_client(LoadMap, f"{NODE}/load_map")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self) -> None:
-        from rclpy.executors import ExternalShutdownException
-
-        with suppress(ExternalShutdownException):
-            self.executor.spin()
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            if status.name.startswith(f"{NODE}:"):
-                with self._lock:
-                    self.diagnostics = {kv.key: kv.value for kv in status.values}
 
     def _on_detections(self, msg: Any) -> None:
-        with self._lock:
+        with self._detections_lock:
             self.detections.append(msg)
 
-    def stat(self, key: str, default: float = -1.0) -> float:
-        with self._lock:
-            return float(self.diagnostics.get(key, default))
-
     def detection_at(self, stamp_ns: int) -> Any | None:
-        with self._lock:
+        with self._detections_lock:
             for msg in self.detections:
                 if msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec == stamp_ns:
                     return msg
         return None
 
-    def call(self, client: Any, request: Any, timeout_s: float = 120.0) -> Any:
-        assert client.wait_for_service(timeout_sec=timeout_s), f"no {client.srv_name}"
-        future = client.call_async(request)
-        done = threading.Event()
-        future.add_done_callback(lambda _: done.set())
-        assert done.wait(timeout_s), f"{client.srv_name} did not answer in {timeout_s} s"
-        return future.result()
-
-    def close(self) -> None:
-        self.executor.shutdown(timeout_sec=5.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
-        self._thread.join(timeout=5.0)
-
 
 def mapping_settled(obs: Observer, frames: int) -> bool:
     """Every published frame is in, resolved and mapped or skipped; no keyframe is pending."""
-    s = obs.stat
+    s = obs.number
     keyframes_done = (s("keyframes_segmented", 0) + s("keyframes_dropped", 0)
                       + s("keyframes_abandoned", 0))
     return (s("color_msgs") >= frames and s("frames_waiting") == 0
@@ -380,8 +337,8 @@ def same_answers(before: Any, after: Any) -> None:
 
 def check_detections(obs: Observer, answer: Any) -> None:
     """The Detection3DArray published for ``answer``'s query repeats its instances."""
-    _wait_for(lambda: obs.detection_at(answer.stamp_ns) is not None,
-              f"the detections of '{answer.query}'", timeout_s=30.0)
+    wait_for(lambda: obs.detection_at(answer.stamp_ns) is not None,
+             f"the detections of '{answer.query}'", timeout_s=30.0)
     msg = obs.detection_at(answer.stamp_ns)
     assert msg.header.frame_id == answer.frame_id == "map"
     assert len(msg.detections) == len(answer.instances)
@@ -404,7 +361,7 @@ def test_live_answers_match_the_ground_truth_and_survive_a_restart(
 
     from diff2scene_ros.client import QueryClient
 
-    env = _env()
+    env = child_env()
     domain_id = int(env["ROS_DOMAIN_ID"])
     map_dir = tmp_path / "maps"
     texts = [c.text for c in scene.checks]
@@ -415,13 +372,13 @@ def test_live_answers_match_the_ground_truth_and_survive_a_restart(
                           tmp_path / "node1.log") as node:
             played = play(scene.directory / "bag", env)
             assert played.returncode == 0, played.stdout + played.stderr
-            _wait_for(lambda: mapping_settled(obs, FRAMES) or node.poll() is not None,
-                      f"the node to map the bag ({obs.diagnostics})")
+            wait_for(lambda: mapping_settled(obs, FRAMES) or node.poll() is not None,
+                     f"the node to map the bag ({obs.values()})")
             assert node.poll() is None, (tmp_path / "node1.log").read_text()
-            assert obs.stat("frames_integrated") >= 0.8 * FRAMES, {
-                k: v for k, v in obs.diagnostics.items() if "frame" in k or "skip" in k}
+            assert obs.number("frames_integrated") >= 0.8 * FRAMES, {
+                k: v for k, v in obs.values().items() if "frame" in k or "skip" in k}
             # the answers come from both branches: the 3D network ran over the map
-            assert obs.stat("net3d_runs", 0) >= 1, obs.diagnostics
+            assert obs.number("net3d_runs", 0) >= 1, obs.values()
             live = fresh_answers(client, texts)
             for check in scene.checks:
                 check_answer(check, live[check.text])
@@ -430,7 +387,7 @@ def test_live_answers_match_the_ground_truth_and_survive_a_restart(
             klass = next(c.text for c in scene.checks if c.kind == "class")
             for text in (klass, relation):
                 check_detections(obs, client.query(text, timeout_s=30.0))
-            saved = obs.call(obs.save_client, SaveMap.Request(path="live.npz"))
+            saved = call_service(obs.save_client, SaveMap.Request(path="live.npz"), 120.0)
             assert saved.success, saved.message
             node.send_signal(signal.SIGINT)
             assert node.wait(timeout=60) == 0, (tmp_path / "node1.log").read_text()
@@ -438,7 +395,7 @@ def test_live_answers_match_the_ground_truth_and_survive_a_restart(
 
         with node_process(env, scene.directory, map_dir, checkpoint,
                           tmp_path / "node2.log") as node:
-            loaded = obs.call(obs.load_client, LoadMap.Request(path="live.npz"))
+            loaded = call_service(obs.load_client, LoadMap.Request(path="live.npz"), 120.0)
             assert loaded.success, loaded.message
             restored = fresh_answers(client, texts)
             assert node.poll() is None, (tmp_path / "node2.log").read_text()

@@ -6,10 +6,8 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,73 +15,35 @@ import pytest
 
 pytest.importorskip("tf2_msgs", reason="tf2_msgs is not built: run `make setup`")
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from diff2scene_interfaces.srv import LoadMap, SaveMap
-from rclpy.context import Context
-from rclpy.executors import SingleThreadedExecutor
 
 from diff2scene.mapping.semantic_map import SemanticMap
-from tests.diff2scene_ros.test_live_equals_replay import (
-    REPO,
-    _env,
-    _wait_for,
-    play,
-    write_camera_bag,
-)
+from tests.diff2scene_ros.test_live_equals_replay import play, write_camera_bag
+from tests.support.ros import REPO, DiagnosticsObserver, call_service, child_env, wait_for
 
 pytestmark = pytest.mark.ros
 
 
-@dataclass
-class Client:
-    context: Context
-    node: Any
-    executor: SingleThreadedExecutor
-    diagnostics: list[DiagnosticArray]
+class Client(DiagnosticsObserver):
+    """The node's diagnostics, and calls of its map services."""
 
     def call(self, srv_type: Any, name: str, request: Any) -> Any:
         client = self.node.create_client(srv_type, f"/diff2scene/{name}")
         try:
-            assert client.wait_for_service(timeout_sec=60.0), f"{name} not offered"
-            future = client.call_async(request)
-            _wait_for(future.done, f"{name} response", 60.0)
-            return future.result()
+            return call_service(client, request, 60.0)
         finally:
             self.node.destroy_client(client)
-
-    def stat(self, key: str) -> int:
-        for array in reversed(self.diagnostics):
-            for status in array.status:
-                for kv in status.values:
-                    if kv.key == key:
-                        return int(float(kv.value))
-        return -1
 
 
 @pytest.fixture
 def env() -> dict[str, str]:
-    return _env()
+    return child_env()
 
 
 @pytest.fixture
 def client(env: dict[str, str]) -> Iterator[Client]:
-    context = Context()
-    rclpy.init(context=context, domain_id=int(env["ROS_DOMAIN_ID"]))
-    node = rclpy.create_node("lifecycle_test_client", context=context)
-    diagnostics: list[DiagnosticArray] = []
-    node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
-    executor = SingleThreadedExecutor(context=context)
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
-    try:
-        yield Client(context, node, executor, diagnostics)
-    finally:
-        executor.shutdown()
-        spinner.join(timeout=10)
-        node.destroy_node()
-        context.try_shutdown()
+    with Client(int(env["ROS_DOMAIN_ID"]), name="lifecycle_test_client") as c:
+        yield c
 
 
 def test_map_files_stay_in_map_dir_and_sigterm_autosaves(
@@ -105,8 +65,8 @@ def test_map_files_stay_in_map_dir_and_sigterm_autosaves(
     )
     try:
         play(bag_path, env)
-        _wait_for(lambda: client.stat("frames_integrated") >= 10 or node.poll() is not None,
-                  "the node to map the bag")
+        wait_for(lambda: client.count("frames_integrated") >= 10 or node.poll() is not None,
+                 "the node to map the bag")
         assert node.poll() is None
 
         for bad, why in (("../outside.npz", "'..'"), (str(outside), "outside map_dir"),

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.ros import REPO
+
 WS_SRC = REPO / "ros2_ws" / "src"
 
 
@@ -94,7 +95,7 @@ def test_launch_remaps_the_node_inputs() -> None:
 
 def test_rviz_config_shows_the_node_outputs() -> None:
     pytest.importorskip("diff2scene_interfaces", reason="diff2scene_interfaces is not built")
-    from diff2scene_ros.node import NodeConfig
+    from diff2scene_ros.config import NodeConfig
 
     rviz = yaml.safe_load((REPO / "launch" / "config" / "diff2scene.rviz").read_text())
     manager = rviz["Visualization Manager"]
@@ -127,7 +128,7 @@ def test_shipped_parameter_file_configures_the_node() -> None:
     from rclpy.context import Context
     from rclpy.node import Node
 
-    from diff2scene_ros.node import NodeConfig
+    from diff2scene_ros.config import NodeConfig
     from diff2scene_ros.params import declare_config, load_params_yaml, param_specs
 
     values = _flatten(load_params_yaml(REPO / "launch" / "config" / "diff2scene.yaml"))
