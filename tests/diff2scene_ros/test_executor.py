@@ -27,6 +27,7 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy  # noqa: E402
 from std_msgs.msg import String  # noqa: E402
 
 from diff2scene_ros.executor import HANDOVER_WAIT_S, PoolExecutor  # noqa: E402
+from tests.support.ros import wait_for  # noqa: E402
 
 pytestmark = [
     pytest.mark.ros,
@@ -36,14 +37,7 @@ pytestmark = [
 
 HOLD_S = 0.6
 MESSAGES = 5
-
-
-def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.01)
+WAIT_S = 30.0
 
 
 def _handovers_while_pool_busy(
@@ -96,22 +90,38 @@ def _handovers_while_pool_busy(
         return look_for_work(*args, **kwargs)
 
     executor.wait_for_ready_callbacks = turn  # type: ignore[method-assign]
-    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinning = threading.Event()
+    spinning.set()
+
+    def spin() -> None:  # executor.spin(), with a stop that leaves the executor as it is
+        while spinning.is_set():
+            executor.spin_once(timeout_sec=0.1)  # the 10 ms timer always has work for it
+
+    spinner = threading.Thread(target=spin, daemon=True)
     spinner.start()
     try:
-        _wait_for(lambda: node.count_subscribers(topic) > 0, "the subscription")
-        _wait_for(holding.is_set, "the pool thread to be held")
+        wait_for(lambda: node.count_subscribers(topic) > 0, "the subscription", WAIT_S,
+                 period_s=0.01)
+        wait_for(holding.is_set, "the pool thread to be held", WAIT_S, period_s=0.01)
         counting[0] = True
         for i in range(MESSAGES):
             publisher.publish(String(data=str(i)))
         time.sleep(HOLD_S / 2)  # inside the hold: the messages' task waits for the pool
         counting[0] = False
-        _wait_for(lambda: len(received) == MESSAGES, "every message")
+        wait_for(lambda: len(received) == MESSAGES, "every message", WAIT_S, period_s=0.01)
     finally:
+        # The pool must be idle before the executor shuts down: rclpy's shutdown waits for no
+        # task and destroys the guard condition each task triggers as it starts, so a task
+        # still queued (a timer's, every 10 ms) would fail with InvalidHandle, kept in a future
+        # nobody reads ("The following exception was never retrieved: cannot use Destroyable
+        # because destruction was requested" when the test process collects it). Stop handing
+        # tasks over, then let the single pool thread run everything queued before a no-op.
+        spinning.clear()
+        spinner.join(timeout=5.0)
+        pool_submit(lambda: None).result(timeout=5.0)
         executor.shutdown(timeout_sec=5.0)
         node.destroy_node()
         context.try_shutdown()
-        spinner.join(timeout=5.0)
     return submits[0], turns[0], received
 
 
