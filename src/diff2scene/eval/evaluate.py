@@ -35,6 +35,7 @@ from diff2scene.errors import InputError
 from diff2scene.eval.datasets import EvalScene
 from diff2scene.eval.metrics import (
     MatchCounts,
+    confusion_record,
     iou_from_confusion,
     match_instances,
     segmentation_scores,
@@ -236,8 +237,10 @@ def summarise(evaluations: Sequence[SceneEvaluation]) -> dict[str, Any]:
         split_of.update(e.split_of)
     report: dict[str, Any] = {"scenes": [e.name for e in evaluations], "branches": {}}
     branches = [b for b in BRANCHES if all(b in e.confusion for e in evaluations)]
+    confusions: dict[str, dict[str, Any]] = {}
     for branch in branches:
         conf = np.sum([e.confusion[branch] for e in evaluations], axis=0)
+        confusions[branch] = confusion_record(conf, names)
         iou = iou_from_confusion(conf)
         finite = np.isfinite(iou)
         entry: dict[str, Any] = {"miou_all": float(iou[finite].mean()) if finite.any() else None}
@@ -261,6 +264,10 @@ def summarise(evaluations: Sequence[SceneEvaluation]) -> dict[str, Any]:
     report["relation_query_recall"] = nan_none(r.recall)
     report["relation_query_counts"] = {"matched": r.matched, "pred": r.num_pred, "gt": r.num_gt}
     report["queries"] = [dict(q, scene=e.name) for e in evaluations for q in e.queries]
+    # The counts behind the IoUs, so reports of several runs can be pooled (point counts add,
+    # IoUs do not): diff2scene.eval.pooled reads them back.
+    report["confusion"] = {"class_names": list(names), "split_of": split_of,
+                           "branches": confusions}  # fmt: skip
     return report
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from diff2scene.errors import InputError
+from diff2scene.errors import DataFormatError, InputError
 
 
 def confusion_matrix(
@@ -44,6 +45,46 @@ def iou_from_confusion(conf: NDArray[np.int64]) -> NDArray[np.float64]:
     present = gt_total > 0
     out[present] = tp[present] / union[present]
     return out
+
+
+def confusion_record(conf: NDArray[np.int64], class_names: Sequence[str]) -> dict[str, Any]:
+    """``conf`` (C, C + 1) as JSON: ``{"rows": {gt: {pred: n}}, "unknown": {gt: n}}``, zero
+    counts left out. Keyed by class name, so scenes with different class lists can be added
+    (:func:`confusion_from_record` with the union of their names), and small: a scene's
+    matrix is mostly zeros."""
+    c = len(class_names)
+    if conf.shape != (c, c + 1):
+        raise InputError(f"confusion matrix {conf.shape} does not fit {c} classes")
+    rows: dict[str, dict[str, int]] = {}
+    unknown: dict[str, int] = {}
+    for i, gt_name in enumerate(class_names):
+        row = {class_names[int(j)]: int(conf[i, j]) for j in np.flatnonzero(conf[i, :c])}
+        if row:
+            rows[gt_name] = row
+        if conf[i, c]:
+            unknown[gt_name] = int(conf[i, c])
+    return {"rows": rows, "unknown": unknown}
+
+
+def confusion_from_record(
+    record: Mapping[str, Any], class_names: Sequence[str]
+) -> NDArray[np.int64]:
+    """(C, C + 1) int64 matrix over ``class_names`` of a :func:`confusion_record`; its classes
+    must all be among ``class_names`` (which may hold more)."""
+    index = {name: i for i, name in enumerate(class_names)}
+    c = len(class_names)
+    conf = np.zeros((c, c + 1), dtype=np.int64)
+    try:
+        for gt_name, row in record["rows"].items():
+            for pred_name, count in row.items():
+                conf[index[gt_name], index[pred_name]] += int(count)
+        for gt_name, count in record["unknown"].items():
+            conf[index[gt_name], c] += int(count)
+    except KeyError as exc:
+        raise DataFormatError(f"confusion record: no class or key {exc}") from exc
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise DataFormatError(f"malformed confusion record: {exc}") from exc
+    return conf
 
 
 def _nanmean(values: NDArray[np.float64]) -> float:
