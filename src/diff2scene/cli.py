@@ -31,6 +31,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "models": ("diff2scene.segmentation.models_cli", "list the 2D model profiles found, and where"),
     "train": ("diff2scene.net3d.cli", "distil 2D masks into the 3D network"),
     "eval": ("diff2scene.eval.cli", "score a saved map against ground truth"),
+    "bench-dataset": ("diff2scene.bench_dataset.cli", "replay many scenes on Ray into one table"),
     # the ROS 2 tools: their module imports rclpy only when the command runs
     "query": ("diff2scene_ros.cli", "ask a running node where something is (~/text_query)"),
     "bringup": ("diff2scene_ros.cli", "start the node as `ros2 launch diff2scene bringup` does"),
