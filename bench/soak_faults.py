@@ -107,7 +107,7 @@ def run_node(ros_args: list[str]) -> None:
     class FaultyModelNode(base):  # type: ignore[misc, valid-type]
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
-            segmenter = self.pipeline.segmenter
+            segmenter = self.runtime.segmenter
             segment = segmenter.segment
             calls = itertools.count(1)
             record = os.environ.get(FAULT_RECORD_ENV)

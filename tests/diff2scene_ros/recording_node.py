@@ -32,7 +32,7 @@ def main() -> None:
     choose_dds_transport()  # as the node's own main does
     rclpy.init(args=sys.argv)
     node = MappingNode()
-    add_frame = node.pipeline.add_frame
+    add_frame = node.runtime.pipeline.add_frame
 
     def recording_add_frame(frame: Frame) -> bool:
         k = frame.intrinsics
@@ -43,7 +43,7 @@ def main() -> None:
         tmp.rename(out / f"frame_{frame.index:05d}.npz")
         return add_frame(frame)
 
-    node.pipeline.add_frame = recording_add_frame  # type: ignore[method-assign]
+    node.runtime.pipeline.add_frame = recording_add_frame  # type: ignore[method-assign]
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
     spinner = threading.Thread(target=executor.spin, daemon=True)

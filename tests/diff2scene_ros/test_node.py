@@ -35,12 +35,12 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from visualization_msgs.msg import MarkerArray
 
+from diff2scene.runtime import build_models
 from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.types import CameraIntrinsics
 from diff2scene_ros import conversions as cv
-from diff2scene_ros.executor import PoolExecutor
-from diff2scene.runtime import build_models
 from diff2scene_ros.config import NodeConfig
+from diff2scene_ros.executor import PoolExecutor
 from diff2scene_ros.node import MappingNode
 
 pytestmark = pytest.mark.ros
@@ -297,7 +297,8 @@ def test_a_failing_stage_is_reported_and_mapping_goes_on(mapped: Harness) -> Non
         frames_before = node.runtime.pipeline.stats.frames_in
         for i in range(40, 46):  # far along x: new keyframes for the broken model
             mapped.publish_frame(i)
-        _wait_for(lambda: node.runtime.pipeline.stats.frames_in >= frames_before + 6, "frames mapped")
+        _wait_for(lambda: node.runtime.pipeline.stats.frames_in >= frames_before + 6,
+                  "frames mapped")
         node.runtime.pipeline.flush()
         status = node.runtime.pipeline.stage_status()["segment2d"]
         assert status.failures >= 1 and "injected" in status.last_error

@@ -55,7 +55,7 @@ def _sourced(command: str) -> list[str]:
 
 def _profile_parameter() -> str:
     """The node's parameter naming its 2D model profile (one override: the tiny model)."""
-    from diff2scene_ros.node import NodeConfig
+    from diff2scene_ros.config import NodeConfig
     from diff2scene_ros.params import param_specs
 
     declared = {spec.name for spec in param_specs(NodeConfig())}
