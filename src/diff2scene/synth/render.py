@@ -141,6 +141,16 @@ def look_at(eye: NDArray[np.float64], target: NDArray[np.float64]) -> NDArray[np
     return T
 
 
+def look_along(eye: NDArray[np.float64], yaw_rad: float, pitch_rad: float) -> NDArray[np.float64]:
+    """(4, 4) T_world_camera at (3,) ``eye`` looking along heading ``yaw_rad`` (from +x toward
+    +y) tilted up by ``pitch_rad`` (negative: looking down), world z up."""
+    direction = np.array(
+        [math.cos(pitch_rad) * math.cos(yaw_rad), math.cos(pitch_rad) * math.sin(yaw_rad),
+         math.sin(pitch_rad)]
+    )
+    return look_at(eye, eye + direction)
+
+
 def camera_path(scene: Scene, config: RenderConfig) -> NDArray[np.float64]:
     """(n_frames, 4, 4) camera poses: a smooth loop on the scene's camera ellipse.
 
@@ -159,10 +169,7 @@ def camera_path(scene: Scene, config: RenderConfig) -> NDArray[np.float64]:
         to_centre = math.atan2(centre[1] - eye[1], centre[0] - eye[0])
         yaw = to_centre + math.radians(config.yaw_wobble_deg) * math.sin(2 * th + 0.7)
         pitch = math.radians(config.pitch_deg + config.pitch_wobble_deg * math.sin(5 * th))
-        direction = np.array(
-            [math.cos(pitch) * math.cos(yaw), math.cos(pitch) * math.sin(yaw), math.sin(pitch)]
-        )
-        poses[i] = look_at(eye, eye + direction)
+        poses[i] = look_along(eye, yaw, pitch)
     return poses
 
 
