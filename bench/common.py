@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import platform
 import resource
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -35,6 +37,37 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def code_version() -> dict[str, Any]:
+    """The commit a result was measured at, whether the tree differed from it, and the
+    command that ran: a figure is only as good as the code it names."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True,
+                                  timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    status = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status),
+        "command": _command_line(),
+    }
+
+
+def _command_line() -> str:
+    """How this benchmark was started, as a user would type it (``python -m bench.x ...``)."""
+    script = Path(sys.argv[0]).resolve()
+    if script.suffix == ".py" and script.is_relative_to(REPO):
+        module = ".".join(script.relative_to(REPO).with_suffix("").parts)
+        return " ".join(["python", "-m", module, *sys.argv[1:]])
+    return " ".join(["python", *sys.argv])
+
+
 def write_results(
     name: str,
     figures: Mapping[str, float | int | str | list[Any]],
@@ -48,6 +81,7 @@ def write_results(
     record: dict[str, Any] = dict(figures)
     record["machine"] = f"{platform.machine()} {platform.processor() or ''}".strip()
     record["measured_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    record.update(code_version())
     json_path = out_dir / f"{name}.json"
     json_path.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     lines = [f"# {title}", "", "| figure | value |", "|---|---|"]
