@@ -74,7 +74,8 @@ class BagTopics:
     pose: str = "/camera/pose"
     #: tf2_msgs/TFMessage with the dynamic transforms of ``tf_tree``.
     tf: str = "/tf"
-    #: sensor_msgs/Image, 32SC1 ground-truth instance id per pixel (0 = none).
+    #: sensor_msgs/Image, 32SC1 ground-truth instance id per pixel (0 = none); "" = no
+    #: ground-truth images (frames may then lack ``instance_ids``).
     instance: str = "/camera/instance/image_raw"
     #: A second CameraInfo beside the depth image ("" = none); realsense-ros publishes one
     #: for its aligned depth (the colour calibration, since the depth is aligned to colour).
@@ -286,7 +287,8 @@ def write_bag(
     compression (instance and depth images shrink several-fold; every rosbags/ROS 2 reader
     handles it). Frames are consumed one at a time, so memory stays bounded by one frame
     however long the sequence. Raises :class:`DataFormatError` if ``path`` exists, or a frame
-    lacks ground-truth instances.
+    lacks ground-truth instances while ``topics.instance`` names a topic (an empty name writes
+    none: recorded sequences, such as imported datasets, have no per-pixel ground truth).
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
     from rosbags.rosbag2.enums import CompressionFormat, CompressionMode
@@ -332,7 +334,7 @@ def write_bag(
             stats.messages[conn.topic] += 1
 
         for frame in frames:
-            if frame.instance_ids is None:
+            if frame.instance_ids is None and topics.instance:
                 raise DataFormatError(f"frame {frame.index} has no ground-truth instance ids")
             stamp = frame.stamp_ns
             if stats.frames == 0:
@@ -346,7 +348,9 @@ def write_bag(
                 put("tf", stamp, msgs.tf(stamp, frame.T_world_camera))
             # Ground truth before the images: a streaming reader that completes a frame when
             # its colour/depth pair is in then finds the instance image already there.
-            put("instance", stamp, msgs.image(stamp, frame.instance_ids.astype("<i4"), "32SC1"))
+            if frame.instance_ids is not None:
+                put("instance", stamp,
+                    msgs.image(stamp, frame.instance_ids.astype("<i4"), "32SC1"))  # fmt: skip
             if topics.color_transport == "compressed":
                 fmt, payload = encode_compressed_color(
                     frame.rgb, "jpeg", encoding="rgb8", jpeg_quality=topics.jpeg_quality
