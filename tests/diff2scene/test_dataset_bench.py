@@ -1,5 +1,6 @@
 """``diff2scene bench-dataset``: three tiny synthetic scenes and a broken bag on a local Ray
-with 2 workers.
+with 2 workers; then a scene in the layout ``diff2scene import`` leaves, the 3D network
+distilled first, a time limit and Ctrl-C.
 
 Ray is started once for the module (about 4 s here); the command finds it running and uses
 it. The scenes are 80x60, 14 frames at 3 Hz (the camera loop flown slowly enough for the
@@ -9,6 +10,7 @@ mapper), mapped with the oracle at 5 cm voxels.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from diff2scene.cli import main
 from diff2scene.errors import ConfigError
 from diff2scene.eval.metrics import confusion_from_record, iou_from_confusion
 from diff2scene.synth.dataset import SynthConfig, synthesize
+from diff2scene.synth.groundtruth import GroundTruth
 from diff2scene.synth.render import RenderConfig
 
 NAMES = ("room_a", "room_b", "room_c")
@@ -154,6 +157,49 @@ def test_the_3d_network_is_distilled_first_and_every_replay_runs_it(
     assert main([*args, "--resume"]) == 0
     again = json.loads((out / "dataset_report.json").read_text())
     assert again["net3d"]["checkpoint"] == str(checkpoint) and not again["net3d"]["trained_now"]
+
+
+def _write_replica_ground_truth(scene_dir: Path, directory: Path) -> None:
+    """The synthetic scene's labelled points as a Replica semantic mesh: one degenerate face
+    per point carrying its instance as ``object_id``, and the object table."""
+    gt = GroundTruth.load(scene_dir)
+    n = gt.points.shape[0]
+    header = ["ply", "format ascii 1.0", f"element vertex {n}", "property float x",
+              "property float y", "property float z", f"element face {n}",
+              "property list uchar int vertex_indices", "property int object_id",
+              "end_header"]  # fmt: skip
+    vertices = [f"{x:.5f} {y:.5f} {z:.5f}" for x, y, z in gt.points]
+    faces = [f"3 {i} {i} {i} {int(o)}" for i, o in enumerate(gt.point_instance)]
+    (directory / "mesh_semantic.ply").write_text("\n".join(header + vertices + faces) + "\n")
+    objects = [{"id": i, "class_name": c} for i, c in gt.instance_classes().items()]
+    (directory / "info_semantic.json").write_text(json.dumps({"objects": objects}))
+
+
+def test_an_imported_scene_is_scored_against_the_dataset_ground_truth_beside_its_bag(
+    dataset: dict[str, Path], ray_cluster: dict[str, Any], tmp_path: Path
+) -> None:
+    # The layout `diff2scene import replica SEQ --out room_r/bag` leaves: the bag, and the
+    # semantic mesh beside it. The oracle 2D model reads the synthetic scene it came from.
+    scene = tmp_path / "room_r"
+    shutil.copytree(dataset["room_a"] / "bag", scene / "bag")
+    _write_replica_ground_truth(dataset["room_a"], scene)
+    config = tmp_path / "replay.yaml"
+    config.write_text(yaml.safe_dump({**yaml.safe_load(dataset["config"].read_text()),
+                                      "scene_dir": str(dataset["room_a"])}))  # fmt: skip
+    out = tmp_path / "bench"
+    args = ["bench-dataset", str(scene), "--out", str(out), "--config", str(config),
+            "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    report = json.loads((out / "dataset_report.json").read_text())
+    evaluation = json.loads((out / SCENES_DIR / "room_r" / "eval.json").read_text())
+    classes = GroundTruth.load(dataset["room_a"]).instance_classes().values()
+    assert evaluation["confusion"]["class_names"] == sorted(set(classes))
+    assert report["evaluation"]["scenes_pooled"] == ["room_r"]
+    assert report["evaluation"]["branches"]["salient"]["miou_all"] > 0.1
+    # Complete only with its evaluation: without eval.json, --resume replays it again.
+    (out / SCENES_DIR / "room_r" / "eval.json").unlink()
+    assert main([*args, "--resume"]) == 0
+    assert json.loads((out / "dataset_report.json").read_text())["replayed_now"] == 1
 
 
 def test_a_scene_past_its_time_limit_is_cancelled_retried_then_reported(

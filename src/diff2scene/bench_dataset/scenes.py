@@ -2,7 +2,9 @@
 
 :func:`replay_scene` is what one Ray task runs: it builds the models and replays one bag into
 ``DIR/scenes/<name>/`` with :func:`diff2scene.replay.replay_to_dir`, exactly as
-``diff2scene replay`` would, and never raises: a scene's failure comes back as an outcome, so
+``diff2scene replay`` would, then scores the map against ScanNet or Replica ground truth beside
+the bag (as ``diff2scene eval`` would; the replay scores synthetic scenes itself). It never
+raises: a scene's failure comes back as an outcome, so
 the driver decides whether to retry and the other scenes go on. Nothing here imports Ray.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from diff2scene.errors import ConfigError, DataFormatError
 from diff2scene.replay import ReplayConfig
+from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 
 #: Where each scene's replay outputs go, under the benchmark's output directory.
 SCENES_DIR = "scenes"
@@ -39,11 +42,12 @@ class Scene:
 
 
 def resolve_scene(path: Path) -> Scene:
-    """A scene given as a bag, or as a ``diff2scene synth`` scene directory (DIR/bag plus
-    the ground truth DIR/scene.json). The name is the directory's; a bag called ``bag`` is
-    named after the directory holding it. Paths are made absolute: tasks run elsewhere."""
+    """A scene given as a bag, or as a directory holding one as ``bag`` with its ground truth
+    beside it (``diff2scene synth`` and ``diff2scene import --out DIR/bag`` write that). The
+    name is the directory's; a bag called ``bag`` is named after the directory holding it.
+    Paths are made absolute: tasks run elsewhere."""
     path = path.expanduser().absolute()
-    if (path / "scene.json").is_file() and (path / "bag").exists():
+    if not (path / "metadata.yaml").exists() and (path / "bag").exists():
         return Scene(path.name, path / "bag", path)
     name = path.parent.name if path.name == "bag" else path.name
     name = name.removesuffix(".mcap").removesuffix(".db3")
@@ -84,16 +88,52 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def outputs_complete(out_dir: Path) -> bool:
+def dataset_ground_truth(bag: Path) -> Path | None:
+    """The directory of the ScanNet or Replica ground truth ``diff2scene import`` puts beside
+    a bag (its parent), or None. A ``diff2scene synth`` scene is not one: the replay scores
+    those itself."""
+    from diff2scene.eval.datasets import detect_format
+
+    try:
+        kind = detect_format(bag.parent)
+    except DataFormatError:
+        return None
+    return bag.parent if kind in ("scannet", "replica") else None
+
+
+def outputs_complete(out_dir: Path, *, needs_eval: bool = False) -> bool:
     """Whether ``out_dir`` holds a finished replay: ``report.json`` (written last) reads
-    back, has its run section, and every output it lists is there."""
+    back, has its run section, and every output it lists is there; with ``needs_eval``
+    (dataset ground truth beside the bag) also ``eval.json``, unless the map is empty."""
     report = read_json(out_dir / "report.json")
     if report is None or not isinstance(report.get("run"), dict):
         return False
     outputs = report.get("outputs")
     if not isinstance(outputs, list):
         return False
-    return all((out_dir / str(name)).exists() for name in outputs)
+    if not all((out_dir / str(name)).exists() for name in outputs):
+        return False
+    empty = not (report.get("map") or {}).get("voxels")
+    return not needs_eval or empty or (out_dir / "eval.json").is_file()
+
+
+def evaluate_saved_map(out_dir: Path, gt_dir: Path, config: ReplayConfig, *,
+                       segmenter: Segmenter2D, encoder: TextEncoder,
+                       vocabulary: str | None) -> None:  # fmt: skip
+    """Score the map a replay saved in ``out_dir`` against dataset ground truth, into
+    ``out_dir/eval.{json,md,png}``: what ``diff2scene eval`` does, with the replay's models
+    and its query, ensemble and evaluation settings."""
+    from diff2scene.eval.datasets import load_scene
+    from diff2scene.eval.evaluate import evaluate_scene, summarise, write_report
+    from diff2scene.mapping.semantic_map import SemanticMap
+    from diff2scene.query.session import QuerySession
+
+    scene = load_scene(gt_dir, vocabulary=vocabulary)
+    snapshot = SemanticMap.load(out_dir / "map.npz").snapshot()
+    session = QuerySession.of_snapshot(snapshot, encoder, segmenter, query=config.query,
+                                       ensemble=config.ensemble)  # fmt: skip
+    write_report(summarise([evaluate_scene(scene, session.engine(), config.eval)]), out_dir,
+                 name="eval")  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -107,6 +147,8 @@ class SceneTask:
     queries: tuple[str, ...] = ()
     #: Replace earlier outputs in ``out_dir`` (a retry, a resumed incomplete scene, --force).
     force: bool = False
+    #: Class list of ScanNet or Replica ground truth (None: ScanNet200, or the file's own).
+    vocabulary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,8 +188,13 @@ def replay_scene(task: SceneTask) -> SceneOutcome:
             if find_mcap_file(bag) is None:
                 raise
         segmenter, encoder = build_models(config, bag=bag)
-        replay_to_dir(bag, task.out_dir, config, segmenter=segmenter, encoder=encoder,
-                      queries=task.queries, progress=False, force=task.force)  # fmt: skip
+        report = replay_to_dir(bag, task.out_dir, config, segmenter=segmenter,
+                               encoder=encoder, queries=task.queries, progress=False,
+                               force=task.force)  # fmt: skip
+        gt_dir = dataset_ground_truth(bag)
+        if gt_dir is not None and report["map"]["voxels"]:
+            evaluate_saved_map(task.out_dir, gt_dir, config, segmenter=segmenter,
+                               encoder=encoder, vocabulary=task.vocabulary)  # fmt: skip
     except Exception as exc:
         tb = traceback.format_exc()
         return SceneOutcome(task.scene.name, False, f"{type(exc).__name__}: {exc}",
