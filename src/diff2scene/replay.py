@@ -68,7 +68,6 @@ from diff2scene.replay_report import (
 )
 from diff2scene.runtime import MappingRuntime, RuntimeConfig, build_models, paced
 from diff2scene.segmentation.base import Segmenter2D, TextEncoder
-from diff2scene.segmentation.factory import ground_truth_dir
 
 if TYPE_CHECKING:
     pass
@@ -450,7 +449,7 @@ def replay_to_dir(
 ) -> dict[str, Any]:
     """Replay ``bag`` and write the map, output bag, pictures and reports into ``out`` (see
     the module doc); returns the report (also in ``out/report.json``)."""
-    from diff2scene.eval.datasets import load_synthetic
+    from diff2scene.eval.datasets import scene_beside
     from diff2scene.eval.evaluate import evaluate_scene, summarise
     from diff2scene.eval.evaluate import write_report as write_eval
     from diff2scene.io.bag_writer import ResultBagWriter
@@ -469,8 +468,7 @@ def replay_to_dir(
     outputs = [pipeline.save(out / "map.npz")]
     with pipeline.lock:
         snapshot = pipeline.map.snapshot()
-    gt_dir = ground_truth_dir(bag)
-    scene = load_synthetic(gt_dir) if (gt_dir / "scene.json").is_file() else None
+    scene = scene_beside(bag)
     if scene is not None and config.label_with_scene_classes and not config.labelling.classes:
         runtime.set_vocabulary(classes=list(scene.class_names))
     problems = list(run.problems)

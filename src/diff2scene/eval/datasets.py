@@ -300,6 +300,20 @@ def detect_format(directory: Path) -> SceneFormat:
     raise DataFormatError(f"{directory}: not a synthetic, ScanNet or Replica scene directory")
 
 
+def scene_beside(bag: Path) -> EvalScene | None:
+    """The ground truth of a bag, where there is one: in the bag's directory or beside it
+    (as ``diff2scene synth`` and ``diff2scene import`` leave it), in any known layout."""
+    for directory in (bag, bag.parent):
+        if not directory.is_dir():
+            continue
+        try:
+            kind = detect_format(directory)
+        except DataFormatError:
+            continue
+        return load_scene(directory, kind)
+    return None
+
+
 def load_scene(
     directory: str | Path, fmt: SceneFormat = "auto", *, vocabulary: str | None = None
 ) -> EvalScene:
