@@ -110,8 +110,9 @@ def million_voxels(figures: dict[str, float | int | str], *, keyframes: int) -> 
     voxel_owner = np.repeat(np.arange(objects), per_object)
     m = coords.shape[0]
     smap = SemanticMap(0.02)
-    smap.apply_surface_update(SurfaceUpdate(0.02, coords, np.zeros_like(coords, np.uint8), 0,
-                                            np.arange(m)))
+    smap.apply_surface_update(
+        SurfaceUpdate.appending(0.02, coords, np.zeros_like(coords, np.uint8))
+    )
     mask_owner, emb, feat = _object_bank(rng, objects, 10_000, dims)
     for kf in range(100):
         sl = slice(100 * kf, 100 * kf + 100)

@@ -7,7 +7,8 @@ keeps an append-only :class:`~diff2scene.mapping.voxel_index.VoxelIndex` of surf
 refreshes it on demand (:meth:`Mapper.update_voxels`), looking only at the blocks integrated
 since the last refresh and their neighbours. Extracting the whole surface after every frame
 would cost more than the fusion itself; callers refresh before they need the voxels (a keyframe
-unprojection, a 3D-network pass, a published cloud).
+unprojection, a 3D-network pass, a published cloud). A refresh hands out only what changed
+(:class:`SurfaceUpdate`), so its cost follows the keyframe, not the size of the map.
 
 A surface voxel is a TSDF sample (at integer multiples of ``voxel_size_m``) observed at least
 ``surface_weight_threshold`` times whose signed distance changes sign towards one of its six
@@ -17,6 +18,7 @@ layer of voxels on the surface, each within about half a voxel of it.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +32,12 @@ from numpy.typing import NDArray
 from diff2scene.errors import ConfigError, InputError
 from diff2scene.mapping.voxel_index import VoxelIndex, unique_coords
 from diff2scene.types import Frame
+
+#: Growth of the mapper's colour buffer when it is full (amortised O(1) per voxel; at most a
+#: third of it unused).
+_COLOR_GROWTH = 1.5
+#: Numbers of mappers in this process, for :attr:`SurfaceUpdate.source_id`.
+_MAPPER_IDS = itertools.count(1)
 
 #: Reasons a frame is skipped, as counted in :attr:`MapperStats.skipped`.
 SKIP_BAD_INPUT = "bad_input"
@@ -224,34 +232,65 @@ class MapperStats:
     blocks_evicted: int = 0
 
 
-@dataclass
+@dataclass(frozen=True)
 class SurfaceUpdate:
-    """The map's surface voxels after :meth:`Mapper.update_voxels`.
+    """What changed in the mapper's surface voxels since its previous :meth:`Mapper.update_voxels`.
 
-    Voxel ``i`` is the same voxel in every update; ``[new_start, num_voxels)`` are the voxels
-    first seen in this update. Arrays are copies owned by the receiver.
+    Voxel ``i`` is the same voxel in every update. An update holds only the voxels first seen
+    in it and the voxels whose colour it refreshed, so its size follows the keyframe, not the
+    map; a map that follows a mapper applies every update, in order
+    (:meth:`~diff2scene.mapping.semantic_map.SemanticMap.apply_surface_update` refuses one
+    that skips another). Arrays are copies owned by the receiver.
     """
 
     voxel_size_m: float
-    coords: NDArray[np.int32]  # (M, 3) integer voxel coordinates
-    colors: NDArray[np.uint8]  # (M, 3) RGB, the fused colour of each voxel
-    #: Index of the first voxel added by this update.
+    #: Voxels the mapper had before this update; the new ones are numbered from here.
     new_start: int
-    #: (U,) int64 voxels found on the surface in this update (their colours were refreshed).
+    #: (N, 3) int32 integer coordinates of the voxels first seen in this update: voxel
+    #: ``new_start + i`` is row i.
+    new_coords: NDArray[np.int32]
+    #: (U,) int64 voxels found on the surface in this update, ascending (the new ones too).
     updated_index: NDArray[np.int64]
+    #: (U, 3) uint8 RGB, the fused colour of each of ``updated_index``.
+    updated_colors: NDArray[np.uint8]
+    #: The mapper that made the update (0: none, e.g. an update made by hand) ...
+    source_id: int = 0
+    #: ... and its place in that mapper's updates (1, 2, ...).
+    sequence: int = 0
+
+    @classmethod
+    def appending(
+        cls,
+        voxel_size_m: float,
+        coords: NDArray[np.int32],
+        colors: NDArray[np.uint8],
+        *,
+        new_start: int = 0,
+    ) -> SurfaceUpdate:
+        """An update that appends ``coords`` (N, 3) with ``colors`` (N, 3) after ``new_start``
+        voxels: a map built from voxels that no mapper made (procedural maps, tests)."""
+        coords = np.ascontiguousarray(coords, dtype=np.int32).reshape(-1, 3)
+        return cls(
+            voxel_size_m=voxel_size_m,
+            new_start=new_start,
+            new_coords=coords,
+            updated_index=np.arange(new_start, new_start + coords.shape[0], dtype=np.int64),
+            updated_colors=np.asarray(colors, dtype=np.uint8),
+        )
 
     @property
     def num_voxels(self) -> int:
-        return int(self.coords.shape[0])
+        """Voxels of the mapper after this update."""
+        return self.new_start + int(self.new_coords.shape[0])
 
     @property
     def num_new(self) -> int:
-        return self.num_voxels - self.new_start
+        return int(self.new_coords.shape[0])
 
     @property
-    def points_m(self) -> NDArray[np.float32]:
-        """(M, 3) float32 voxel centres in the world frame, metres."""
-        return voxel_centres(self.coords, self.voxel_size_m)
+    def new_points_m(self) -> NDArray[np.float32]:
+        """(N, 3) float32 centres of the new voxels in the world frame, metres."""
+        return voxel_centres(self.new_coords, self.voxel_size_m)
 
 
 def voxel_centres(coords: NDArray[np.int32], voxel_size_m: float) -> NDArray[np.float32]:
@@ -315,7 +354,10 @@ class Mapper:
         )
         self.stats = MapperStats()
         self._index = VoxelIndex()
+        #: Colour of each voxel, rows beyond ``len(self._index)`` spare capacity.
         self._colors = np.empty((0, 3), dtype=np.uint8)
+        self._source_id = next(_MAPPER_IDS)
+        self._updates_made = 0
         self._dirty_blocks: list[NDArray[np.int32]] = []
         #: Surface voxels extracted since the last :meth:`update_voxels` (by evictions): the
         #: index length then, and the voxels found since.
@@ -485,6 +527,25 @@ class Mapper:
         return len(self._index)
 
     @property
+    def coords(self) -> NDArray[np.int32]:
+        """(M, 3) int32 integer coordinates of every surface voxel; row i is voxel i (a new
+        array made from the index's keys: O(M), for tools and tests, not per keyframe)."""
+        return self._index.coords
+
+    @property
+    def colors(self) -> NDArray[np.uint8]:
+        """(M, 3) uint8 fused colour of every surface voxel (read-only view; the next
+        refresh may change it)."""
+        view = self._colors[: len(self._index)]
+        view.flags.writeable = False
+        return view
+
+    @property
+    def points_m(self) -> NDArray[np.float32]:
+        """(M, 3) float32 voxel centres in the world frame, metres (a new array, O(M))."""
+        return voxel_centres(self.coords, self.config.voxel_size_m)
+
+    @property
     def num_blocks(self) -> int:
         """Allocated TSDF blocks."""
         return int(self._vbg.hashmap().size())
@@ -492,7 +553,7 @@ class Mapper:
     @property
     def geometry_nbytes(self) -> int:
         """Memory of the TSDF hash map (allocated whole, see ``max_tsdf_blocks``) plus the
-        voxel index and colours, in bytes."""
+        voxel index and colours (capacity included), in bytes."""
         cfg = self.config
         per_voxel = 12 if cfg.compact_tsdf else 20
         tsdf = cfg.max_tsdf_blocks * cfg.block_resolution**3 * per_voxel
@@ -503,7 +564,8 @@ class Mapper:
         :meth:`SemanticMap.load`, so that later updates extend that map instead of restarting.
 
         Only the index is restored (the TSDF starts empty); voxels re-observed on the surface
-        get their old numbers back.
+        get their old numbers back. The map already holds the seeded voxels, so the next
+        :meth:`update_voxels` reports only what comes after them.
         """
         if len(self._index):
             raise InputError("mapper_not_empty", "seed_voxels needs a mapper without voxels")
@@ -514,25 +576,30 @@ class Mapper:
         if not np.array_equal(ids, np.arange(coords.shape[0])):
             raise InputError("seed_duplicates", "seed coordinates contain duplicates")
         self._colors = np.array(colors, dtype=np.uint8)
+        self._pending_start = len(self._index)
 
     def update_voxels(self) -> SurfaceUpdate:
         """Refresh the surface voxels from the blocks integrated since the last call.
 
         New surface voxels are appended to the stable index; colours of all voxels found on the
         surface are refreshed. Voxels that stop being on the surface keep their number and last
-        colour (their semantic state stays valid for the thing that was seen there).
+        colour (their semantic state stays valid for the thing that was seen there). Returns
+        the change since the previous call (see :class:`SurfaceUpdate`).
         """
         self._refresh_surface()
         start, self._pending_start = self._pending_start, len(self._index)
         updated = (np.unique(np.concatenate(self._pending_updated)) if self._pending_updated
                    else np.empty(0, dtype=np.int64))  # fmt: skip
         self._pending_updated = []
+        self._updates_made += 1
         return SurfaceUpdate(
             voxel_size_m=self.config.voxel_size_m,
-            coords=self._index.coords.copy(),
-            colors=self._colors.copy(),
             new_start=start,
+            new_coords=self._index.coords_from(start),
             updated_index=updated,
+            updated_colors=self._colors[updated],
+            source_id=self._source_id,
+            sequence=self._updates_made,
         )
 
     def _refresh_surface(self) -> None:
@@ -544,13 +611,16 @@ class Mapper:
         self._dirty_blocks = []
         coords, colors = self._extract_surface(blocks)
         if coords.shape[0]:
+            m = len(self._index)
             updated = self._index.add(coords)
-            grow = len(self._index) - self._colors.shape[0]
-            if grow:
-                self._colors = np.concatenate(
-                    [self._colors, np.zeros((grow, 3), dtype=np.uint8)], axis=0
+            if len(self._index) > self._colors.shape[0]:
+                grown = np.empty(
+                    (max(len(self._index), int(self._colors.shape[0] * _COLOR_GROWTH), 1024), 3),
+                    dtype=np.uint8,
                 )
-            self._colors[updated] = colors
+                grown[:m] = self._colors[:m]
+                self._colors = grown
+            self._colors[updated] = colors  # every new voxel is among them
             self._pending_updated.append(updated)
 
     def _host_attributes(

@@ -38,6 +38,9 @@ from diff2scene.types import MaskSet
 FORMAT_NAME = "diff2scene-semantic-map"
 #: Bumped whenever the layout of a saved map changes; older/newer files are refused.
 FORMAT_VERSION = 1
+#: Growth of the append-only per-voxel buffers (coordinates, centres, 3D features) when full:
+#: amortised O(1) copies per voxel, at most a third of a buffer unused (doubling: half).
+_BUFFER_GROWTH = 1.5
 
 _HEADER_KEY = "header_json"
 #: A header holds configs and run statistics: kilobytes. Far more means a hostile archive.
@@ -89,6 +92,17 @@ def read_map_header(path: str | Path) -> dict[str, Any]:
     if not isinstance(header, dict) or header.get("format") != FORMAT_NAME:
         raise NotAMapError(where, f"its header does not name the format {FORMAT_NAME!r}")
     return header
+
+
+def _grown(buf: NDArray[Any], used: int, needed: int) -> NDArray[Any]:
+    """``buf`` with room for ``needed`` rows: itself, or a larger zeroed copy of its first
+    ``used`` rows (a snapshot holding a view of the old one keeps it)."""
+    if needed <= buf.shape[0]:
+        return buf
+    cap = max(needed, int(buf.shape[0] * _BUFFER_GROWTH), 1024)
+    out = np.zeros((cap, *buf.shape[1:]), dtype=buf.dtype)
+    out[:used] = buf[:used]
+    return out
 
 
 def _crc32(arr: NDArray[Any]) -> int:
@@ -235,7 +249,9 @@ class SemanticMap:
     Readers in other threads take a :meth:`snapshot` (cheap: views and block references, see
     :mod:`diff2scene.mapping.snapshot`). The per-voxel tables are therefore read through
     read-only properties and changed only through the map's methods or by assigning a whole
-    array; every change bumps :attr:`version`.
+    array; every change bumps :attr:`version`. A keyframe's changes cost what the keyframe
+    touched: coordinates and 3D features are append-only buffers, colours and memberships
+    copy-on-write blocks.
     """
 
     def __init__(self, voxel_size_m: float, *, members_per_voxel: int = 8) -> None:
@@ -247,13 +263,17 @@ class SemanticMap:
         self._coords_buf = np.empty((0, 3), dtype=np.int32)
         self._points_buf = np.empty((0, 3), dtype=np.float32)
         self._num_voxels = 0
-        # colours are replaced wholesale on every surface update, never written in place.
-        self._colors = np.empty((0, 3), dtype=np.uint8)
+        self._colors = RowBlocks((3,), np.uint8, 0)
         self._member_ids = RowBlocks((k,), np.int32, -1)
         self._member_weights = RowBlocks((k,), np.float32, 0.0)
         self._view_counts = RowBlocks((), np.int32, 0)
         self.mask_bank = MaskBank()
+        # Each space's features are the first num_voxels rows of a growth buffer (rows below
+        # num_voxels are never written in place, so snapshots share them).
         self._features_3d: dict[str, NDArray[np.float16]] = {}
+        self._feature_bufs: dict[str, tuple[NDArray[np.float16], NDArray[np.float16]]] = {}
+        #: (mapper id, update number) of the last surface update applied, to refuse a gap.
+        self._surface_source: tuple[int, int] | None = None
         #: JSON-serialisable facts about the map (configs used, source, ...).
         self.metadata: dict[str, Any] = {}
         self._version = next_version()
@@ -289,6 +309,7 @@ class SemanticMap:
         self._coords_buf = coords
         self._points_buf = voxel_centres(coords, self.voxel_size_m)
         self._num_voxels = int(coords.shape[0])
+        self._surface_source = None
         self.mark_changed()
 
     @property
@@ -298,12 +319,14 @@ class SemanticMap:
 
     @property
     def colors(self) -> NDArray[np.uint8]:
-        """(M, 3) uint8 fused colours (read-only view)."""
-        return read_only(self._colors)
+        """(M, 3) uint8 fused colours (read-only copy, O(M); a snapshot's are assembled once)."""
+        out: NDArray[np.uint8] = self._colors.to_array()
+        return out
 
     @colors.setter
     def colors(self, value: NDArray[np.uint8]) -> None:
-        self._colors = np.array(value, dtype=np.uint8)
+        self._colors = RowBlocks((3,), np.uint8, 0)
+        self._colors.assign(value)
         self.mark_changed()
 
     @property
@@ -354,6 +377,7 @@ class SemanticMap:
     @features_3d.setter
     def features_3d(self, value: Mapping[str, NDArray[np.float16]]) -> None:
         self._features_3d = dict(value)
+        self._feature_bufs = {}
         self.mark_changed()
 
     @property
@@ -373,6 +397,7 @@ class SemanticMap:
             self._member_ids.cow_copies
             + self._member_weights.cow_copies
             + self._view_counts.cow_copies
+            + self._colors.cow_copies
         )
 
     def snapshot(self) -> MapSnapshot:
@@ -391,7 +416,6 @@ class SemanticMap:
             voxel_size_m=self.voxel_size_m,
             coords=self.coords,
             points_m=self.points_m,
-            colors=self.colors,
             bank_embeddings=MappingProxyType(
                 {s: read_only(e) for s, e in bank.embeddings.items()}
             ),
@@ -400,6 +424,7 @@ class SemanticMap:
                 {s: read_only(f) for s, f in self._features_3d.items()}
             ),
             taken_monotonic_s=time.monotonic(),
+            _colors=self._colors.freeze(),
             _member_ids=self._member_ids.freeze(),
             _member_weights=self._member_weights.freeze(),
             _view_counts=self._view_counts.freeze(),
@@ -409,39 +434,68 @@ class SemanticMap:
     # ------------------------------------------------------------------ mutation
 
     def apply_surface_update(self, update: SurfaceUpdate) -> None:
-        """Take in the mapper's voxels: append new ones (empty semantic state), refresh colours.
+        """Take in the mapper's changes: append new voxels (empty semantic state), refresh the
+        colours of the updated ones. O(new + updated voxels), amortised.
 
-        ``update`` must come from the mapper this map follows: its first ``num_voxels`` voxels
-        must be this map's voxels, in order.
+        ``update`` must be the next update of the mapper this map follows: it must start at
+        this map's voxel count, and, from a mapper whose updates this map took before, be the
+        one after the last taken (a skipped update would leave its colours behind).
         """
         m = self.num_voxels
-        if abs(update.voxel_size_m - self.voxel_size_m) > 1e-12 or update.num_voxels < m:
-            raise InputError("surface_update_mismatch", "update is not from this map's mapper")
-        if m and not np.array_equal(update.coords[:m], self.coords):
-            raise InputError("surface_update_mismatch", "existing voxels changed coordinates")
-        grow = update.num_voxels - m
-        # The update's arrays belong to the receiver: no copy of the colours.
-        self._colors = np.asarray(update.colors, dtype=np.uint8)
+        new = np.asarray(update.new_coords, dtype=np.int32)
+        grow = int(new.shape[0])
+        index = np.asarray(update.updated_index, dtype=np.int64)
+        colors = np.asarray(update.updated_colors, dtype=np.uint8)
+        if abs(update.voxel_size_m - self.voxel_size_m) > 1e-12 or update.new_start != m:
+            raise InputError(
+                "surface_update_mismatch",
+                f"update of voxels from {update.new_start} on, the map has {m}: not the next "
+                "update of this map's mapper",
+            )
+        last = self._surface_source
+        if update.source_id and last is not None and last[0] == update.source_id and (
+            update.sequence != last[1] + 1
+        ):
+            raise InputError(
+                "surface_update_mismatch",
+                f"update {update.sequence} of its mapper follows update {last[1]}: one was "
+                "skipped",
+            )
+        if new.shape != (grow, 3) or index.ndim != 1 or colors.shape != (index.size, 3):
+            raise InputError(
+                "surface_update_shape",
+                f"new coords {new.shape}, updated {index.shape} with colours {colors.shape}",
+            )
+        if index.size and (index.min() < 0 or index.max() >= m + grow):
+            raise InputError("surface_update_shape", "updated voxels outside the map")
+        self._surface_source = (update.source_id, update.sequence) if update.source_id else None
+        if grow == 0 and index.size == 0:
+            return
         if grow:
-            new = np.asarray(update.coords[m:], dtype=np.int32)
-            if self._coords_buf.shape[0] < m + grow:
-                cap = max(m + grow, 2 * self._coords_buf.shape[0], 1024)
-                coords = np.empty((cap, 3), dtype=np.int32)
-                points = np.empty((cap, 3), dtype=np.float32)
-                coords[:m] = self._coords_buf[:m]
-                points[:m] = self._points_buf[:m]
-                self._coords_buf, self._points_buf = coords, points
+            self._coords_buf = _grown(self._coords_buf, m, m + grow)
+            self._points_buf = _grown(self._points_buf, m, m + grow)
             self._coords_buf[m : m + grow] = new
             self._points_buf[m : m + grow] = voxel_centres(new, self.voxel_size_m)
             self._num_voxels = m + grow
-            self._member_ids.append(grow)
-            self._member_weights.append(grow)
-            self._view_counts.append(grow)
-            self._features_3d = {
-                s: np.concatenate([f, np.zeros((grow, f.shape[1]), dtype=np.float16)])
-                for s, f in self._features_3d.items()
-            }
+            for table in (self._colors, self._member_ids, self._member_weights,
+                          self._view_counts):  # fmt: skip
+                table.append(grow)
+            self._grow_features(grow)
+        if index.size:
+            self._colors.scatter(index, colors)
         self.mark_changed()
+
+    def _grow_features(self, grow: int) -> None:
+        """Append ``grow`` zero rows to every space's features. An array that is not the view
+        this method made last (features assigned since) moves into a new buffer first."""
+        for space, f in self._features_3d.items():
+            rows = int(f.shape[0])
+            view, buf = self._feature_bufs.get(space, (None, f))
+            buf = _grown(buf if view is f else f, rows, rows + grow)
+            buf[rows : rows + grow] = 0
+            view = buf[: rows + grow]
+            self._feature_bufs[space] = (view, buf)
+            self._features_3d[space] = view
 
     def plan_rows(self, voxels: NDArray[np.int64]) -> RowPlan:
         """``voxels`` (V,) grouped for this map's tables: pass it to the membership and

@@ -4,14 +4,13 @@ Queries and labelling read the map while mapping goes on in another thread. Copy
 map for every reader (1M voxels: ~70 MB of memberships, ~2 GB of 3D features) is what this
 module avoids:
 
-* Voxel coordinates, voxel centres and the mask bank only ever grow, and rows that exist are
-  never rewritten, so a snapshot holds views of their first M (or K) rows.
-* Colours and 3D features are replaced wholesale by the map (never written in place), so a
-  snapshot holds the arrays it saw.
-* Memberships and view counts are written in place for the voxels a keyframe sees. They live
-  in :class:`RowBlocks`: fixed-size row blocks, copied on write. A snapshot keeps references
-  to the blocks; the map copies a block only when it writes into one that a snapshot holds,
-  so a keyframe costs the blocks it touches, not the whole table.
+* Voxel coordinates, voxel centres, 3D features and the mask bank only ever grow, and rows
+  that exist are never rewritten in place, so a snapshot holds views of their first M (or K)
+  rows. (3D features are replaced wholesale when the 3D branch recomputes them.)
+* Colours, memberships and view counts are written in place for the voxels a keyframe sees.
+  They live in :class:`RowBlocks`: fixed-size row blocks, copied on write. A snapshot keeps
+  references to the blocks; the map copies a block only when it writes into one that a
+  snapshot holds, so a keyframe costs the blocks it touches, not the whole table.
 
 Every mutation of a map takes a fresh number from one process-wide counter, so a version
 identifies the state of one map uniquely (a map loaded in place of another never reuses an old
@@ -277,8 +276,8 @@ class RowBlocks:
 class MapSnapshot:
     """Everything a query or a labelling reads of a map, frozen at one map version.
 
-    Arrays are read-only. Memberships and view counts are assembled from their blocks the
-    first time they are read (once per snapshot, in the reader's thread, not under the map's
+    Arrays are read-only. Colours, memberships and view counts are assembled from their blocks
+    the first time they are read (once per snapshot, in the reader's thread, not under the map's
     lock); everything else is a view taken when the snapshot was made.
     """
 
@@ -289,8 +288,6 @@ class MapSnapshot:
     coords: NDArray[np.int32]
     #: (M, 3) float32 voxel centres in the world frame, metres.
     points_m: NDArray[np.float32]
-    #: (M, 3) uint8 fused colours.
-    colors: NDArray[np.uint8]
     #: Space name → (K, D) float32 mask embeddings.
     bank_embeddings: Mapping[str, NDArray[np.float32]]
     #: (K,) int32 keyframe each mask came from.
@@ -299,6 +296,7 @@ class MapSnapshot:
     features_3d: Mapping[str, NDArray[np.float16]]
     #: ``time.monotonic()`` when the snapshot was taken, seconds.
     taken_monotonic_s: float
+    _colors: FrozenRows = field(repr=False)
     _member_ids: FrozenRows = field(repr=False)
     _member_weights: FrozenRows = field(repr=False)
     _view_counts: FrozenRows = field(repr=False)
@@ -340,6 +338,7 @@ class MapSnapshot:
                 raise InputError("snapshot_arrays", f"features_3d {space} {f.shape} for {m}")
         stores = []
         for arr, dtype, fill in (
+            (np.full((m, 3), 128, np.uint8) if colors is None else colors, np.uint8, 0),
             (member_ids, np.int32, -1),
             (member_weights, np.float32, 0.0),
             (np.ones(m, np.int32) if view_counts is None else view_counts, np.int32, 0),
@@ -352,9 +351,6 @@ class MapSnapshot:
             voxel_size_m=float(voxel_size_m),
             coords=read_only(coords),
             points_m=read_only((coords.astype(np.float64) * voxel_size_m).astype(np.float32)),
-            colors=read_only(
-                np.full((m, 3), 128, np.uint8) if colors is None else np.asarray(colors, np.uint8)
-            ),
             bank_embeddings=MappingProxyType(
                 {s: read_only(np.asarray(e, np.float32)) for s, e in bank_embeddings.items()}
             ),
@@ -367,9 +363,10 @@ class MapSnapshot:
                 {s: read_only(np.asarray(f, np.float16)) for s, f in (features_3d or {}).items()}
             ),
             taken_monotonic_s=time.monotonic(),
-            _member_ids=stores[0],
-            _member_weights=stores[1],
-            _view_counts=stores[2],
+            _colors=stores[0],
+            _member_ids=stores[1],
+            _member_weights=stores[2],
+            _view_counts=stores[3],
         )
 
     @property
@@ -396,6 +393,11 @@ class MapSnapshot:
                 out = rows.to_array()
                 self._cache[name] = out
             return out
+
+    @property
+    def colors(self) -> NDArray[np.uint8]:
+        """(M, 3) uint8 fused colours."""
+        return self._assembled("colors", self._colors)
 
     @property
     def member_ids(self) -> NDArray[np.int32]:

@@ -163,10 +163,10 @@ def build_scene(
     mapper = Mapper(mapper_config)
     for frame in frames:
         mapper.integrate(frame)
-    surface = mapper.update_voxels()
-    if surface.num_voxels == 0:
+    mapper.update_voxels()
+    if mapper.num_voxels == 0:
         raise InputError("empty scene", "no surface voxels after fusing the frames")
-    points_m = surface.points_m
+    points_m = mapper.points_m
     selector = KeyframeSelector(keyframe_config)
     unprojector = MaskUnprojector(unproject_config)
     views: list[ViewTargets] = []
@@ -188,10 +188,10 @@ def build_scene(
             )
         )
     return SceneData(
-        coords=surface.coords,
-        colors=surface.colors,
+        coords=mapper.coords,
+        colors=mapper.colors.copy(),
         views=views,
-        voxel_size_m=surface.voxel_size_m,
+        voxel_size_m=mapper.config.voxel_size_m,
         segmenter=segmenter_name,
     )
 

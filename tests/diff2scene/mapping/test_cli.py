@@ -25,8 +25,8 @@ def test_info_and_render(tmp_path, capsys):
     coords = rng.integers(0, 40, size=(500, 3)).astype(np.int32)
     coords = np.unique(coords, axis=0)
     smap.apply_surface_update(
-        SurfaceUpdate(0.05, coords, rng.integers(0, 256, (len(coords), 3)).astype(np.uint8), 0,
-                      np.arange(len(coords)))
+        SurfaceUpdate.appending(0.05, coords,
+                                rng.integers(0, 256, (len(coords), 3)).astype(np.uint8))
     )
     smap.mask_bank.append(
         MaskSet(masks=np.ones((1, 2, 2), np.float32),

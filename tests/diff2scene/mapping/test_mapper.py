@@ -44,23 +44,27 @@ def fused(orbit_frames):
 
 
 def test_surface_voxels_lie_on_ground_truth_surface(fused, ray_scene):
-    _, update = fused
+    mapper, update = fused
     assert update.num_voxels > 3000
-    dist = ray_scene.distance(update.points_m)
+    points = mapper.points_m
+    np.testing.assert_array_equal(update.new_points_m, points)  # all new in the first update
+    dist = ray_scene.distance(points)
     within = float(np.mean(dist <= VOXEL_M + 1e-4))
     assert within >= 0.95, f"only {within:.3f} of voxels within one voxel of the surface"
     # Every object that the orbit sees is reconstructed, not just the floor.
-    seen_instances = np.unique(ray_scene.closest_instance(update.points_m[dist <= VOXEL_M]))
+    seen_instances = np.unique(ray_scene.closest_instance(points[dist <= VOXEL_M]))
     assert set(seen_instances.tolist()) >= {1, 2, 3, 4, 5}
 
 
 def test_surface_voxels_carry_the_fused_colour(fused, ray_scene):
-    _, update = fused
-    inst = ray_scene.closest_instance(update.points_m)
+    mapper, update = fused
+    inst = ray_scene.closest_instance(mapper.points_m)
     palette = ray_scene.palette.astype(np.int16)
+    np.testing.assert_array_equal(update.updated_index, np.arange(update.num_voxels))
+    np.testing.assert_array_equal(update.updated_colors, mapper.colors)
     # The rendered texture darkens half the pixels by 20 grey levels, so fused colours lie
     # between the object colour and 20 below it.
-    diff = palette[inst] - update.colors.astype(np.int16)
+    diff = palette[inst] - mapper.colors.astype(np.int16)
     ok = np.all((diff >= -2) & (diff <= 22), axis=1)
     assert float(np.mean(ok)) >= 0.9
 
@@ -70,25 +74,33 @@ def test_voxel_identity_is_stable_and_new_voxels_are_appended(ray_scene, orbit_f
     for frame in orbit_frames[:10]:
         mapper.integrate(frame)
     first = mapper.update_voxels()
-    assert first.new_start == 0
+    first_coords = mapper.coords
+    assert first.new_start == 0 and first.sequence == 1
     assert first.num_voxels > 0
+    np.testing.assert_array_equal(first.new_coords, first_coords)
     for frame in orbit_frames[10:]:
         mapper.integrate(frame)
     second = mapper.update_voxels()
-    assert second.new_start == first.num_voxels
-    assert second.num_new > 0
-    np.testing.assert_array_equal(second.coords[: first.num_voxels], first.coords)
-    assert np.unique(second.coords, axis=0).shape[0] == second.num_voxels
+    second_coords = mapper.coords
+    assert second.new_start == first.num_voxels and second.sequence == 2
+    assert second.num_new > 0 and second.num_voxels == mapper.num_voxels
+    np.testing.assert_array_equal(second_coords[: first.num_voxels], first_coords)
+    np.testing.assert_array_equal(second.new_coords, second_coords[first.num_voxels :])
+    assert np.unique(second_coords, axis=0).shape[0] == second.num_voxels
+    # every new voxel was found on the surface, and the colours are the mapper's
+    assert np.isin(np.arange(first.num_voxels, second.num_voxels), second.updated_index).all()
+    assert np.all(np.diff(second.updated_index) > 0)
+    np.testing.assert_array_equal(second.updated_colors, mapper.colors[second.updated_index])
     # Nothing integrated since: an update changes nothing.
     third = mapper.update_voxels()
-    assert third.num_new == 0
-    assert third.updated_index.size == 0
-    np.testing.assert_array_equal(third.coords, second.coords)
+    assert third.num_new == 0 and third.new_start == second.num_voxels
+    assert third.updated_index.size == 0 and third.updated_colors.shape == (0, 3)
+    np.testing.assert_array_equal(mapper.coords, second_coords)
     # Re-observing refreshes colours of known voxels without renumbering them.
     mapper.integrate(orbit_frames[-1])
     fourth = mapper.update_voxels()
     assert fourth.updated_index.size > 0
-    np.testing.assert_array_equal(fourth.coords[: third.num_voxels], third.coords)
+    np.testing.assert_array_equal(mapper.coords[: third.num_voxels], second_coords)
 
 
 def test_bad_frames_are_counted_and_skipped(orbit_frames):
@@ -145,8 +157,9 @@ def test_bounds_clip_the_map(orbit_frames):
         assert mapper.integrate(frame)
     update = mapper.update_voxels()
     block_m = 8 * VOXEL_M
-    assert update.points_m[:, 2].max() < 2.0 + block_m
-    assert update.points_m[:, 2].min() > -0.5 - block_m
+    assert update.num_voxels > 0
+    assert mapper.points_m[:, 2].max() < 2.0 + block_m
+    assert mapper.points_m[:, 2].min() > -0.5 - block_m
 
 
 def test_config_is_validated():
@@ -173,10 +186,10 @@ def test_incremental_refresh_matches_a_single_extraction(orbit_frames):
         once.integrate(frame)
         if i % 3 == 2:
             incremental.update_voxels()
-    inc = incremental.update_voxels()
-    ref = once.update_voxels()
-    inc_set = {tuple(c) for c in inc.coords.tolist()}
-    ref_set = {tuple(c) for c in ref.coords.tolist()}
+    incremental.update_voxels()
+    once.update_voxels()
+    inc_set = {tuple(c) for c in incremental.coords.tolist()}
+    ref_set = {tuple(c) for c in once.coords.tolist()}
     assert ref_set <= inc_set
     assert len(inc_set - ref_set) < 0.1 * len(ref_set)
 
@@ -223,7 +236,7 @@ def test_a_full_working_set_evicts_old_blocks_without_growing_or_losing_voxels(o
     whole = Mapper(small_config())
     for frame in orbit_frames:
         whole.integrate(frame)
-    reference = whole.update_voxels()
+    whole.update_voxels()
     assert whole.stats.blocks_evicted == 0
     # One frame of the orbit touches up to ~60 % of it, and a frame's blocks must fit beside
     # the kept ones: this working set fills up once near the end (a much smaller one would
@@ -238,10 +251,14 @@ def test_a_full_working_set_evicts_old_blocks_without_growing_or_losing_voxels(o
     update = mapper.update_voxels()
     assert mapper.stats.blocks_evicted > 0
     # the surface of evicted blocks was extracted before they left: nothing was lost
-    ref = {tuple(c) for c in reference.coords.tolist()}
-    got = {tuple(c) for c in update.coords.tolist()}
+    ref = {tuple(c) for c in whole.coords.tolist()}
+    got = {tuple(c) for c in mapper.coords.tolist()}
     assert len(ref & got) >= 0.9 * len(ref)
-    assert update.new_start == 0 and np.unique(update.coords, axis=0).shape[0] == len(got)
+    assert update.new_start == 0 and update.num_voxels == len(got) == mapper.num_voxels
+    # the voxels extracted by evictions reach the one update, with their colours
+    np.testing.assert_array_equal(update.new_coords, mapper.coords)
+    np.testing.assert_array_equal(update.updated_index, np.arange(len(got)))
+    np.testing.assert_array_equal(update.updated_colors, mapper.colors)
 
 
 def test_a_revisited_region_is_fused_afresh_into_the_same_voxels(orbit_frames):
@@ -251,6 +268,7 @@ def test_a_revisited_region_is_fused_afresh_into_the_same_voxels(orbit_frames):
     for frame in first:
         mapper.integrate(frame)
     before = mapper.update_voxels()
+    before_coords = mapper.coords
     # evict everything the first frames saw, then look again from the same places
     for name in ("tsdf", "weight", "color"):
         assert mapper._vbg.attribute(name).shape[0] == capacity
@@ -268,7 +286,7 @@ def test_a_revisited_region_is_fused_afresh_into_the_same_voxels(orbit_frames):
     # freed buffers were cleared: nothing older than the six new integrations remains
     assert int(weight[active].max()) <= len(first)
     after = mapper.update_voxels()
-    np.testing.assert_array_equal(after.coords[: before.num_voxels], before.coords)
+    np.testing.assert_array_equal(mapper.coords[: before.num_voxels], before_coords)
     # the re-observed surface maps onto the voxels it had: few new numbers
     assert after.num_new <= 0.05 * before.num_voxels
     assert np.intersect1d(after.updated_index, np.arange(before.num_voxels)).size > 0

@@ -28,12 +28,8 @@ def random_mask_set(rng: np.random.Generator, n: int, classes: int = 3) -> MaskS
 def filled_map(rng: np.random.Generator) -> SemanticMap:
     smap = SemanticMap(0.02, members_per_voxel=3)
     coords = rng.integers(-500, 500, size=(50, 3)).astype(np.int32)
-    update = SurfaceUpdate(
-        voxel_size_m=0.02,
-        coords=coords,
-        colors=rng.integers(0, 256, size=(50, 3)).astype(np.uint8),
-        new_start=0,
-        updated_index=np.arange(50),
+    update = SurfaceUpdate.appending(
+        0.02, coords, rng.integers(0, 256, size=(50, 3)).astype(np.uint8)
     )
     smap.apply_surface_update(update)
     for kf in range(3):
@@ -168,22 +164,46 @@ def test_mask_bank_checks_spaces_and_grows():
     assert bank.num_masks == total + 1
 
 
-def test_surface_update_from_another_mapper_is_rejected():
+def test_surface_update_that_does_not_follow_the_map_is_rejected():
     smap = filled_map(np.random.default_rng(0))
-    moved = SurfaceUpdate(0.02, smap.coords + 1, smap.colors, 0, np.arange(50))
-    with pytest.raises(InputError):
-        smap.apply_surface_update(moved)
-    grown = SurfaceUpdate(
-        0.02,
-        np.concatenate([smap.coords, [[9999, 0, 0]]]).astype(np.int32),
-        np.concatenate([smap.colors, [[1, 2, 3]]]).astype(np.uint8),
-        50,
-        np.arange(51),
-    )
+    version = smap.version
+    restart = SurfaceUpdate.appending(0.02, smap.coords + 1, smap.colors)  # from voxel 0
+    late = SurfaceUpdate.appending(0.02, [[1, 2, 3]], [[1, 2, 3]], new_start=51)
+    outside = SurfaceUpdate(0.02, 50, np.empty((0, 3), np.int32), np.array([50]),
+                            np.zeros((1, 3), np.uint8))
+    unpaired = SurfaceUpdate(0.02, 50, np.empty((0, 3), np.int32), np.array([4, 5]),
+                             np.zeros((1, 3), np.uint8))
+    for bad in (restart, late, outside, unpaired):
+        with pytest.raises(InputError):
+            smap.apply_surface_update(bad)
+    assert smap.num_voxels == 50 and smap.version == version  # nothing half-applied
+    grown = SurfaceUpdate.appending(0.02, [[9999, 0, 0]], [[1, 2, 3]], new_start=50)
     before = smap.member_ids.copy()
     smap.apply_surface_update(grown)
     assert smap.num_voxels == 51
     np.testing.assert_array_equal(smap.member_ids[:50], before)
     np.testing.assert_array_equal(smap.member_ids[50], -1)
+    np.testing.assert_array_equal(smap.colors[50], [1, 2, 3])
     assert smap.features_3d[SPACE_CLIP].shape == (51, 24)
+    np.testing.assert_array_equal(smap.features_3d[SPACE_CLIP][50], 0)
     assert smap.view_counts[50] == 0
+
+
+def test_a_skipped_update_of_the_same_mapper_is_rejected():
+    smap = filled_map(np.random.default_rng(0))
+    none_new = np.empty((0, 3), np.int32)
+
+    def recolour(sequence: int, voxel: int) -> SurfaceUpdate:
+        return SurfaceUpdate(0.02, 50, none_new, np.array([voxel]),
+                             np.full((1, 3), sequence, np.uint8), source_id=7, sequence=sequence)
+
+    smap.apply_surface_update(recolour(1, 3))  # the first update seen of mapper 7
+    with pytest.raises(InputError, match="skipped"):
+        smap.apply_surface_update(recolour(3, 4))  # update 2 never arrived
+    smap.apply_surface_update(recolour(2, 4))
+    np.testing.assert_array_equal(smap.colors[[3, 4]], [[1, 1, 1], [2, 2, 2]])
+    # another mapper (one seeded from this map after a load) starts its own sequence
+    smap.apply_surface_update(SurfaceUpdate(0.02, 50, none_new, np.array([5]),
+                                            np.full((1, 3), 9, np.uint8), source_id=8,
+                                            sequence=1))
+    np.testing.assert_array_equal(smap.colors[5], [9, 9, 9])

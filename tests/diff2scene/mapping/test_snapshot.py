@@ -10,8 +10,16 @@ from diff2scene.types import SPACE_CLIP, MaskSet
 
 
 def surface(coords: np.ndarray, start: int) -> SurfaceUpdate:
-    colors = (coords % 256).astype(np.uint8)
-    return SurfaceUpdate(0.05, coords.astype(np.int32), colors, start, np.arange(len(coords)))
+    """The update that takes a map of ``coords[:start]`` to ``coords``, giving every voxel a
+    colour that depends on ``start`` (so a later update changes the colours of earlier ones)."""
+    colors = ((coords + start) % 256).astype(np.uint8)
+    return SurfaceUpdate(
+        voxel_size_m=0.05,
+        new_start=start,
+        new_coords=coords[start:].astype(np.int32),
+        updated_index=np.arange(len(coords)),
+        updated_colors=colors,
+    )
 
 
 def keyframe(rng: np.random.Generator, smap: SemanticMap, n_masks: int, kf: int) -> None:
@@ -105,6 +113,8 @@ def test_snapshot_is_frozen_while_the_map_goes_on() -> None:
     np.testing.assert_array_equal(snap.features_3d[SPACE_CLIP], before["features"])
     np.testing.assert_allclose(snap.points_m, snap.coords * 0.05, atol=1e-6)
     assert not np.array_equal(smap.member_ids[:300], before["ids"])  # the map did change
+    assert not np.array_equal(smap.colors[:300], before["colors"])
+    np.testing.assert_array_equal(smap.colors, (coords + 300) % 256)
     for arr in (snap.coords, snap.member_ids, snap.points_m, snap.bank_embeddings[SPACE_CLIP]):
         with pytest.raises(ValueError):
             arr[0] = 0

@@ -142,7 +142,7 @@ def test_labelling_follows_the_map_and_the_vocabulary(
     smap = SemanticMap(0.05, members_per_voxel=4)
     coords = np.unique(rng.integers(0, 30, (300, 3)), axis=0).astype(np.int32)
     smap.apply_surface_update(
-        SurfaceUpdate(0.05, coords, np.zeros_like(coords, np.uint8), 0, np.arange(len(coords)))
+        SurfaceUpdate.appending(0.05, coords, np.zeros_like(coords, np.uint8))
     )
     lock = threading.Lock()
 
@@ -192,7 +192,7 @@ def test_locked_source_does_not_wait_for_a_busy_lock() -> None:
     smap = SemanticMap(0.05)
     coords = np.arange(30, dtype=np.int32).reshape(10, 3)
     smap.apply_surface_update(
-        SurfaceUpdate(0.05, coords, np.zeros_like(coords, np.uint8), 0, np.arange(10))
+        SurfaceUpdate.appending(0.05, coords, np.zeros_like(coords, np.uint8))
     )
     lock = threading.RLock()
     source = LockedSnapshotSource(lambda: smap, lock)
