@@ -4,8 +4,8 @@ tasks and pool the results into one table.
 Each SCENE is a bag (a recording, a ``diff2scene import`` output) or a directory holding one
 as ``bag`` with its ground truth beside it (``diff2scene synth``, ``diff2scene import --out
 SCENE/bag``). Each is replayed as ``diff2scene replay`` would, with the same ``--config`` and
-``--queries``, into ``DIR/scenes/<name>/``, and scored against its ground truth (ScanNet and
-Replica as ``diff2scene eval`` would, with ``--vocabulary``); then
+``--queries``, into ``DIR/scenes/<name>/`` (the replay scores it against the ground truth
+beside its bag: synthetic, ScanNet or Replica); then
 ``DIR/dataset_report.{json,md,png}`` pools them: mIoU per branch and head/common/tail over
 every scene's points, query precision/recall, per-scene rows, frames/s and stage latencies
 across scenes, and the failures.
@@ -38,7 +38,6 @@ from diff2scene.bench_dataset.scenes import (
     SCENES_DIR,
     Scene,
     SceneTask,
-    dataset_ground_truth,
     one_line,
     outputs_complete,
     resolve_scene,
@@ -62,8 +61,7 @@ def plan(scenes: list[Scene], out: Path, *, resume: bool, force: bool
     for scene in scenes:
         scene_dir = out / SCENES_DIR / scene.name
         used = scene_dir.is_dir() and any(scene_dir.iterdir())
-        needs_eval = dataset_ground_truth(scene.bag) is not None
-        if resume and not force and used and outputs_complete(scene_dir, needs_eval=needs_eval):
+        if resume and not force and used and outputs_complete(scene_dir):
             kept.append(scene.name)
         elif used and not (resume or force):
             occupied.append(scene.name)
@@ -134,8 +132,7 @@ def run(args: argparse.Namespace) -> int:
     if args.train_epochs is not None and not training:
         raise ConfigError("--train-epochs needs --train-scenes or --train-config")
     net3d = distil(args, config, out) if training else None
-    tasks = [SceneTask(scene, out / SCENES_DIR / scene.name, config, queries,
-                       force=replace_it, vocabulary=args.vocabulary)
+    tasks = [SceneTask(scene, out / SCENES_DIR / scene.name, config, queries, force=replace_it)
              for scene, replace_it in todo]  # fmt: skip
     if kept:
         print(f"keeping {len(kept)} complete scene(s) of an earlier run: {', '.join(kept)}")
@@ -190,9 +187,6 @@ def register(subparsers: Any) -> None:
                         help="ReplayConfig YAML for every scene")
     parser.add_argument("--queries", type=Path, default=None,
                         help="text file, one query per line, asked in every scene")
-    parser.add_argument("--vocabulary", default=None,
-                        help="class list of ScanNet/Replica ground truth (default scannet200 "
-                        "/ the file's own)")  # fmt: skip
     ray_group = parser.add_argument_group("where the replays run (Ray)")
     ray_group.add_argument("--address", default=None,
                            help="join a running Ray cluster (auto, HOST:PORT or "

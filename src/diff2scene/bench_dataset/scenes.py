@@ -2,9 +2,8 @@
 
 :func:`replay_scene` is what one Ray task runs: it builds the models and replays one bag into
 ``DIR/scenes/<name>/`` with :func:`diff2scene.replay.replay_to_dir`, exactly as
-``diff2scene replay`` would, then scores the map against ScanNet or Replica ground truth beside
-the bag (as ``diff2scene eval`` would; the replay scores synthetic scenes itself). It never
-raises: a scene's failure comes back as an outcome, so
+``diff2scene replay`` would (which scores the map against the ground truth it finds beside
+the bag, in any known layout), and never raises: a scene's failure comes back as an outcome, so
 the driver decides whether to retry and the other scenes go on. Nothing here imports Ray.
 """
 
@@ -22,7 +21,6 @@ from typing import Any
 
 from diff2scene.errors import ConfigError, DataFormatError
 from diff2scene.replay import ReplayConfig
-from diff2scene.segmentation.base import Segmenter2D, TextEncoder
 
 #: Where each scene's replay outputs go, under the benchmark's output directory.
 SCENES_DIR = "scenes"
@@ -88,52 +86,17 @@ def read_json(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def dataset_ground_truth(bag: Path) -> Path | None:
-    """The directory of the ScanNet or Replica ground truth ``diff2scene import`` puts beside
-    a bag (its parent), or None. A ``diff2scene synth`` scene is not one: the replay scores
-    those itself."""
-    from diff2scene.eval.datasets import detect_format
-
-    try:
-        kind = detect_format(bag.parent)
-    except DataFormatError:
-        return None
-    return bag.parent if kind in ("scannet", "replica") else None
-
-
-def outputs_complete(out_dir: Path, *, needs_eval: bool = False) -> bool:
+def outputs_complete(out_dir: Path) -> bool:
     """Whether ``out_dir`` holds a finished replay: ``report.json`` (written last) reads
-    back, has its run section, and every output it lists is there; with ``needs_eval``
-    (dataset ground truth beside the bag) also ``eval.json``, unless the map is empty."""
+    back, has its run section, and every output it lists is there (``eval.json`` among them
+    when the scene has ground truth)."""
     report = read_json(out_dir / "report.json")
     if report is None or not isinstance(report.get("run"), dict):
         return False
     outputs = report.get("outputs")
     if not isinstance(outputs, list):
         return False
-    if not all((out_dir / str(name)).exists() for name in outputs):
-        return False
-    empty = not (report.get("map") or {}).get("voxels")
-    return not needs_eval or empty or (out_dir / "eval.json").is_file()
-
-
-def evaluate_saved_map(out_dir: Path, gt_dir: Path, config: ReplayConfig, *,
-                       segmenter: Segmenter2D, encoder: TextEncoder,
-                       vocabulary: str | None) -> None:  # fmt: skip
-    """Score the map a replay saved in ``out_dir`` against dataset ground truth, into
-    ``out_dir/eval.{json,md,png}``: what ``diff2scene eval`` does, with the replay's models
-    and its query, ensemble and evaluation settings."""
-    from diff2scene.eval.datasets import load_scene
-    from diff2scene.eval.evaluate import evaluate_scene, summarise, write_report
-    from diff2scene.mapping.semantic_map import SemanticMap
-    from diff2scene.query.session import QuerySession
-
-    scene = load_scene(gt_dir, vocabulary=vocabulary)
-    snapshot = SemanticMap.load(out_dir / "map.npz").snapshot()
-    session = QuerySession.of_snapshot(snapshot, encoder, segmenter, query=config.query,
-                                       ensemble=config.ensemble)  # fmt: skip
-    write_report(summarise([evaluate_scene(scene, session.engine(), config.eval)]), out_dir,
-                 name="eval")  # fmt: skip
+    return all((out_dir / str(name)).exists() for name in outputs)
 
 
 @dataclass(frozen=True)
@@ -147,8 +110,6 @@ class SceneTask:
     queries: tuple[str, ...] = ()
     #: Replace earlier outputs in ``out_dir`` (a retry, a resumed incomplete scene, --force).
     force: bool = False
-    #: Class list of ScanNet or Replica ground truth (None: ScanNet200, or the file's own).
-    vocabulary: str | None = None
 
 
 @dataclass(frozen=True)
@@ -188,13 +149,8 @@ def replay_scene(task: SceneTask) -> SceneOutcome:
             if find_mcap_file(bag) is None:
                 raise
         segmenter, encoder = build_models(config, bag=bag)
-        report = replay_to_dir(bag, task.out_dir, config, segmenter=segmenter,
-                               encoder=encoder, queries=task.queries, progress=False,
-                               force=task.force)  # fmt: skip
-        gt_dir = dataset_ground_truth(bag)
-        if gt_dir is not None and report["map"]["voxels"]:
-            evaluate_saved_map(task.out_dir, gt_dir, config, segmenter=segmenter,
-                               encoder=encoder, vocabulary=task.vocabulary)  # fmt: skip
+        replay_to_dir(bag, task.out_dir, config, segmenter=segmenter, encoder=encoder,
+                      queries=task.queries, progress=False, force=task.force)  # fmt: skip
     except Exception as exc:
         tb = traceback.format_exc()
         return SceneOutcome(task.scene.name, False, f"{type(exc).__name__}: {exc}",
