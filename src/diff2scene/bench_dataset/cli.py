@@ -136,8 +136,8 @@ def run(args: argparse.Namespace) -> int:
              for scene, replace_it in todo]  # fmt: skip
     if kept:
         print(f"keeping {len(kept)} complete scene(s) of an earlier run: {', '.join(kept)}")
-    t0 = time.perf_counter()
     with ray_session(options) as cluster:
+        t0 = time.perf_counter()  # the scenes' time, not Ray's start (a cluster has none)
         print(f"{len(tasks)} scene(s) on {cluster['address']} Ray: {cluster['cpus']:g} CPUs, "
               f"{cluster['gpus']:g} GPUs, {options.cpus_per_scene:g} CPU / "
               f"{options.gpus_per_scene:g} GPU per scene")
@@ -150,8 +150,9 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"  {result.name}: {note} ({len(result.attempts)} attempt(s))")
 
             results, interrupted = run_scenes(tasks, options, on_result=on_result)
-    report = build_report(out, scenes, results, resumed=kept, wall_s=time.perf_counter() - t0,
-                          cluster=cluster, interrupted=interrupted, net3d=net3d)  # fmt: skip
+        wall_s = time.perf_counter() - t0
+    report = build_report(out, scenes, results, resumed=kept, wall_s=wall_s, cluster=cluster,
+                          interrupted=interrupted, net3d=net3d)  # fmt: skip
     write_report(report, out)
     _print_summary(report, out)
     if interrupted:
@@ -192,7 +193,8 @@ def register(subparsers: Any) -> None:
                            help="join a running Ray cluster (auto, HOST:PORT or "
                            "ray://HOST:10001); default: start a local one")  # fmt: skip
     ray_group.add_argument("--workers", type=int, default=RayOptions().workers,
-                           help="CPUs of the local Ray (default: this machine's cores)")
+                           help="CPUs of the local Ray (default: this machine's cores; "
+                           "a cluster joined with --address has its own)")  # fmt: skip
     ray_group.add_argument("--cpus-per-scene", type=float, default=1.0,
                            help="CPUs each scene's task asks for (default 1)")
     ray_group.add_argument("--gpus-per-scene", type=float, default=0.0,

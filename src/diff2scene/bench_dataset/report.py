@@ -8,9 +8,10 @@ Everything is read back from the scenes' own outputs (``DIR/scenes/<name>/report
   benchmark and the paper do), with :mod:`diff2scene.eval.pooled`. A scene without
   ``eval.json`` (no ground truth, or an empty map) is listed and left out of the pool.
 * **Queries**: precision and recall from the scenes' match counts, added.
-* **Speed**: frames/s of each replay and of the whole dataset (frames over the benchmark's
-  wall time); per stage, the total count and mean, the median of the scenes' p50 and the 95th
-  percentile of their p95 (each replay keeps only its own percentiles), and the maximum.
+* **Speed**: ``wall_s`` runs from Ray connected to the last scene's result; frames/s of
+  each replay and of the run (frames replayed now over ``wall_s``); per stage, the total
+  count and mean, the median of the scenes' p50 and the 95th percentile of their p95 (each
+  replay keeps only its own percentiles), and the maximum.
 * **Failures**: each failed or cancelled scene with the error of its last attempt.
 """
 

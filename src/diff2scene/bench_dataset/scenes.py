@@ -35,7 +35,7 @@ class Scene:
     name: str
     #: The rosbag2 directory or file replayed.
     bag: Path
-    #: The path as given on the command line (a bag, or a ``diff2scene synth`` scene).
+    #: The path as given on the command line (the bag, or the directory holding it).
     given: Path
 
 
