@@ -314,15 +314,14 @@ def _entry(
     door_xy: NDArray[np.float64], inward: NDArray[np.float64], *, centre: NDArray[np.float64],
     radii: tuple[float, float], depth_m: float, entry_depth_m: float,
 ) -> tuple[NDArray[np.float64], float]:
-    """(entry point, sweep start angle): straight in through the doorway, then to the
-    ellipse's point nearest the entry. The entry never goes past the ellipse's near side."""
-    reach = max(0.0, min(entry_depth_m, depth_m / 2 - radii[1 if inward[0] == 0 else 0]))
-    entry = door_xy + inward * reach
-    theta = np.linspace(0.0, 2 * math.pi, 720, endpoint=False)
-    ring = np.stack([centre[0] + radii[0] * np.cos(theta), centre[1] + radii[1] * np.sin(theta)],
-                    axis=1)
-    start = float(theta[int(np.argmin(np.linalg.norm(ring - entry, axis=1)))])
-    return entry, start
+    """(entry point, sweep start angle) of a room ``depth_m`` deep whose doorway opens along
+    y: straight in through the doorway, never past the ellipse's near side, then to the
+    ellipse's point nearest the entry."""
+    entry = door_xy + inward * max(0.0, min(entry_depth_m, depth_m / 2 - radii[1]))
+    n = 720
+    ring = ellipse_path_xy(centre, radii, n)
+    nearest = int(np.argmin(np.linalg.norm(ring - entry, axis=1)))
+    return entry, 2 * math.pi * nearest / n
 
 
 def _segment_points(points: list[NDArray[np.float64]], step_m: float) -> NDArray[np.float64]:
