@@ -22,7 +22,7 @@ from diff2scene.errors import Diff2SceneError
 
 #: command name → (module that registers it, one-line help for the overview).
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("diff2scene.synth.cli", "a synthetic room or building floor as a ROS 2 bag + ground truth"),
+    "synth": ("diff2scene.synth.cli", "a synthetic room or floor as a ROS 2 bag + ground truth"),
     "import": ("diff2scene.datasets.cli", "write a ScanNet or Replica sequence as a bag to replay"),
     "bag-info": ("diff2scene.io.cli", "list a bag's topics and replay it through the frame source"),
     "replay": ("diff2scene.replay", "replay a bag into a saved semantic map"),
