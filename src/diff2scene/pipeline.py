@@ -318,12 +318,14 @@ class Pipeline:
                 # The keyframe's own view was integrated already; make its voxels addressable.
                 self.map.apply_surface_update(self.mapper.update_voxels())
                 smap = self.map
-                # A read-only view: voxel rows are append-only, so it stays valid unlocked.
-                points = smap.points_m
+                # A read-only view: voxel rows are append-only, so it stays valid unlocked;
+                # the boxes (a copy) let the projection skip what the keyframe cannot see.
+                points, boxes = smap.points_m, smap.chunk_boxes()
             # The projection is the expensive part and reads nothing that changes: fusion
             # and queries go on meanwhile; only the merge into the map takes the lock.
             unprojection = self.unprojector.unproject(
-                masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points
+                masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points,
+                boxes=boxes,
             )
             with self.lock:
                 if self.map is not smap:

@@ -7,7 +7,10 @@ probability at that pixel, ``B3d_i(v) = B2d_i(u, v)``.
 
 :meth:`MaskUnprojector.unproject` is a pure function of its inputs so the 3D branch's trainer
 can call it per keyframe; :meth:`MaskUnprojector.accumulate` adds a keyframe to a
-:class:`~diff2scene.mapping.semantic_map.SemanticMap`.
+:class:`~diff2scene.mapping.semantic_map.SemanticMap`. Given the map's
+:meth:`~diff2scene.mapping.semantic_map.SemanticMap.chunk_boxes`, the unprojection tests only
+the voxels of runs whose box may be in view (:func:`voxel_runs_in_view`), so its cost follows
+what the keyframe sees rather than the size of the map; the answer is the same.
 
 How views combine: a mask id belongs to exactly one keyframe, so each (voxel, mask) pair is
 written once; a voxel seen from several keyframes collects memberships of masks from all of
@@ -26,8 +29,16 @@ import torch
 from numpy.typing import NDArray
 
 from diff2scene.errors import ConfigError, InputError
+from diff2scene.mapping.chunks import ChunkBoxes
 from diff2scene.mapping.semantic_map import SemanticMap
 from diff2scene.types import CameraIntrinsics, MaskSet
+
+#: How far a voxel box is widened before it is tested against the view, in metres: far more
+#: than the float32 error of the visibility rule's camera coordinates (~1e-5 m at 100 m), so a
+#: box is only ever left out when none of its voxels can pass the rule.
+_BOX_MARGIN_M = 0.01
+#: Pixels the image bounds are widened by in the same test (the rule's pixel is a floor).
+_BOX_MARGIN_PX = 1.0
 
 #: Voxels merged per step of :func:`_merge_kernel`: the step's top-k state (512 x 8 ids and
 #: weights, 32 KiB) and its slice of every mask's weights (100 masks: 200 KiB) stay in the
@@ -101,26 +112,25 @@ def _merge_kernel(
                 g = _entry_gate(out_ids, out_w, v, below_min)
 
 
-@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
-def _visible_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
+@numba.njit(cache=True, nogil=True, inline="always")  # type: ignore[untyped-decorator]
+def _run_pixels(  # noqa: PLR0917 - compiled kernels take positional arrays
     points: NDArray[np.float32],
+    pixel_of: NDArray[np.int64],
+    counts: NDArray[np.int64],
     rot_cw: NDArray[np.float32],
     t_cw: NDArray[np.float32],
     camera: NDArray[np.float32],
     size: NDArray[np.int64],
     depth: NDArray[np.float32],
     tolerance: np.float32,
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # pragma: no cover - compiled
-    """(V,) voxel and (V,) flat pixel index of the visible points, ordered by pixel, then by
-    voxel. ``camera`` = fx, fy, cx + 0.5, cy + 0.5, min z; ``size`` = width, height, border.
-    Every operation is float32 in the order the rule is written, so the answer does not
-    depend on how it is computed; a counting sort by pixel replaces an argsort."""
+) -> None:  # pragma: no cover - compiled
+    """The visibility rule for a run of ``points``: the flat pixel of each in ``pixel_of``
+    (-1: not visible), and one more in ``counts[p + 1]`` per point visible at pixel p. A
+    loop over a slice of its own compiles to a faster loop than a range inside the whole
+    array (measured: 10 %)."""
     fx, fy, cx, cy, z_min = camera[0], camera[1], camera[2], camera[3], camera[4]
     w, h, b = size[0], size[1], size[2]
-    m = points.shape[0]
-    pixel_of = np.empty(m, dtype=np.int64)
-    counts = np.zeros(w * h + 1, dtype=np.int64)
-    for i in range(m):
+    for i in range(points.shape[0]):
         pixel_of[i] = -1
         x, y, z = points[i, 0], points[i, 1], points[i, 2]
         zc = rot_cw[2, 0] * x + rot_cw[2, 1] * y + rot_cw[2, 2] * z + t_cw[2]
@@ -138,17 +148,117 @@ def _visible_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
         if d > 0 and abs(d - zc) <= tolerance * d:
             pixel_of[i] = p
             counts[p + 1] += 1
-    for p in range(w * h):
+
+
+@numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
+def _visible_kernel(  # noqa: PLR0917 - compiled kernels take positional arrays
+    points: NDArray[np.float32],
+    runs: NDArray[np.int64],
+    rot_cw: NDArray[np.float32],
+    t_cw: NDArray[np.float32],
+    camera: NDArray[np.float32],
+    size: NDArray[np.int64],
+    depth: NDArray[np.float32],
+    tolerance: np.float32,
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:  # pragma: no cover - compiled
+    """(V,) voxel and (V,) flat pixel index of the visible points among the voxel ranges
+    ``runs`` (R, 2) (start, end; ascending, disjoint), ordered by pixel, then by voxel.
+    ``camera`` = fx, fy, cx + 0.5, cy + 0.5, min z; ``size`` = width, height, border.
+    Every operation is float32 in the order the rule is written, so the answer does not
+    depend on how it is computed; a counting sort by pixel replaces an argsort."""
+    num_pixels = size[0] * size[1]
+    m = 0
+    for r in range(runs.shape[0]):
+        m += runs[r, 1] - runs[r, 0]
+    pixel_of = np.empty(m, dtype=np.int64)
+    counts = np.zeros(num_pixels + 1, dtype=np.int64)
+    j = 0
+    for r in range(runs.shape[0]):
+        lo, hi = runs[r, 0], runs[r, 1]
+        _run_pixels(points[lo:hi], pixel_of[j : j + hi - lo], counts,
+                    rot_cw, t_cw, camera, size, depth, tolerance)  # fmt: skip
+        j += hi - lo
+    for p in range(num_pixels):
         counts[p + 1] += counts[p]
-    voxels = np.empty(counts[w * h], dtype=np.int64)
-    pixels = np.empty(counts[w * h], dtype=np.int64)
-    for i in range(m):
-        p = pixel_of[i]
-        if p >= 0:
-            voxels[counts[p]] = i
-            pixels[counts[p]] = p
-            counts[p] += 1
+    voxels = np.empty(counts[num_pixels], dtype=np.int64)
+    pixels = np.empty(counts[num_pixels], dtype=np.int64)
+    j = 0
+    for r in range(runs.shape[0]):
+        for i in range(runs[r, 0], runs[r, 1]):
+            p = pixel_of[j]
+            j += 1
+            if p >= 0:
+                voxels[counts[p]] = i
+                pixels[counts[p]] = p
+                counts[p] += 1
     return voxels, pixels
+
+
+def voxel_runs_in_view(
+    boxes: ChunkBoxes,
+    num_voxels: int,
+    depth_m: NDArray[np.float32],
+    intrinsics: CameraIntrinsics,
+    T_world_camera: NDArray[np.float64],
+    *,
+    config: UnprojectConfig,
+) -> NDArray[np.int64]:
+    """(R, 2) int64 ranges [start, end) of the voxels ``0 .. num_voxels-1`` that may pass the
+    visibility rule in this view: those of the runs whose box may meet the region the rule
+    allows — in front of the camera, inside the image (widened by a pixel) and no farther
+    than ``(1 + depth_tolerance_ratio)`` times the deepest reading, a pyramid — plus any
+    voxels the boxes do not cover. A box is left out when it lies outside one of the
+    pyramid's faces or outside its axis-aligned bounds (a long box can straddle two faces
+    without meeting the pyramid). Boxes are widened by ``_BOX_MARGIN_M``, so no voxel that
+    passes the rule is left out. O(runs), numpy over (C, 6)."""
+    c = boxes.chunk_voxels
+    valid = depth_m[depth_m > 0]  # NaN is not > 0
+    if valid.size == 0:
+        return np.empty((0, 2), dtype=np.int64)
+    T = np.asarray(T_world_camera, dtype=np.float64)
+    rot, t = T[:3, :3], T[:3, 3]
+    intr = intrinsics
+    lo_px = config.border_px - _BOX_MARGIN_PX
+    hi_u = intr.width - config.border_px + _BOX_MARGIN_PX
+    hi_v = intr.height - config.border_px + _BOX_MARGIN_PX
+    cx, cy = intr.cx + 0.5, intr.cy + 0.5
+    # Half-spaces n . p_camera + d >= 0 that hold the region (pixel u' = fx x / z + cx + 0.5).
+    planes = [
+        [0.0, 0.0, 1.0, 0.0],
+        [intr.fx, 0.0, cx - lo_px, 0.0],
+        [-intr.fx, 0.0, hi_u - cx, 0.0],
+        [0.0, intr.fy, cy - lo_px, 0.0],
+        [0.0, -intr.fy, hi_v - cy, 0.0],
+    ]
+    deepest = float(valid.max())
+    far = deepest * (1.0 + config.depth_tolerance_ratio) * 1.00001
+    if np.isfinite(far):
+        planes.append([0.0, 0.0, -1.0, far])
+    cam = np.asarray(planes, dtype=np.float64)
+    normal = cam[:, :3] @ rot.T  # p_camera = R^T (p_world - t)
+    offset = cam[:, 3] - normal @ t
+    runs = min(boxes.lo.shape[0], -(-num_voxels // c))
+    lo = boxes.lo[:runs].astype(np.float64) * boxes.voxel_size_m
+    hi = boxes.hi[:runs].astype(np.float64) * boxes.voxel_size_m
+    centre, half = (lo + hi) / 2, (hi - lo) / 2 + _BOX_MARGIN_M
+    # the box's farthest point into each half-space
+    reach = centre @ normal.T + half @ np.abs(normal).T + offset
+    inside = np.all(reach >= 0, axis=1)
+    if np.isfinite(far):
+        corners = np.array(
+            [[(u - cx) / intr.fx * far, (v - cy) / intr.fy * far, far]
+             for u in (lo_px, hi_u) for v in (lo_px, hi_v)]
+        )
+        apex_and_base = np.concatenate([[t], corners @ rot.T + t])
+        low, high = apex_and_base.min(axis=0), apex_and_base.max(axis=0)
+        inside &= np.all((centre + half >= low) & (centre - half <= high), axis=1)
+    keep = np.concatenate([[False], inside, [False]])
+    edges = np.flatnonzero(keep[1:] != keep[:-1])
+    out = np.minimum(edges.reshape(-1, 2) * c, num_voxels)
+    covered = min(boxes.num_voxels, num_voxels)
+    if covered < num_voxels:
+        out = np.concatenate([out, [[covered, num_voxels]]])
+    return np.asarray(out, dtype=np.int64)
 
 
 @numba.njit(cache=True, nogil=True)  # type: ignore[untyped-decorator]
@@ -287,10 +397,15 @@ class MaskUnprojector:
         intrinsics: CameraIntrinsics,
         T_world_camera: NDArray[np.float64],
         points_m: NDArray[np.float32],
+        *,
+        boxes: ChunkBoxes | None = None,
     ) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
         """(V,) int64 visible voxel indices and (V,) int64 flat pixel index of each.
 
-        Voxels come sorted by pixel index, not by voxel index.
+        Voxels come sorted by pixel index, then by voxel index. ``boxes``, the
+        :meth:`~diff2scene.mapping.semantic_map.SemanticMap.chunk_boxes` of the map whose
+        voxel centres ``points_m`` are, limits the test to the runs of voxels that may be
+        in view (same answer; without them every voxel is tested).
         """
         cfg = self.config
         h, w = intrinsics.height, intrinsics.width
@@ -303,8 +418,13 @@ class MaskUnprojector:
             [intrinsics.fx, intrinsics.fy, intrinsics.cx + 0.5, intrinsics.cy + 0.5, 1e-6],
             dtype=np.float32,
         )
+        points = np.ascontiguousarray(points_m, dtype=np.float32).reshape(-1, 3)
+        m = points.shape[0]
+        runs = (np.array([[0, m]], dtype=np.int64) if boxes is None
+                else voxel_runs_in_view(boxes, m, depth_m, intrinsics, T, config=cfg))  # fmt: skip
         voxels, pixels = _visible_kernel(
-            np.ascontiguousarray(points_m, dtype=np.float32).reshape(-1, 3),
+            points,
+            runs,
             np.ascontiguousarray(R.T, dtype=np.float32),
             (-R.T @ T[:3, 3]).astype(np.float32),
             camera,
@@ -321,16 +441,21 @@ class MaskUnprojector:
         intrinsics: CameraIntrinsics,
         T_world_camera: NDArray[np.float64],
         points_m: NDArray[np.float32],
+        *,
+        boxes: ChunkBoxes | None = None,
     ) -> Unprojection:
         """Memberships ``B3d`` of every voxel visible in this view, for each of the N masks.
 
         ``masks`` is (N, H', W') probabilities (or logits, per config); it may be at a lower
         resolution than ``depth_m`` (H, W), in which case pixels map onto it by scaling.
-        ``points_m`` (M, 3) float32 are the map's voxel centres in the world frame.
+        ``points_m`` (M, 3) float32 are the map's voxel centres in the world frame, ``boxes``
+        their runs' boxes (see :meth:`visible_voxels`).
         """
         if masks.ndim != 3:
             raise InputError("mask_shape", f"masks must be (N, H, W), got {masks.shape}")
-        voxel_index, pix = self.visible_voxels(depth_m, intrinsics, T_world_camera, points_m)
+        voxel_index, pix = self.visible_voxels(
+            depth_m, intrinsics, T_world_camera, points_m, boxes=boxes
+        )
         n, mh, mw = masks.shape
         h, w = intrinsics.height, intrinsics.width
         if (mh, mw) == (h, w):
@@ -339,7 +464,8 @@ class MaskUnprojector:
             row = ((pix // w) * mh) // h
             col = ((pix % w) * mw) // w
             mpix = row * mw + col
-        flat = np.ascontiguousarray(masks, dtype=np.float32).reshape(n, -1)
+        # (n, H*W), not (n, -1): a keyframe with no mask is an empty result, not an error
+        flat = np.ascontiguousarray(masks, dtype=np.float32).reshape(n, mh * mw)
         logits = self.config.masks_are_logits
         weights = _gather_clipped(flat, np.ascontiguousarray(mpix, dtype=np.int64), not logits)
         if logits:

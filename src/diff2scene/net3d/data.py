@@ -159,6 +159,7 @@ def build_scene(
     """
     # Imported here: the mapping stack (Open3D) is only needed when a cache is (re)built.
     from diff2scene.mapping import KeyframeSelector, Mapper, MaskUnprojector
+    from diff2scene.mapping.chunks import ChunkBounds
 
     mapper = Mapper(mapper_config)
     for frame in frames:
@@ -167,6 +168,10 @@ def build_scene(
     if mapper.num_voxels == 0:
         raise InputError("empty scene", "no surface voxels after fusing the frames")
     points_m = mapper.points_m
+    coords = mapper.coords
+    bounds = ChunkBounds(mapper.config.voxel_size_m)
+    bounds.append(coords)
+    boxes = bounds.frozen()
     selector = KeyframeSelector(keyframe_config)
     unprojector = MaskUnprojector(unproject_config)
     views: list[ViewTargets] = []
@@ -175,7 +180,8 @@ def build_scene(
             continue
         masks = segmenter.segment(frame)
         un = unprojector.unproject(
-            masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points_m
+            masks.masks, frame.depth_m, frame.intrinsics, frame.T_world_camera, points_m,
+            boxes=boxes,
         )
         if un.num_visible == 0 or masks.num_masks == 0:
             _LOG.info("keyframe %d: no visible voxel or no mask, skipped", frame.index)
@@ -188,7 +194,7 @@ def build_scene(
             )
         )
     return SceneData(
-        coords=mapper.coords,
+        coords=coords,
         colors=mapper.colors.copy(),
         views=views,
         voxel_size_m=mapper.config.voxel_size_m,

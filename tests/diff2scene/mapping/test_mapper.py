@@ -290,3 +290,26 @@ def test_a_revisited_region_is_fused_afresh_into_the_same_voxels(orbit_frames):
     # the re-observed surface maps onto the voxels it had: few new numbers
     assert after.num_new <= 0.05 * before.num_voxels
     assert np.intersect1d(after.updated_index, np.arange(before.num_voxels)).size > 0
+
+
+def test_a_map_following_the_updates_holds_the_mappers_voxels(orbit_frames):
+    """Updates carry only what changed; applied in order (evictions between them too), the
+    map holds every voxel and colour of the mapper, and a snapshot keeps what it saw."""
+    from diff2scene.mapping import SemanticMap
+
+    mapper = Mapper(small_config(max_tsdf_blocks=260))
+    smap = SemanticMap(VOXEL_M)
+    snapshots = []
+    for i, frame in enumerate(orbit_frames):
+        assert mapper.integrate(frame), mapper.stats.last_skip_detail
+        if i % 4 == 3:
+            smap.apply_surface_update(mapper.update_voxels())
+            np.testing.assert_array_equal(smap.coords, mapper.coords)
+            np.testing.assert_array_equal(smap.colors, mapper.colors)
+            snapshots.append((smap.snapshot(), mapper.colors.copy()))
+    assert mapper.stats.blocks_evicted > 0
+    changed = 0
+    for snap, colors in snapshots:
+        np.testing.assert_array_equal(snap.colors, colors)
+        changed += not np.array_equal(colors, mapper.colors[: len(colors)])
+    assert changed  # later updates did recolour voxels that earlier snapshots hold

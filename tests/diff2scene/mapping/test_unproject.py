@@ -16,7 +16,12 @@ from diff2scene.mapping import (
     SemanticMap,
     UnprojectConfig,
 )
-from diff2scene.mapping.unproject import merge_memberships, merge_memberships_into
+from diff2scene.mapping.chunks import CHUNK_VOXELS, ChunkBounds
+from diff2scene.mapping.unproject import (
+    merge_memberships,
+    merge_memberships_into,
+    voxel_runs_in_view,
+)
 from diff2scene.types import SPACE_CLIP, CameraIntrinsics, MaskSet
 
 VOXEL_M = 0.05
@@ -157,6 +162,101 @@ def test_visible_voxels_come_in_pixel_then_voxel_order_and_follow_the_rule_every
     assert len(want) > 100
     np.testing.assert_array_equal(pix, [q for q, _ in want])
     np.testing.assert_array_equal(idx, [i for _, i in want])
+
+
+def look_from(eye: np.ndarray, forward: np.ndarray, up_hint: np.ndarray) -> np.ndarray:
+    """T_world_camera of an optical-frame camera at ``eye`` looking along ``forward``."""
+    z = forward / np.linalg.norm(forward)
+    x = np.cross(z, up_hint)
+    x /= np.linalg.norm(x)
+    T = np.eye(4)
+    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
+    T[:3, 3] = eye
+    return T
+
+
+def boxes_of(coords: np.ndarray, chunk_voxels: int, voxel_m: float):
+    bounds = ChunkBounds(voxel_m, chunk_voxels)
+    for part in np.array_split(coords, 7):  # appends that start and end inside runs
+        bounds.append(part)
+    return bounds.frozen()
+
+
+def test_chunk_boxes_bound_their_runs_exactly():
+    rng = np.random.default_rng(2)
+    coords = rng.integers(-300, 300, (5000, 3)).astype(np.int32)
+    boxes = boxes_of(coords, 64, 0.02)
+    assert boxes.num_voxels == 5000 and boxes.lo.shape == (-(-5000 // 64), 3)
+    for j in range(boxes.lo.shape[0]):
+        run = coords[64 * j : 64 * (j + 1)]
+        np.testing.assert_array_equal(boxes.lo[j], run.min(axis=0))
+        np.testing.assert_array_equal(boxes.hi[j], run.max(axis=0))
+
+
+@pytest.mark.parametrize("chunk_voxels", [1, 16, 1024])
+def test_boxes_leave_out_no_visible_voxel(chunk_voxels):
+    """Random clouds around random cameras, depth with holes, NaN and inf, small runs whose
+    boxes straddle every edge of the view: the answer with boxes is the answer without."""
+    rng = np.random.default_rng(chunk_voxels)
+    intr = CameraIntrinsics(64, 48, 50.0, 52.0, 31.3, 23.9)
+    un = MaskUnprojector(UnprojectConfig(border_px=3))
+    voxel_m = 0.05
+    checked = 0
+    for trial in range(30):
+        eye = rng.uniform(-3, 3, 3)
+        T = look_from(eye, rng.standard_normal(3), rng.standard_normal(3))
+        # voxels in a slab of space around the camera, in spatially coherent runs
+        coords = np.unique(rng.integers(-80, 80, (30000, 3)), axis=0).astype(np.int32)
+        coords += np.round(eye / voxel_m).astype(np.int32)
+        if trial % 2:
+            coords = coords[rng.permutation(len(coords))]  # incoherent runs, big boxes
+        points = (coords.astype(np.float64) * voxel_m).astype(np.float32)
+        depth = rng.uniform(0.5, 4.5, (48, 64)).astype(np.float32)
+        depth[rng.random((48, 64)) < 0.1] = 0.0
+        if trial % 3 == 0:
+            depth[rng.random((48, 64)) < 0.01] = np.nan
+        if trial % 5 == 0:
+            depth[5, 7] = np.inf  # the rule then has no far limit
+        boxes = boxes_of(coords, chunk_voxels, voxel_m)
+        want = un.visible_voxels(depth, intr, T, points)
+        got = un.visible_voxels(depth, intr, T, points, boxes=boxes)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        checked += want[0].size
+    assert checked > 3000
+    # a camera that sees nothing (no valid depth) tests no voxel at all
+    none = voxel_runs_in_view(boxes, len(points), np.zeros((48, 64), np.float32), intr, T,
+                              config=un.config)
+    assert none.shape == (0, 2)
+
+
+def test_unprojection_tests_only_the_voxels_in_view(labelled_map):
+    """Copies of the scene placed far away (a larger map) add no voxel to a keyframe's test
+    but those sharing a run with the scene's last voxels, and the answer stays the same."""
+    smap, keyframes = labelled_map
+    coords = smap.coords
+    m = len(coords)
+    cfg = UnprojectConfig(border_px=4)
+    far = [coords + np.array([200 * (1 + j % 4), 200 * (1 + j // 4), 0], np.int32)
+           for j in range(12)]
+    big = SemanticMap(VOXEL_M)
+    big.coords = np.concatenate([coords, *far])
+    boxes, big_boxes = smap.chunk_boxes(), big.chunk_boxes()
+    un = MaskUnprojector(cfg)
+    for frame in keyframes:
+        args = (frame.depth_m, frame.intrinsics, frame.T_world_camera)
+        runs = voxel_runs_in_view(boxes, m, *args, config=cfg)
+        big_runs = voxel_runs_in_view(big_boxes, big.num_voxels, *args, config=cfg)
+        tested = (runs[:, 1] - runs[:, 0]).sum()
+        assert 0 < tested <= m
+        assert (big_runs[:, 1] - big_runs[:, 0]).sum() <= tested + CHUNK_VOXELS
+        assert big_runs.max() <= -(-m // CHUNK_VOXELS) * CHUNK_VOXELS
+        want = un.visible_voxels(*args, smap.points_m)
+        got = un.visible_voxels(*args, big.points_m, boxes=big_boxes)
+        np.testing.assert_array_equal(got[0], want[0])
+    # voxels that the boxes do not cover yet (appended after they were taken) are tested
+    runs = voxel_runs_in_view(boxes, m + 10, *args, config=cfg)
+    np.testing.assert_array_equal(runs[-1], [m, m + 10])
 
 
 def test_logits_and_low_resolution_masks():
