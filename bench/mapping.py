@@ -263,7 +263,8 @@ def main() -> None:
             smap.apply_surface_update(mapper.update_voxels())
             t2, c2 = time.perf_counter(), time.thread_time()
             un = unprojector.unproject(
-                masks, frame.depth_m, intr, frame.T_world_camera, smap.points_m
+                masks, frame.depth_m, intr, frame.T_world_camera, smap.points_m,
+                boxes=smap.chunk_boxes(),  # as the pipeline: only runs of voxels in view
             )
             t3, c3 = time.perf_counter(), time.thread_time()
             unprojector.accumulate(smap, un, masks_kf, len(keyframes) - 1)
@@ -287,6 +288,7 @@ def main() -> None:
             rng.uniform(0.2, 1.0, (intr.height, intr.width))
         )
     points = smap.points_m
+    boxes = smap.chunk_boxes()
     picks = [keyframes[j] for j in np.linspace(0, len(keyframes) - 1, 5).round().astype(int)]
     unproject_s = []
     accumulate_s = []
@@ -297,7 +299,8 @@ def main() -> None:
     for kf in picks:
 
         def unproject(kf: Frame = kf) -> Unprojection:
-            return unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points)
+            return unprojector.unproject(masks, kf.depth_m, intr, kf.T_world_camera, points,
+                                         boxes=boxes)
 
         unproject_s.append(timed(unproject, repeats=3))
         un = unproject(kf)
@@ -306,7 +309,8 @@ def main() -> None:
         unprojector.accumulate(smap, un, mask_set(), len(keyframes))
         accumulate_s.append(time.perf_counter() - t0)
         accumulate_cpu_s.append(time.thread_time() - c0)
-        un_sparse = unprojector.unproject(sparse, kf.depth_m, intr, kf.T_world_camera, points)
+        un_sparse = unprojector.unproject(sparse, kf.depth_m, intr, kf.T_world_camera, points,
+                                          boxes=boxes)
         t0, c0 = time.perf_counter(), time.thread_time()
         unprojector.accumulate(smap, un_sparse, mask_set(), len(keyframes))
         accumulate_sparse_s.append(time.perf_counter() - t0)

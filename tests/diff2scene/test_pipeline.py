@@ -147,6 +147,29 @@ def test_model_failure_keeps_the_map(room) -> None:
     assert pipe.map.num_voxels > 0
 
 
+class _Empty(_Broken):
+    """A 2D model that finds nothing (a bare corridor wall): no mask at all."""
+
+    def segment(self, frame, vocabulary=None):  # type: ignore[no-untyped-def]
+        h, w = frame.depth_m.shape
+        return MaskSet(masks=np.zeros((0, h, w), np.float32),
+                       embeddings={"clip": np.zeros((0, 4), np.float32)})
+
+
+def test_a_keyframe_without_masks_is_segmented_not_failed(room) -> None:
+    # Many keyframes in a row without a mask once switched the unprojection stage off for
+    # good (each one failed reshaping an empty mask stack).
+    frames, _ = room
+    pipe = Pipeline(_config(threaded=False), _Empty())
+    for frame in frames:
+        pipe.add_frame(frame)
+    pipe.close()
+    assert pipe.stats.keyframes_segmented == pipe.stats.keyframes_selected >= 2
+    assert not pipe.stats.segment_errors
+    assert pipe.stage_status()["unproject"].state == "ok"
+    assert pipe.map.num_voxels > 0 and pipe.map.mask_bank.num_masks == 0
+
+
 def test_3d_features_follow_the_growing_map(room, encoder) -> None:
     from diff2scene.net3d.inference import Net3DConfig
 
