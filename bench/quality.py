@@ -57,16 +57,9 @@ from diff2scene.synth.groundtruth import GroundTruth
 
 SEEDS_FILE = Path(__file__).resolve().parent / "quality_seeds.txt"
 #: The oracle's degradation for the benchmark: a plausible, imperfect 2D model.
-ORACLE_NOISE = {
-    "boundary_px": 2,
-    "edge_softness_px": 2.0,
-    "min_area_px": 64,
-    "miss_prob": 0.1,
-    "merge_prob": 0.1,
-    "spurious_prob": 0.2,
-    "confusion_prob": 0.1,
-    "embedding_noise": 0.3,
-}
+#: The oracle's noise settings the notes name (its defaults: the typical preset).
+ORACLE_NOISE_FIELDS = ("boundary_px", "edge_softness_px", "min_area_px", "miss_prob",
+                       "merge_prob", "spurious_prob", "confusion_prob", "embedding_noise")
 _STRUCTURE = ("wall", "floor", "ceiling")
 
 
@@ -174,7 +167,7 @@ def main() -> None:
     t_synth = time.perf_counter()
 
     replay_cfg = ReplayConfig(segmenter=SegmenterConfig(
-        kind="oracle", oracle=OracleConfig(**ORACLE_NOISE)))  # type: ignore[arg-type]
+        kind="oracle"))  # the oracle's default noise: the typical preset
     replay_cfg.pipeline.mapper.voxel_size_m = args.voxel_size_m
     segmenter, encoder = build_segmenter(replay_cfg.segmenter, bag=scene_dirs[0] / BAG_DIR)
     dims = segmenter.embedding_dims
@@ -279,7 +272,7 @@ def main() -> None:
         "split, query precision/recall (fractions)",
         notes=(
             "Oracle-noise segmenter ("
-            + ", ".join(f"{k}={v}" for k, v in ORACLE_NOISE.items())
+            + ", ".join(f"{k}={getattr(OracleConfig(), k)}" for k in ORACLE_NOISE_FIELDS)
             + ") embedding each instance as '<colour> <class>' in the synthetic text space"
             " (seeded word vectors, related classes at cosine 0.5, attributes weighted 0.5;"
             " not CLIP). 3D network distilled on the same scenes without 3D labels."

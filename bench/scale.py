@@ -4,7 +4,7 @@ map grows, stalls, queries, save and load at full size.
 A synthetic floor (``diff2scene synth --floor``: rooms along corridors, a camera tour that
 visits every room and comes back to the first) is rendered once into a bag, then replayed
 through :class:`~diff2scene.runtime.MappingRuntime` with default settings (deterministic: the
-2D model — the oracle, with the benchmark's noise — runs inline on every keyframe; no 3D
+2D model — the oracle, with its default (typical) noise — runs inline on every keyframe; no 3D
 branch, whose default needs a trained checkpoint) in this process, so that whole-process RSS
 says what the map costs:
 
@@ -38,15 +38,10 @@ from diff2scene.io.bag import BagFrameSource
 from diff2scene.replay_report import peak_rss_mib, rss_mib
 from diff2scene.runtime import MappingRuntime, RuntimeConfig, build_models
 from diff2scene.segmentation.factory import SegmenterConfig
-from diff2scene.segmentation.oracle import OracleConfig
 from diff2scene.synth.dataset import BAG_DIR, SynthConfig, synthesize
 from diff2scene.synth.floor import FloorConfig
 from diff2scene.synth.render import RenderConfig
 
-#: The quality benchmark's oracle noise (its 2D stand-in degrades the ground truth).
-ORACLE_NOISE = {"boundary_px": 2, "edge_softness_px": 2.0, "min_area_px": 64, "miss_prob": 0.1,
-                "merge_prob": 0.1, "spurious_prob": 0.2, "confusion_prob": 0.1,
-                "embedding_noise": 0.3}
 #: Bytes per surface voxel of the layout before the working-set TSDF, measured on the demo
 #: room by bench/mapping.py (commit 9b4c20f): geometry 522 B (16³ float32 blocks, 26-32
 #: allocated TSDF voxels per surface voxel), semantics 68 B; the 3D branch adds 2048 B.
@@ -85,7 +80,7 @@ def main() -> None:
     bag = scene / BAG_DIR
 
     config = RuntimeConfig(segmenter=SegmenterConfig(
-        kind="oracle", oracle=OracleConfig(**ORACLE_NOISE)))  # type: ignore[arg-type]
+        kind="oracle"))  # the oracle's default noise: the typical preset
     config.pipeline.threaded = False  # every keyframe segmented, in bag order
     segmenter, encoder = build_models(config, bag=bag)
     # (stage, seconds, surface voxels when it ended) of every stage run

@@ -45,7 +45,7 @@ def _config(**kw: object) -> PipelineConfig:
 @pytest.mark.parametrize("threaded", [False, True])
 def test_frames_become_a_labelled_map(room, encoder, threaded: bool, tmp_path: Path) -> None:
     frames, table = room
-    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    oracle = OracleSegmenter(table, encoder, OracleConfig.exact())
     pipe = Pipeline(_config(threaded=threaded, overflow_policy="block"), oracle)
     for frame in frames:
         assert pipe.add_frame(frame)
@@ -94,7 +94,7 @@ class _Slow(Segmenter2D):
 
 def test_full_queue_drops_oldest_and_counts(room, encoder) -> None:
     frames, table = room
-    slow = _Slow(OracleSegmenter(table, encoder, OracleConfig()))
+    slow = _Slow(OracleSegmenter(table, encoder, OracleConfig.exact()))
     cfg = _config(threaded=True, overflow_policy="drop_oldest", keyframe_queue_size=1)
     cfg.keyframes = KeyframeConfig(min_translation_m=1e-6, min_rotation_deg=1e-6)
     pipe = Pipeline(cfg, slow)
@@ -114,7 +114,7 @@ def test_save_holds_every_fused_frame_while_the_2d_model_is_busy(
     # A node saves on request or at SIGTERM, often before the 2D model finished a keyframe:
     # the saved map must still hold the geometry of every integrated frame.
     frames, table = room
-    slow = _Slow(OracleSegmenter(table, encoder, OracleConfig()))
+    slow = _Slow(OracleSegmenter(table, encoder, OracleConfig.exact()))
     pipe = Pipeline(_config(threaded=True, overflow_policy="drop_oldest"), slow)
     for frame in frames[:4]:
         assert pipe.add_frame(frame)
@@ -174,7 +174,7 @@ def test_3d_features_follow_the_growing_map(room, encoder) -> None:
     from diff2scene.net3d.inference import Net3DConfig
 
     frames, table = room
-    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    oracle = OracleSegmenter(table, encoder, OracleConfig.exact())
     cfg = _config(
         threaded=False,
         net3d_mode="on",
@@ -234,7 +234,7 @@ def test_hung_model_never_hangs_the_caller(room, encoder) -> None:
     import time
 
     frames, table = room
-    hung = _Hung(OracleSegmenter(table, encoder, OracleConfig()))
+    hung = _Hung(OracleSegmenter(table, encoder, OracleConfig.exact()))
     cfg = _every_frame_a_keyframe(
         threaded=True, overflow_policy="block", keyframe_queue_size=1, block_timeout_s=0.5
     )
@@ -282,7 +282,7 @@ def test_close_finishes_or_abandons_queued_keyframes_by_policy(
     import time
 
     frames, table = room
-    hung = _Hung(OracleSegmenter(table, encoder, OracleConfig()))
+    hung = _Hung(OracleSegmenter(table, encoder, OracleConfig.exact()))
     pipe = Pipeline(_every_frame_a_keyframe(threaded=True, keyframe_queue_size=3), hung)
     pipe.add_frame(frames[0])
     assert hung.entered.wait(timeout=60)
@@ -336,7 +336,7 @@ class _Flaky(Segmenter2D):
 
 def test_a_failing_2d_model_is_reported_and_mapping_goes_on(room, encoder) -> None:
     frames, table = room
-    flaky = _Flaky(OracleSegmenter(table, encoder, OracleConfig()), every=3)
+    flaky = _Flaky(OracleSegmenter(table, encoder, OracleConfig.exact()), every=3)
     pipe = Pipeline(_every_frame_a_keyframe(threaded=True), flaky)
     for frame in frames[:9]:
         assert pipe.add_frame(frame)
@@ -381,7 +381,7 @@ def test_fusion_unprojection_and_3d_failures_are_contained(room, encoder, monkey
     from diff2scene.net3d.inference import Net3DConfig
 
     frames, table = room
-    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    oracle = OracleSegmenter(table, encoder, OracleConfig.exact())
     cfg = _every_frame_a_keyframe(
         threaded=True, net3d_mode="on", net3d=Net3DConfig(backend="reference"),
         net3d_every_keyframes=1,
@@ -428,7 +428,7 @@ def test_loading_a_foreign_file_keeps_the_map(room, encoder, tmp_path: Path) -> 
     from diff2scene.errors import NotAMapError
 
     frames, table = room
-    pipe = Pipeline(_config(threaded=False), OracleSegmenter(table, encoder, OracleConfig()))
+    pipe = Pipeline(_config(threaded=False), OracleSegmenter(table, encoder, OracleConfig.exact()))
     for frame in frames[:3]:
         pipe.add_frame(frame)
     voxels = pipe.map.num_voxels
@@ -489,7 +489,7 @@ def test_query_session_follows_the_live_map(room, encoder) -> None:
     from diff2scene.query.session import LockedSnapshotSource, QuerySession
 
     frames, table = room
-    oracle = OracleSegmenter(table, encoder, OracleConfig())
+    oracle = OracleSegmenter(table, encoder, OracleConfig.exact())
     pipe = Pipeline(_config(threaded=True, overflow_policy="block"), oracle)
 
     session = QuerySession(LockedSnapshotSource(lambda: pipe.map, pipe.lock), encoder, oracle)
@@ -526,7 +526,7 @@ def test_fusion_waits_for_a_running_query_and_counts_it(room, encoder) -> None:
     frames, table = room
     pipe = Pipeline(
         _config(threaded=False, yield_to_queries_max_s=60.0),
-        OracleSegmenter(table, encoder, OracleConfig()),
+        OracleSegmenter(table, encoder, OracleConfig.exact()),
     )
     started, release = threading.Event(), threading.Event()
 

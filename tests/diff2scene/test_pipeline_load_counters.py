@@ -22,7 +22,7 @@ def test_load_keeps_the_frame_counters(tmp_path: Path) -> None:
     frames = list(render_frames(scene, RenderConfig(width=64, height=48, n_frames=6)))
     encoder = ClipTextEncoder.from_config(TextEncoderConfig(clip=ClipConfig.tiny_profile()))
     segmenter = OracleSegmenter(GroundTruth.from_scene(scene).instance_classes(), encoder,
-                                OracleConfig())
+                                OracleConfig.exact())
     config = PipelineConfig(
         mapper=MapperConfig(voxel_size_m=0.05, device="CPU:0", max_speed_m_s=50.0,
                             max_angular_speed_deg_s=3600.0),

@@ -107,7 +107,7 @@ def test_oracle_distillation_end_to_end(tmp_path: Path, encoder: ClipTextEncoder
     oracle = OracleSegmenter(
         CLASSES,
         encoder,
-        OracleConfig(boundary_px=1, edge_softness_px=1.5, embedding_noise=0.2, seed=3),
+        OracleConfig.exact(boundary_px=1, edge_softness_px=1.5, embedding_noise=0.2, seed=3),
     )
     scene = build_scene(
         render_frames(),

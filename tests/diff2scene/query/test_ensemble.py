@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from diff2scene.errors import InputError
+from diff2scene.query import ensemble as ensemble_module
 from diff2scene.query.ensemble import (
     PROB_FLOOR,
     EnsembleConfig,
@@ -217,7 +218,9 @@ def test_incremental_index_agrees_with_a_fresh_build(num_prototypes: int) -> Non
 
 
 @pytest.mark.parametrize("branch", ["salient", "geometric", "ensemble"])
-def test_probabilities_below_the_floor_score_as_zero(branch: str) -> None:
+def test_probabilities_below_the_floor_score_as_zero(
+    branch: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A softmax over many texts gives far-off classes subnormal probabilities; they must not
     # reach the sparse products (x86 multiplies subnormals ~20x slower) and change nothing.
     cfg = exact_config()
@@ -226,6 +229,14 @@ def test_probabilities_below_the_floor_score_as_zero(branch: str) -> None:
     )
     tiny = np.array([[1e-40, 0.3], [2e-39, 1e-31], [0.5, 1e-44]], dtype=np.float32)
     assert (tiny[tiny > 0] < np.finfo(np.float32).tiny).sum() == 3  # subnormal in float32
+    flushed = scorer.scores(tiny, branch)  # type: ignore[arg-type]
     zeroed = np.where(tiny < PROB_FLOOR, 0.0, tiny).astype(np.float32)
-    np.testing.assert_array_equal(scorer.scores(tiny, branch), scorer.scores(zeroed, branch))  # type: ignore[arg-type]
-    assert scorer.scores(tiny, "salient")[0, 0] == 0.0  # voxel 0 only sees masks 0 and 1
+    np.testing.assert_array_equal(flushed, scorer.scores(zeroed, branch))  # type: ignore[arg-type]
+    # the same computation with the flush switched off: the scores it changes are tiny
+    monkeypatch.setattr(ensemble_module, "PROB_FLOOR", 0.0)
+    unflushed = scorer.scores(tiny, branch)  # type: ignore[arg-type]
+    np.testing.assert_allclose(flushed, unflushed, rtol=0, atol=1e-6)
+    # and the flush did happen: voxel 0 sees only masks 0 and 1, whose class-0 mass is subnormal
+    assert scorer.scores(tiny, "salient")[0, 0] > 0.0
+    monkeypatch.undo()
+    assert scorer.scores(tiny, "salient")[0, 0] == 0.0

@@ -57,7 +57,7 @@ def vocab_for(encoder: ClipTextEncoder, seen: set[str] | None = None):  # type: 
 
 
 def test_zero_noise_reproduces_ground_truth(encoder: ClipTextEncoder) -> None:
-    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig())
+    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig.exact())
     vocab = vocab_for(encoder, seen={"chair", "table"})
     ids = instance_image()
     masks, prov = oracle.segment_with_provenance(make_frame(), vocab)
@@ -83,7 +83,7 @@ def test_zero_noise_reproduces_ground_truth(encoder: ClipTextEncoder) -> None:
 
 
 def test_needs_ground_truth(encoder: ClipTextEncoder) -> None:
-    oracle = OracleSegmenter(CLASSES, encoder)
+    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig.exact())
     frame = make_frame()
     frame.instance_ids = None
     with pytest.raises(InputError, match="ground truth"):
@@ -97,7 +97,7 @@ def test_needs_ground_truth(encoder: ClipTextEncoder) -> None:
 def test_unknown_and_small_instances_are_skipped_and_counted(encoder: ClipTextEncoder) -> None:
     ids = instance_image()
     ids[46:48, 0:4] = 9  # not in the table
-    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig(min_area_px=20))
+    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(min_area_px=20))
     out, prov = oracle.segment_with_provenance(make_frame(ids=ids))
     assert [p.instance_ids for p in prov] == [(1,), (2,), (3,), (4,)]  # desk has 12 px
     assert oracle.stats.unknown_instances == 1 and oracle.stats.too_small == 1
@@ -105,10 +105,10 @@ def test_unknown_and_small_instances_are_skipped_and_counted(encoder: ClipTextEn
 
 
 def test_miss_and_merge(encoder: ClipTextEncoder) -> None:
-    missed = OracleSegmenter(CLASSES, encoder, OracleConfig(miss_prob=1.0))
+    missed = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(miss_prob=1.0))
     assert missed.segment(make_frame()).num_masks == 0
     assert missed.stats.missed == 5
-    merged = OracleSegmenter(CLASSES, encoder, OracleConfig(merge_prob=1.0))
+    merged = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(merge_prob=1.0))
     out, prov = merged.segment_with_provenance(make_frame(), vocab_for(encoder))
     ids = instance_image()
     assert [p.instance_ids for p in prov] == [(1, 2), (3,), (4,), (5,)]
@@ -119,7 +119,7 @@ def test_miss_and_merge(encoder: ClipTextEncoder) -> None:
 
 def test_boundary_and_soft_edges(encoder: ClipTextEncoder) -> None:
     ids = instance_image()
-    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig(boundary_px=2, min_area_px=20))
+    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(boundary_px=2, min_area_px=20))
     out, prov = oracle.segment_with_provenance(make_frame(index=4))
     radii = [p.boundary_px for p in prov]
     assert all(-2 <= r <= 2 for r in radii)
@@ -146,7 +146,7 @@ def test_boundary_and_soft_edges(encoder: ClipTextEncoder) -> None:
     # The image border is no object edge: a corner object only erodes from its inner sides.
     corner = degrade_mask(ids == 5, -2)
     assert corner is not None and corner[0, 62:].all() and corner.sum() == 2
-    soft = OracleSegmenter(CLASSES, encoder, OracleConfig(edge_softness_px=3.0))
+    soft = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(edge_softness_px=3.0))
     masks = soft.segment(make_frame()).masks
     assert ((masks > 0) & (masks < 1)).any()
     for k, inst in enumerate(sorted(CLASSES)):
@@ -154,7 +154,7 @@ def test_boundary_and_soft_edges(encoder: ClipTextEncoder) -> None:
 
 
 def test_spurious_masks(encoder: ClipTextEncoder) -> None:
-    cfg = OracleConfig(spurious_prob=1.0, max_spurious=2)
+    cfg = OracleConfig.exact(spurious_prob=1.0, max_spurious=2)
     oracle = OracleSegmenter(CLASSES, encoder, cfg)
     out, prov = oracle.segment_with_provenance(make_frame(), vocab_for(encoder))
     assert out.num_masks == 7
@@ -165,7 +165,8 @@ def test_spurious_masks(encoder: ClipTextEncoder) -> None:
 
 
 def test_label_confusion_between_similar_classes(encoder: ClipTextEncoder) -> None:
-    cfg = OracleConfig(confusion_prob=1.0, similar_classes={"desk": ["table"], "sofa": ["couch"]})
+    cfg = OracleConfig.exact(confusion_prob=1.0,
+                             similar_classes={"desk": ["table"], "sofa": ["couch"]})
     assert cfg.similar_classes == {"couch": ["sofa"], "desk": ["table"], "sofa": ["couch"],
                                    "table": ["desk"]}
     oracle = OracleSegmenter(CLASSES, encoder, cfg)
@@ -182,8 +183,8 @@ def test_label_confusion_between_similar_classes(encoder: ClipTextEncoder) -> No
 
 
 def test_embedding_noise_and_determinism(encoder: ClipTextEncoder) -> None:
-    cfg = OracleConfig(embedding_noise=0.3, boundary_px=1, miss_prob=0.3, seed=7)
-    clean = OracleSegmenter(CLASSES, encoder).segment(make_frame(index=3))
+    cfg = OracleConfig.exact(embedding_noise=0.3, boundary_px=1, miss_prob=0.3, seed=7)
+    clean = OracleSegmenter(CLASSES, encoder, OracleConfig.exact()).segment(make_frame(index=3))
     a = OracleSegmenter(CLASSES, encoder, cfg)
     b = OracleSegmenter(CLASSES, encoder, cfg)
     a3 = a.segment(make_frame(index=3))
@@ -194,13 +195,13 @@ def test_embedding_noise_and_determinism(encoder: ClipTextEncoder) -> None:
         np.testing.assert_array_equal(x.masks, y.masks)
         for space in x.embeddings:
             np.testing.assert_array_equal(x.embeddings[space], y.embeddings[space])
-    other_seed = OracleSegmenter(CLASSES, encoder, OracleConfig(embedding_noise=0.3, seed=8))
+    other_seed = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(embedding_noise=0.3, seed=8))
     assert not np.allclose(
         other_seed.segment(make_frame(index=3)).embeddings[SPACE_CLIP],
-        OracleSegmenter(CLASSES, encoder, OracleConfig(embedding_noise=0.3, seed=7))
+        OracleSegmenter(CLASSES, encoder, OracleConfig.exact(embedding_noise=0.3, seed=7))
         .segment(make_frame(index=3)).embeddings[SPACE_CLIP],
     )
-    noisy = OracleSegmenter(CLASSES, encoder, OracleConfig(embedding_noise=0.3))
+    noisy = OracleSegmenter(CLASSES, encoder, OracleConfig.exact(embedding_noise=0.3))
     emb = noisy.segment(make_frame(index=3)).embeddings[SPACE_CLIP]
     cos = (emb * clean.embeddings[SPACE_CLIP]).sum(axis=1)
     assert (cos < 0.9999).all() and (cos > 0.85).all()
@@ -210,7 +211,7 @@ def test_embedding_noise_and_determinism(encoder: ClipTextEncoder) -> None:
 def test_diffusion_space_projection_for_wide_text_encoder() -> None:
     clip_cfg = ClipConfig(model_name="tiny", pretrained=None, tiny=True, tiny_embed_dim=300)
     wide = ClipTextEncoder(build_clip(clip_cfg), TextEncoderConfig(clip=clip_cfg))
-    oracle = OracleSegmenter(CLASSES, wide)
+    oracle = OracleSegmenter(CLASSES, wide, OracleConfig.exact())
     assert oracle.embedding_dims == {SPACE_DIFFUSION: 256, SPACE_CLIP: 300}
     np.testing.assert_allclose(oracle.projection.T @ oracle.projection, np.eye(256), atol=1e-5)
     vocab = vocab_for(wide)
@@ -220,7 +221,7 @@ def test_diffusion_space_projection_for_wide_text_encoder() -> None:
     assert [vocab.names[c] for c in out.class_probs.argmax(axis=1)] == [
         CLASSES[i] for i in sorted(CLASSES)
     ]
-    again = OracleSegmenter(CLASSES, wide, OracleConfig(seed=99))
+    again = OracleSegmenter(CLASSES, wide, OracleConfig.exact(seed=99))
     np.testing.assert_array_equal(again.projection, oracle.projection)
 
 
@@ -249,7 +250,7 @@ def test_fusion_matches_hand_computation() -> None:
 
 
 def test_classify_rejects_foreign_embeddings(encoder: ClipTextEncoder) -> None:
-    oracle = OracleSegmenter(CLASSES, encoder)
+    oracle = OracleSegmenter(CLASSES, encoder, OracleConfig.exact())
     vocab = vocab_for(encoder)
     good = oracle.segment(make_frame()).embeddings
     with pytest.raises(InputError):
@@ -276,7 +277,7 @@ def test_instances_embedded_as_colour_and_class() -> None:
 
     text = SyntheticTextEncoder()
     colours = {1: "red", 2: "brown", 3: "white", 4: "blue"}  # the desk (5) has no colour
-    oracle = OracleSegmenter(CLASSES, text, OracleConfig(), instance_colours=colours)
+    oracle = OracleSegmenter(CLASSES, text, OracleConfig.exact(), instance_colours=colours)
     masks, prov = oracle.segment_with_provenance(make_frame())
     assert [p.emitted_text for p in prov] == [
         "red chair", "brown table", "white lamp", "blue sofa", "desk"
@@ -289,3 +290,18 @@ def test_instances_embedded_as_colour_and_class() -> None:
     assert int(np.argmax(probs[0])) == 0  # the red chair mask → "red chair"
     with pytest.raises(InputError, match="without a class"):
         OracleSegmenter(CLASSES, text, instance_colours={9: "red"})
+
+
+def test_the_oracle_degrades_by_default_and_is_exact_only_when_asked() -> None:
+    typical, exact = OracleConfig(), OracleConfig.exact()
+    noise = ("boundary_px", "edge_softness_px", "miss_prob", "merge_prob", "spurious_prob",
+             "confusion_prob", "embedding_noise")
+    assert all(getattr(typical, name) > 0 for name in noise)
+    assert all(getattr(exact, name) == 0 for name in noise) and exact.min_area_px == 1
+    assert OracleConfig.exact(miss_prob=0.5).miss_prob == 0.5
+    # a config file that sets one field keeps the preset's noise for the others
+    from diff2scene.config import from_dict
+    from diff2scene.segmentation.factory import SegmenterConfig
+
+    seeded = from_dict(SegmenterConfig, {"kind": "oracle", "oracle": {"seed": 3}}).oracle
+    assert seeded.seed == 3 and seeded.embedding_noise == typical.embedding_noise
