@@ -1,7 +1,8 @@
 # diff2scene — everything a fresh machine needs is installed by these targets.
 #   make demo   bag replay → labelled map, query answers, pictures (in demo_out/)
 #   make test   lint + type check + the test suite
-#   make bench  benchmarks → bench/results/*.json + *.md
+#   make bench  benchmarks → bench/results/*.json + *.md (and STALE.md: results older than
+#               the code they measure)
 #   make soak   the node under faults for 10 minutes → bench/results/soak.json + .md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -35,7 +36,7 @@ RUN_ENV := PYTHONPATH=$(subst $(space),:,$(addsuffix /lib/python3.11/site-packag
 	RMW_IMPLEMENTATION=rmw_fastrtps_cpp ROS_LOCALHOST_ONLY=1 \
 	HF_HUB_OFFLINE=1 MPLBACKEND=Agg OMP_NUM_THREADS=2
 
-.PHONY: help setup venv debs ws interfaces lint test demo bench bench-quality bench-gpu \
+.PHONY: help setup venv debs ws interfaces lint test demo bench bench-quality bench-scale bench-gpu \
 	bench-real-weights soak clean lock
 
 help:
@@ -99,6 +100,10 @@ bench: setup
 
 bench-quality: setup
 	$(RUN_ENV) $(VPY) -m bench.quality
+
+# A building floor (~1200 m², rendered once into /tmp/diff2scene_scale) through the runtime.
+bench-scale: setup
+	$(RUN_ENV) $(VPY) -m bench.scale $${SCALE_ARGS:-}
 
 # CUDA machine only: the GPU figures (bench/gpu.sh makes its own environment).
 bench-gpu:
