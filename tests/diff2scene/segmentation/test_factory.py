@@ -10,7 +10,7 @@ import pytest
 from diff2scene.config import from_dict
 from diff2scene.errors import ConfigError, DataFormatError
 from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
-from diff2scene.segmentation.oracle import OracleSegmenter
+from diff2scene.segmentation.oracle import OracleConfig, OracleSegmenter
 from diff2scene.segmentation.synthetic_text import SyntheticTextEncoder
 from diff2scene.segmentation.text import ClipTextEncoder
 from diff2scene.synth.groundtruth import GroundTruth
@@ -27,7 +27,8 @@ def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_oracle_defaults_to_the_synthetic_text_space(scene_dir: Path) -> None:
-    cfg = SegmenterConfig(kind="oracle")
+    # undegraded, so that its one mask's embedding is exactly the text's
+    cfg = SegmenterConfig(kind="oracle", oracle=OracleConfig.exact())
     assert cfg.resolved_text_space == "synthetic"
     segmenter, encoder = build_segmenter(cfg, bag=scene_dir / "bag")
     assert isinstance(encoder, SyntheticTextEncoder) and isinstance(segmenter, OracleSegmenter)
