@@ -62,10 +62,12 @@ RVL         numba 0.68 (reference loop) 6.2 / 1.8, after 3 s JIT    ~200 MB with
 
 JPEG is every colour frame of a compressed recording, and simplejpeg (libjpeg-turbo, the same
 pixels as Pillow and OpenCV) is the fastest for a 1 MB dependency. For PNG the candidates
-share zlib and their medians agree; Pillow stays. None of the libraries compared decodes RVL;
-numba would be ~6× faster but brings a ~200 MB compiler and a first-call compile, so RVL is
-decoded here in NumPy: only the run headers (about 2,000 in the benchmark frame) are walked
-in Python, all per-pixel work is vectorised.
+share zlib and their medians agree; Pillow stays. None of the libraries compared decodes RVL,
+so it is decoded here in NumPy: only the run headers (about 2,000 in the benchmark frame) are
+walked in Python, all per-pixel work is vectorised. The comparison above weighed numba's
+~200 MB compiler against its ~6× speed; numba has since become a dependency of the mapper's
+kernels, so that cost is paid anyway and a compiled decoder (cached, no per-run compile) is
+the better choice once it is written and measured against this one with ``bench/decode.py``.
 """
 
 from __future__ import annotations
