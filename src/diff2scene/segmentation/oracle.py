@@ -362,6 +362,12 @@ class OracleSegmenter(Segmenter2D):
             embeddings_normalised=True,
         )
 
+    def clear_cache(self) -> None:
+        """Forget the normalised mask banks: the next classification pays the per-map cost a
+        new map version pays (what a "cold" query is measured with)."""
+        with self._cache_lock:
+            self._unit_rows.clear()
+
     def _normalised(self, space: str, emb: NDArray[np.float32]) -> NDArray[np.float32]:
         """Unit rows of a mask bank, kept for the next call with the same array.
 
