@@ -132,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     if args.train_epochs is not None and not training:
         raise ConfigError("--train-epochs needs --train-scenes or --train-config")
     net3d = distil(args, config, out) if training else None
-    tasks = [SceneTask(scene, out / SCENES_DIR / scene.name, config, queries, force=replace_it)
+    threads = max(1, int(options.cpus_per_scene))
+    tasks = [SceneTask(scene, out / SCENES_DIR / scene.name, config, queries,
+                       force=replace_it, threads=threads)
              for scene, replace_it in todo]  # fmt: skip
     if kept:
         print(f"keeping {len(kept)} complete scene(s) of an earlier run: {', '.join(kept)}")

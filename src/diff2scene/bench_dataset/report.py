@@ -43,6 +43,7 @@ def _scene_row(scene: Scene, out: Path, status: str, result: SceneResult | None
         last = result.attempts[-1]
         row["attempts"] = len(result.attempts)
         row["task_s"] = round(last.task_s, 3)
+        row["task_cpu_s"] = round(last.cpu_s, 3)
         row["host"] = last.host
         if not last.ok:
             row["error"] = last.error

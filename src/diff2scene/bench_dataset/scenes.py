@@ -110,6 +110,9 @@ class SceneTask:
     queries: tuple[str, ...] = ()
     #: Replace earlier outputs in ``out_dir`` (a retry, a resumed incomplete scene, --force).
     force: bool = False
+    #: Torch's intra-op threads in the task: the CPUs it was given, so that tasks sharing a
+    #: node do not each spread over all its cores (torch would take every core it sees).
+    threads: int = 1
 
 
 @dataclass(frozen=True)
@@ -127,17 +130,23 @@ class SceneOutcome:
     #: Where it ran (a cluster has several hosts).
     host: str
     pid: int
+    #: CPU seconds the worker process spent on it, all threads: what the scene costs,
+    #: whatever else ran on the machine (below ``task_s`` when the task waited for a core).
+    cpu_s: float = 0.0
 
 
 def replay_scene(task: SceneTask) -> SceneOutcome:
     """Replay ``task``'s bag into its output directory; what failed, if anything, is in the
     outcome, not raised (bag content is untrusted, and a model can fail in many ways)."""
+    import torch
+
     from diff2scene.io.bag import BagFrameSource
     from diff2scene.io.mcap_salvage import find_mcap_file
     from diff2scene.replay import replay_to_dir
     from diff2scene.runtime import build_models
 
-    t0 = time.perf_counter()
+    torch.set_num_threads(max(1, task.threads))
+    t0, cpu0 = time.perf_counter(), time.process_time()
     config, bag = task.config, task.scene.bag
     try:
         # The bag before the models: an unreadable bag is the problem to name (the oracle
@@ -155,6 +164,7 @@ def replay_scene(task: SceneTask) -> SceneOutcome:
         tb = traceback.format_exc()
         return SceneOutcome(task.scene.name, False, f"{type(exc).__name__}: {exc}",
                             tb[-_TRACEBACK_CHARS:], time.perf_counter() - t0,
-                            socket.gethostname(), os.getpid())  # fmt: skip
+                            socket.gethostname(), os.getpid(),
+                            time.process_time() - cpu0)  # fmt: skip
     return SceneOutcome(task.scene.name, True, None, None, time.perf_counter() - t0,
-                        socket.gethostname(), os.getpid())  # fmt: skip
+                        socket.gethostname(), os.getpid(), time.process_time() - cpu0)
