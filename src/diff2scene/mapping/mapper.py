@@ -515,7 +515,10 @@ class Mapper:
         keys = hashmap.key_tensor()[evict_t]
         for name in ("tsdf", "weight", "color"):
             values = self._vbg.attribute(name)
-            values[evict_t] = 0
+            if values.is_cpu:  # through a NumPy view: Open3D's indexed assignment took 1.2 s
+                values.numpy()[evict] = 0  # for 8.5k blocks, this 15 ms
+            else:
+                values[evict_t] = 0
         hashmap.erase(keys)
         self.stats.blocks_evicted += int(evict.size)
 
