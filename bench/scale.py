@@ -109,6 +109,7 @@ def main() -> None:
     replay_s = time.perf_counter() - t0
     gc.collect()
     rss_end = rss_mib() or 0.0
+    peak_mapping = peak_rss_mib()
     smap = runtime.pipeline.map
     voxels = smap.num_voxels
     mapper = runtime.pipeline.mapper
@@ -132,6 +133,7 @@ def main() -> None:
         answer = runtime.query(text)
         query_ms.append((time.perf_counter() - t0) * 1e3)
         found += bool(answer.result.instances)
+    peak_default = peak_rss_mib()  # mapping and queries: the default run
     path = args.work / "scale_map.npz"
     t0 = time.perf_counter()
     runtime.save(path)
@@ -151,7 +153,9 @@ def main() -> None:
         "rss_mb_before_runtime": round(rss_before_runtime, 1),
         "rss_mb_before_first_frame": round(rss_before, 1),
         "rss_mb_end": round(rss_end, 1),
-        "peak_rss_mb_default": round(peak_rss_mib(), 1),
+        "peak_rss_mb_mapping": round(peak_mapping, 1),
+        "peak_rss_mb_default": round(peak_default, 1),
+        "peak_rss_mb_with_save_load": round(peak_rss_mib(), 1),
         "bytes_per_surface_voxel_all_in": round((rss_end - rss_before) * 2**20 / max(voxels, 1),
                                                 1),
         "bytes_per_surface_voxel_with_query_engine": round(
@@ -204,7 +208,11 @@ def main() -> None:
         "surface voxels, the TSDF working set being allocated before the first frame "
         "(`tsdf_working_set_mb`). Keyframe semantic ms = the pipeline's 'unproject' stage "
         "(surface refresh + unprojection + membership merge) of keyframes while the map held "
-        "0.8-1.25M voxels (`_1m`) and at least 90 % of its final size (`_end`). "
+        "0.8-1.25M voxels (`_1m`) and at least 90 % of its final size (`_end`). Peak RSS: "
+        "`peak_rss_mb_mapping` after the replay, `peak_rss_mb_default` after the query engine "
+        "build and the queries (the default run), `peak_rss_mb_with_save_load` after saving "
+        "the map and loading it back into the same runtime (the old map, its query engine "
+        "and the loaded map are alive together). "
         "`integrate_ms_max` = slowest single fusion of the run. Queries: class names, three "
         "rounds, after the engine build. The budgeted run (memory_budget_mb, spill) does not "
         "exist yet: no figures for it."
