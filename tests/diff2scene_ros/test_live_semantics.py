@@ -4,7 +4,8 @@ A player process publishes a synthetic room's bag at the recorded rate; the node
 own process with the oracle segmenter (ground-truth instance images of the bag, undegraded:
 see ``ORACLE_EXACT``) and the SYNTHETIC text space (seeded word vectors, not CLIP); this test
 process is the client: it asks ``~/text_query`` through
-:class:`~diff2scene_ros.client.QueryClient` and checks each answer against the scene's ground truth (``scene.json``):
+:class:`~diff2scene_ros.client.QueryClient` and checks each answer against the scene's
+ground truth (``scene.json``):
 
 - three classes of the room → the best instance lies within 0.3 m of the true object's centre;
 - "<colour> <class>" for two same-class objects of different colours → each query finds its
