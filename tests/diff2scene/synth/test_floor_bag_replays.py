@@ -5,50 +5,27 @@ The bag is read back through the bag frame source and fused by the pipeline with
 mapper limits and the oracle segmenter, as a replay of the floor would.
 """
 
-import argparse
 import json
 from pathlib import Path
 
 import pytest
 
 from diff2scene.errors import ConfigError
-from diff2scene.io.bag import BagFrameSource
-from diff2scene.mapping import MapperConfig
-from diff2scene.pipeline import Pipeline, PipelineConfig
-from diff2scene.segmentation.factory import SegmenterConfig, build_segmenter
-from diff2scene.synth.cli import register
+from tests.diff2scene.synth.replaying import map_bag, synth_cli
 
 N_FRAMES = 160
-
-
-def _synth_cli(argv: list[str]) -> int:
-    """Run the ``synth`` subcommand as ``diff2scene.cli`` would, without importing the others."""
-    parser = argparse.ArgumentParser(prog="diff2scene")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
 
 
 def test_a_2x2_floor_bag_is_integrated(tmp_path: Path) -> None:
     out = tmp_path / "floor"
     argv = ["synth", "--out", str(out), "--seed", "2", "--floor", "2x2", "--room-size", "3x3"]
     argv += ["--frames", str(N_FRAMES), "--width", "64", "--height", "48", "--quiet"]
-    assert _synth_cli(argv) == 0
+    assert synth_cli(argv) == 0
     metadata = json.loads((out / "scene.json").read_text())["metadata"]
     assert metadata["frames"] == N_FRAMES
     assert sorted(metadata["route"]["visit_order"][:-1]) == [0, 1, 2, 3]
     bag = out / "bag"
-    segmenter, _ = build_segmenter(SegmenterConfig(kind="oracle"), bag=bag)
-    # Only the voxel size and device differ from the defaults; the pose-jump limits do not.
-    mapper = MapperConfig(voxel_size_m=0.08, device="CPU:0")
-    pipe = Pipeline(PipelineConfig(mapper=mapper, threaded=False), segmenter)
-    delivered = 0
-    try:
-        for frame in BagFrameSource(bag):
-            delivered += 1
-            pipe.add_frame(frame)
-    finally:
-        pipe.close()
+    delivered, pipe = map_bag(bag)
     stats = pipe.mapper.stats
     assert delivered == N_FRAMES
     assert stats.frames_integrated >= 0.9 * delivered, stats
@@ -71,7 +48,7 @@ def test_floor_options_and_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[st
         "gt_points_per_m2: 5.0\n"
     )
     out = tmp_path / "one"
-    assert _synth_cli(["synth", "--out", str(out), "--config", str(config)]) == 0
+    assert synth_cli(["synth", "--out", str(out), "--config", str(config)]) == 0
     printed = capsys.readouterr()
     assert "floor of 1x1 rooms" in printed.err and "12 frames of 32x24" in printed.err
     assert "/camera/depth/image_rect_raw: 12" in printed.out
@@ -82,7 +59,7 @@ def test_floor_options_and_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert first[0] <= first[1] < again[0] <= again[1] == 11
     # --frames and --room-size reach the floor's route and rooms.
     argv = ["synth", "--out", str(out), "--config", str(config), "--force", "--quiet"]
-    assert _synth_cli([*argv, "--frames", "7", "--room-size", "3.5x3"]) == 0
+    assert synth_cli([*argv, "--frames", "7", "--room-size", "3.5x3"]) == 0
     metadata = json.loads((out / "scene.json").read_text())["metadata"]
     assert metadata["frames"] == 7
     (x0, x1, y0, y1), = (room["rect_m"] for room in metadata["floor"]["rooms"])
@@ -103,4 +80,4 @@ def test_bad_floor_options_are_refused(
     tmp_path: Path, options: list[str], message: str
 ) -> None:
     with pytest.raises(ConfigError, match=message):
-        _synth_cli(["synth", "--out", str(tmp_path), "--quiet", *options])
+        synth_cli(["synth", "--out", str(tmp_path), "--quiet", *options])
