@@ -14,7 +14,7 @@ import json
 import time
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -27,12 +27,14 @@ from diff2scene.errors import DataFormatError, InputError, NotAMapError
 from diff2scene.mapping.chunks import ChunkBounds, ChunkBoxes
 from diff2scene.mapping.mapper import SurfaceUpdate, voxel_centres
 from diff2scene.mapping.snapshot import (
+    DEFAULT_BLOCK_ROWS,
     MapSnapshot,
     RowBlocks,
     RowPlan,
     next_version,
     read_only,
 )
+from diff2scene.mapping.spill import SpillStore
 from diff2scene.types import MaskSet
 
 #: Identifies a diff2scene map file.
@@ -106,13 +108,35 @@ def _grown(buf: NDArray[Any], used: int, needed: int) -> NDArray[Any]:
     return out
 
 
-def _crc32(arr: NDArray[Any]) -> int:
-    flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+_Parts = Any  # () -> Iterator[NDArray]: the consecutive row blocks of one saved array
+
+
+def _crc32_parts(parts: Iterator[NDArray[Any]]) -> int:
+    """CRC-32 of the bytes of consecutive arrays (that of their concatenation)."""
     crc = 0
-    # Chunks keep the temporary bytes object small for large arrays.
-    for lo in range(0, flat.size, 1 << 24):
-        crc = zlib.crc32(flat[lo : lo + (1 << 24)].tobytes(), crc)
+    for arr in parts:
+        flat = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)
+        for lo in range(0, flat.size, 1 << 24):
+            crc = zlib.crc32(flat[lo : lo + (1 << 24)].data, crc)
     return crc
+
+
+def _write_member(
+    archive: zipfile.ZipFile,
+    name: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype[Any],
+    parts: Iterator[NDArray[Any]],
+) -> None:
+    """Write ``name.npy`` (what ``np.savez`` writes) from its consecutive row blocks."""
+    with archive.open(f"{name}.npy", mode="w", force_zip64=True) as out:
+        np.lib.format.write_array_header_1_0(
+            out,
+            {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+             "shape": shape},
+        )  # fmt: skip
+        for arr in parts:
+            out.write(np.ascontiguousarray(arr, dtype=dtype).reshape(-1).view(np.uint8).data)
 
 
 class MaskBank:
@@ -253,23 +277,47 @@ class SemanticMap:
     array; every change bumps :attr:`version`. A keyframe's changes cost what the keyframe
     touched: coordinates and 3D features are append-only buffers, colours and memberships
     copy-on-write blocks.
+
+    **Spilling.** With a :class:`~diff2scene.mapping.spill.SpillStore` attached, the blocks of
+    colours, memberships and view counts (71 of the ~100 bytes a voxel holds at k = 8) that no
+    keyframe touched for longest can leave memory (:meth:`enforce_budget`); a keyframe or
+    surface update that touches a spilled block brings it back first, so mapping never works
+    on a missing block. Map-wide reads (the properties, :meth:`save`) read spilled blocks
+    from disk; a :meth:`snapshot` holds only the blocks in memory and says how many voxels it
+    leaves out. Coordinates, voxel centres and the mask bank stay in memory.
     """
 
-    def __init__(self, voxel_size_m: float, *, members_per_voxel: int = 8) -> None:
+    def __init__(
+        self,
+        voxel_size_m: float,
+        *,
+        members_per_voxel: int = 8,
+        block_rows: int = DEFAULT_BLOCK_ROWS,
+    ) -> None:
         if voxel_size_m <= 0 or members_per_voxel < 1:
             raise InputError("semantic_map_args", "voxel_size_m > 0 and members_per_voxel >= 1")
         self.voxel_size_m = float(voxel_size_m)
         k = members_per_voxel
+        self._block_rows = block_rows
         # coords / points: append-only buffers (rows < num_voxels are never rewritten).
         self._coords_buf = np.empty((0, 3), dtype=np.int32)
         self._points_buf = np.empty((0, 3), dtype=np.float32)
         self._num_voxels = 0
         self._chunks = ChunkBounds(self.voxel_size_m)
-        self._colors = RowBlocks((3,), np.uint8, 0)
-        self._member_ids = RowBlocks((k,), np.int32, -1)
-        self._member_weights = RowBlocks((k,), np.float32, 0.0)
-        self._view_counts = RowBlocks((), np.int32, 0)
+        self._colors = self._table((3,), np.uint8, 0)
+        self._member_ids = self._table((k,), np.int32, -1)
+        self._member_weights = self._table((k,), np.float32, 0.0)
+        self._view_counts = self._table((), np.int32, 0)
         self.mask_bank = MaskBank()
+        self._spill: SpillStore | None = None
+        #: Per block: the value of ``_tick`` when a keyframe or update last touched it.
+        self._block_used: list[int] = []
+        self._tick = 0
+        #: Blocks out of memory (their rows are in the spill store).
+        self._spilled: set[int] = set()
+        #: Blocks evicted to the store and brought back, over the map's life.
+        self.blocks_spilled = 0
+        self.blocks_reloaded = 0
         # Each space's features are the first num_voxels rows of a growth buffer (rows below
         # num_voxels are never written in place, so snapshots share them).
         self._features_3d: dict[str, NDArray[np.float16]] = {}
@@ -330,48 +378,52 @@ class SemanticMap:
     @property
     def colors(self) -> NDArray[np.uint8]:
         """(M, 3) uint8 fused colours (read-only copy, O(M); a snapshot's are assembled once)."""
-        out: NDArray[np.uint8] = self._colors.to_array()
+        out: NDArray[np.uint8] = self._whole("colors")
         return out
 
     @colors.setter
     def colors(self, value: NDArray[np.uint8]) -> None:
-        self._colors = RowBlocks((3,), np.uint8, 0)
+        self._reload_all()
+        self._colors = self._table((3,), np.uint8, 0)
         self._colors.assign(value)
         self.mark_changed()
 
     @property
     def member_ids(self) -> NDArray[np.int32]:
         """(M, k) int32 read-only copy of the membership ids (assign a whole array to change)."""
-        out: NDArray[np.int32] = self._member_ids.to_array()
+        out: NDArray[np.int32] = self._whole("member_ids")
         return out
 
     @member_ids.setter
     def member_ids(self, value: NDArray[np.int32]) -> None:
-        self._member_ids = RowBlocks((np.shape(value)[1],), np.int32, -1)
+        self._reload_all()
+        self._member_ids = self._table((np.shape(value)[1],), np.int32, -1)
         self._member_ids.assign(value)
         self.mark_changed()
 
     @property
     def member_weights(self) -> NDArray[np.float32]:
         """(M, k) float32 read-only copy of the memberships B3d."""
-        out: NDArray[np.float32] = self._member_weights.to_array()
+        out: NDArray[np.float32] = self._whole("member_weights")
         return out
 
     @member_weights.setter
     def member_weights(self, value: NDArray[np.float32]) -> None:
-        self._member_weights = RowBlocks((np.shape(value)[1],), np.float32, 0.0)
+        self._reload_all()
+        self._member_weights = self._table((np.shape(value)[1],), np.float32, 0.0)
         self._member_weights.assign(value)
         self.mark_changed()
 
     @property
     def view_counts(self) -> NDArray[np.int32]:
         """(M,) int32 read-only copy of the view counts."""
-        out: NDArray[np.int32] = self._view_counts.to_array()
+        out: NDArray[np.int32] = self._whole("view_counts")
         return out
 
     @view_counts.setter
     def view_counts(self, value: NDArray[np.int32]) -> None:
-        self._view_counts = RowBlocks((), np.int32, 0)
+        self._reload_all()
+        self._view_counts = self._table((), np.int32, 0)
         self._view_counts.assign(value)
         self.mark_changed()
 
@@ -410,6 +462,162 @@ class SemanticMap:
             + self._colors.cow_copies
         )
 
+    # ------------------------------------------------------------------ spilling
+
+    def _table(self, row_shape: tuple[int, ...], dtype: Any, fill: float | int) -> RowBlocks:
+        return RowBlocks(row_shape, dtype, fill, block_rows=self._block_rows)
+
+    def _tables(self) -> dict[str, RowBlocks]:
+        """The per-voxel tables that spill, by name (their blocks line up: same rows)."""
+        return {
+            "colors": self._colors,
+            "member_ids": self._member_ids,
+            "member_weights": self._member_weights,
+            "view_counts": self._view_counts,
+        }
+
+    @property
+    def block_rows(self) -> int:
+        """Voxels per block: the unit that leaves memory and comes back."""
+        return self._block_rows
+
+    @property
+    def spill_store(self) -> SpillStore | None:
+        return self._spill
+
+    def attach_spill_store(self, store: SpillStore | None) -> None:
+        """Let blocks leave memory into ``store`` (None: bring every block back, stop)."""
+        if store is None:
+            self._reload_all()
+        self._spill = store
+
+    @property
+    def spilled_blocks(self) -> int:
+        """Blocks out of memory now."""
+        return len(self._spilled)
+
+    @property
+    def spilled_voxels(self) -> int:
+        return len(self._spilled) * self._block_rows
+
+    @property
+    def spilled_nbytes(self) -> int:
+        """Bytes of the per-voxel tables that are on disk instead of in memory."""
+        per_row = sum(t.row_nbytes for t in self._tables().values())
+        return self.spilled_voxels * per_row
+
+    @property
+    def memory_nbytes(self) -> int:
+        """Bytes the map holds in memory: per-voxel buffers (capacity included), the blocks in
+        memory, the mask bank and the 3D features."""
+        tables = sum(
+            t.block_nbytes(j) for t in self._tables().values() for j in range(t.num_blocks)
+        )
+        return int(
+            self._coords_buf.nbytes + self._points_buf.nbytes + tables
+            + self.mask_bank.nbytes + sum(f.nbytes for f in self._features_3d.values())
+        )
+
+    def _touch(self, blocks: list[int], *, write: bool) -> None:
+        """Bring ``blocks`` into memory, mark them used by the current use (a keyframe: one
+        plan of rows, or one surface update), and (``write``) forget their copy in the store,
+        which the write makes stale."""
+        used = self._block_used
+        if len(used) < self._member_ids.num_blocks:
+            used.extend([0] * (self._member_ids.num_blocks - len(used)))
+        for b in blocks:
+            if b in self._spilled:
+                self._reload(b)
+            used[b] = self._tick
+            if write and self._spill is not None and b in self._spill:
+                self._spill.discard(b)
+
+    def _reload(self, b: int) -> None:
+        if self._spill is None:
+            raise InputError("block_spilled", f"block {b} is spilled but no store is attached")
+        rows = self._spill.read(b)
+        for name, table in self._tables().items():
+            table.restore(b, rows[name])
+        self._spilled.discard(b)
+        self.blocks_reloaded += 1
+
+    def _reload_all(self) -> None:
+        for b in sorted(self._spilled):
+            self._reload(b)
+
+    def _spill_block(self, b: int) -> int:
+        """Move block ``b`` out of memory; returns the bytes freed."""
+        if self._spill is None:
+            raise InputError("no_spill_store", "attach a spill store before spilling")
+        tables = self._tables()
+        freed = sum(t.block_nbytes(b) for t in tables.values())
+        rows = {name: t.evict(b) for name, t in tables.items()}
+        if b not in self._spill:  # a block read back and not written since is stored already
+            self._spill.write(b, rows)
+        self._spilled.add(b)
+        self.blocks_spilled += 1
+        return freed
+
+    def enforce_budget(self, max_nbytes: int, *, low_water: float = 0.9) -> int:
+        """Spill the least recently used blocks while :attr:`memory_nbytes` exceeds
+        ``max_nbytes``, down to ``low_water`` times it (so that the next keyframes do not
+        spill again at once). The blocks of the latest use (keyframe or surface update) and
+        the last, partly filled block stay. Returns the blocks spilled (0 when under budget or
+        nothing can go)."""
+        if self._spill is None or self.memory_nbytes <= max_nbytes:
+            return 0
+        excess = self.memory_nbytes - int(max_nbytes * low_water)
+        nblocks = self._member_ids.num_blocks
+        used = self._block_used + [0] * (nblocks - len(self._block_used))
+        candidates = [
+            b for b in range(nblocks - 1)
+            if b not in self._spilled and used[b] < self._tick
+        ]  # fmt: skip
+        candidates.sort(key=lambda b: used[b])
+        spilled = 0
+        for b in candidates:
+            if excess <= 0:
+                break
+            excess -= self._spill_block(b)
+            spilled += 1
+        if spilled:
+            self.mark_changed()
+        return spilled
+
+    def _block_arrays(self, name: str) -> Iterator[NDArray[Any]]:
+        """Table ``name``'s used rows, block after block, spilled ones read from the store."""
+        table = self._tables()[name]
+        frozen = table.freeze()
+        for j, (block, rows) in enumerate(zip(frozen.blocks, frozen.block_sizes(), strict=True)):
+            if block is not None:
+                yield block[:rows]
+            elif self._spill is not None:
+                yield self._spill.read(j)[name][:rows]
+            else:
+                raise InputError("block_spilled", f"block {j} is spilled without a store")
+
+    def _whole(self, name: str) -> NDArray[Any]:
+        """(M, ...) read-only copy of table ``name``, spilled blocks included."""
+        table = self._tables()[name]
+        if not self._spilled:
+            return table.to_array()
+        parts = list(self._block_arrays(name))
+        return read_only(np.concatenate(parts) if parts else
+                         np.empty((0, *table.row_shape), table.dtype))  # fmt: skip
+
+    def _not_searched_boxes(self, blocks: list[int]) -> NDArray[np.float32]:
+        """(S, 2, 3) corners of blocks ``blocks`` in metres (from the runs' boxes)."""
+        boxes = self._chunks.frozen()
+        per_block = max(1, self._block_rows // boxes.chunk_voxels)
+        out = np.zeros((len(blocks), 2, 3), np.float32)
+        for i, b in enumerate(blocks):
+            lo = boxes.lo[b * per_block : (b + 1) * per_block]
+            hi = boxes.hi[b * per_block : (b + 1) * per_block]
+            if lo.shape[0]:
+                out[i, 0] = (lo.min(axis=0) - 0.5) * self.voxel_size_m
+                out[i, 1] = (hi.max(axis=0) + 0.5) * self.voxel_size_m
+        return out
+
     def snapshot(self) -> MapSnapshot:
         """A frozen view of the map as it is now; O(blocks), no per-voxel copy.
 
@@ -420,6 +628,9 @@ class SemanticMap:
         last = self._last_snapshot
         if last is not None and last.version == self._version:
             return last
+        if self._spilled:
+            self._last_snapshot = self._resident_snapshot()
+            return self._last_snapshot
         bank = self.mask_bank
         self._last_snapshot = MapSnapshot(
             version=self._version,
@@ -440,6 +651,43 @@ class SemanticMap:
             _view_counts=self._view_counts.freeze(),
         )
         return self._last_snapshot
+
+    def _resident_snapshot(self) -> MapSnapshot:
+        """A snapshot of the blocks in memory only: their rows are copied out of the
+        coordinate, centre and feature buffers (O(voxels in memory)), the table blocks are
+        shared as in a full snapshot."""
+        tables = self._tables()
+        nblocks = self._member_ids.num_blocks
+        keep = [b for b in range(nblocks) if b not in self._spilled]
+        gone = sorted(self._spilled)
+        m, rows = self._num_voxels, self._block_rows
+        numbers = np.concatenate(
+            [np.arange(b * rows, min((b + 1) * rows, m), dtype=np.int64) for b in keep]
+            or [np.empty(0, np.int64)]
+        )
+        frozen = {name: t.freeze().take_blocks(keep) for name, t in tables.items()}
+        bank = self.mask_bank
+        return MapSnapshot(
+            version=self._version,
+            voxel_size_m=self.voxel_size_m,
+            coords=read_only(self._coords_buf[numbers]),
+            points_m=read_only(self._points_buf[numbers]),
+            bank_embeddings=MappingProxyType(
+                {s: read_only(e) for s, e in bank.embeddings.items()}
+            ),
+            bank_keyframe_ids=read_only(bank.keyframe_ids),
+            features_3d=MappingProxyType(
+                {s: read_only(f[numbers]) for s, f in self._features_3d.items()}
+            ),
+            taken_monotonic_s=time.monotonic(),
+            _colors=frozen["colors"],
+            _member_ids=frozen["member_ids"],
+            _member_weights=frozen["member_weights"],
+            _view_counts=frozen["view_counts"],
+            voxel_numbers=read_only(numbers),
+            voxels_not_searched=m - int(numbers.shape[0]),
+            not_searched_boxes_m=read_only(self._not_searched_boxes(gone)),
+        )
 
     # ------------------------------------------------------------------ mutation
 
@@ -493,7 +741,10 @@ class SemanticMap:
                 table.append(grow)
             self._grow_features(grow)
         if index.size:
-            self._colors.scatter(index, colors)
+            plan = self._colors.plan(index)
+            self._tick += 1
+            self._touch([seg[0] for seg in plan.segments], write=True)
+            self._colors.scatter(plan, colors)
         self.mark_changed()
 
     def _grow_features(self, grow: int) -> None:
@@ -510,15 +761,24 @@ class SemanticMap:
 
     def plan_rows(self, voxels: NDArray[np.int64]) -> RowPlan:
         """``voxels`` (V,) grouped for this map's tables: pass it to the membership and
-        view-count methods below when they all touch the same voxels (one grouping, not six)."""
+        view-count methods below when they all touch the same voxels (one grouping, not six).
+        A plan is one use of its blocks for :meth:`enforce_budget`."""
+        self._tick += 1
         return self._member_ids.plan(voxels)
+
+    def _planned(self, voxels: NDArray[np.int64] | RowPlan, *, write: bool) -> RowPlan:
+        """``voxels`` as a plan, their blocks brought into memory and marked used."""
+        plan = voxels if isinstance(voxels, RowPlan) else self.plan_rows(voxels)
+        self._touch([seg[0] for seg in plan.segments], write=write)
+        return plan
 
     def gather_memberships(
         self, voxels: NDArray[np.int64] | RowPlan
     ) -> tuple[NDArray[np.int32], NDArray[np.float32]]:
         """(V, k) int32 ids and (V, k) float32 weights of the given voxels (copies)."""
-        ids: NDArray[np.int32] = self._member_ids.gather(voxels)
-        weights: NDArray[np.float32] = self._member_weights.gather(voxels)
+        plan = self._planned(voxels, write=False)
+        ids: NDArray[np.int32] = self._member_ids.gather(plan)
+        weights: NDArray[np.float32] = self._member_weights.gather(plan)
         return ids, weights
 
     def write_memberships(
@@ -528,13 +788,15 @@ class SemanticMap:
         weights: NDArray[np.float32],
     ) -> None:
         """Overwrite the (V, k) memberships of ``voxels`` (copy-on-write against snapshots)."""
-        self._member_ids.scatter(voxels, ids)
-        self._member_weights.scatter(voxels, weights)
+        plan = self._planned(voxels, write=True)
+        self._member_ids.scatter(plan, ids)
+        self._member_weights.scatter(plan, weights)
         self.mark_changed()
 
     def count_views(self, voxels: NDArray[np.int64] | RowPlan) -> None:
         """Add one to the view count of each of the (V,) distinct ``voxels``."""
-        self._view_counts.scatter(voxels, self._view_counts.gather(voxels) + 1)
+        plan = self._planned(voxels, write=True)
+        self._view_counts.scatter(plan, self._view_counts.gather(plan) + 1)
         self.mark_changed()
 
     def strongest_mask(self) -> NDArray[np.int32]:
@@ -557,29 +819,42 @@ class SemanticMap:
             "has_class_probs": bank.class_probs is not None,
             "metadata": self.metadata,
         }
-        arrays: dict[str, NDArray[Any]] = {
-            "coords": self.coords,
-            "colors": self.colors,
-            "member_ids": self.member_ids,
-            "member_weights": self.member_weights,
-            "view_counts": self.view_counts,
-            "bank_keyframe_ids": bank.keyframe_ids,
-        }
+        # Each member is written block after block: saving a map costs one block of memory
+        # beyond the map, and spilled blocks are read back from the store one at a time.
+        members: dict[str, tuple[tuple[int, ...], np.dtype[Any], _Parts]] = {}
+
+        def add(name: str, arr: NDArray[Any]) -> None:
+            members[name] = (tuple(arr.shape), arr.dtype, lambda a=arr: iter((a,)))
+
+        add("coords", self.coords)
+        m = self.num_voxels
+        for name, table in self._tables().items():
+            members[name] = (
+                (m, *table.row_shape), table.dtype, lambda n=name: self._block_arrays(n)
+            )
+        add("bank_keyframe_ids", bank.keyframe_ids)
         for space, e in bank.embeddings.items():
-            arrays[f"bank_embeddings/{space}"] = e
+            add(f"bank_embeddings/{space}", e)
         if bank.class_probs is not None:
-            arrays["bank_class_probs"] = bank.class_probs
+            add("bank_class_probs", bank.class_probs)
         for space, f in self.features_3d.items():
-            arrays[f"features_3d/{space}"] = f
+            add(f"features_3d/{space}", f)
         # The zip CRC is only checked when a member is read to its end, which np.load does not
         # guarantee, so every array carries its own checksum in the header.
-        header["crc32"] = {name: _crc32(arr) for name, arr in arrays.items()}
-        # The header goes first in the archive so that it sits at the start of the file.
-        members = {
-            _HEADER_KEY: np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8),
-            **arrays,
+        header["crc32"] = {
+            name: _crc32_parts(parts()) for name, (_, _, parts) in members.items()
         }
-        return atomic_write(path, lambda fh: np.savez(fh, **members))  # type: ignore[arg-type]
+        # The header goes first in the archive so that it sits at the start of the file.
+        head = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+
+        def write(fh: Any) -> None:
+            with zipfile.ZipFile(fh, mode="w", compression=zipfile.ZIP_STORED,
+                                 allowZip64=True) as archive:  # fmt: skip
+                _write_member(archive, _HEADER_KEY, head.shape, head.dtype, iter((head,)))
+                for name, (shape, dtype, parts) in members.items():
+                    _write_member(archive, name, shape, dtype, parts())
+
+        return atomic_write(path, write)
 
     @classmethod
     def load(cls, path: str | Path) -> SemanticMap:
@@ -612,7 +887,7 @@ class SemanticMap:
         if not isinstance(checksums, dict) or set(checksums) != set(data):
             raise DataFormatError(f"{path}: array list does not match the header")
         for name, arr in data.items():
-            if _crc32(arr) != checksums[name]:
+            if _crc32_parts(iter((arr,))) != checksums[name]:
                 raise DataFormatError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
         try:
             return cls._from_arrays(header, data)

@@ -55,21 +55,50 @@ def read_only(arr: NDArray[Any]) -> NDArray[Any]:
 
 @dataclass(frozen=True, eq=False)
 class FrozenRows:
-    """The first ``num_rows`` rows of a :class:`RowBlocks` at the time it was frozen."""
+    """The first ``num_rows`` rows of a :class:`RowBlocks` at the time it was frozen.
 
-    blocks: tuple[NDArray[Any], ...]
+    A block that was spilled to disk at that time is None (see :meth:`RowBlocks.evict`).
+    """
+
+    blocks: tuple[NDArray[Any] | None, ...]
     num_rows: int
     block_rows: int
     row_shape: tuple[int, ...]
     dtype: np.dtype[Any]
 
+    def block_sizes(self) -> list[int]:
+        """Rows of each block that hold table rows (the last block may be partly used)."""
+        return [
+            max(0, min(self.block_rows, self.num_rows - j * self.block_rows))
+            for j in range(len(self.blocks))
+        ]
+
+    def take_blocks(self, js: list[int]) -> FrozenRows:
+        """The rows of blocks ``js`` only (ascending, resident), as a table of their own.
+
+        Every block but the last of ``js`` must be full, so that the blocks keep the layout
+        "block i holds rows [i * block_rows, (i + 1) * block_rows)" in the new table."""
+        sizes = self.block_sizes()
+        taken = []
+        for pos, j in enumerate(js):
+            block = self.blocks[j]
+            if block is None:
+                raise InputError("block_spilled", f"block {j} is not in memory")
+            if pos < len(js) - 1 and sizes[j] != self.block_rows:
+                raise InputError("row_blocks", f"block {j} is partly used but not the last")
+            taken.append(block)
+        rows = sum(sizes[j] for j in js)
+        return FrozenRows(tuple(taken), rows, self.block_rows, self.row_shape, self.dtype)
+
     def to_array(self) -> NDArray[Any]:
-        """(num_rows, *row_shape) contiguous copy (read-only)."""
+        """(num_rows, *row_shape) contiguous copy (read-only); every block must be resident."""
         parts = []
         for j, block in enumerate(self.blocks):
             lo = j * self.block_rows
             if lo >= self.num_rows:
                 break
+            if block is None:
+                raise InputError("block_spilled", f"block {j} is not in memory")
             parts.append(block[: min(self.block_rows, self.num_rows - lo)])
         out = (
             np.concatenate(parts)
@@ -139,9 +168,11 @@ class RowBlocks:
     """A growable (N, *row_shape) table stored in blocks, copy-on-write against snapshots.
 
     Appending never touches existing rows; :meth:`scatter` copies a block first when a
-    :class:`FrozenRows` taken by :meth:`freeze` still references it. Not thread-safe by
-    itself: the map's owner serialises writers (the pipeline's lock); frozen views may be read
-    from any thread.
+    :class:`FrozenRows` taken by :meth:`freeze` still references it. A block can leave memory
+    (:meth:`evict`, for a spill store) and come back (:meth:`restore`); reading or writing a
+    block that is out raises, so the owner brings blocks back before it touches them. Not
+    thread-safe by itself: the map's owner serialises writers (the pipeline's lock); frozen
+    views may be read from any thread.
     """
 
     def __init__(
@@ -161,7 +192,7 @@ class RowBlocks:
         self._shift = block_rows.bit_length() - 1
         #: Elements per row: the compiled row copies see every table as (rows, width).
         self._row_width = int(np.prod(self.row_shape, dtype=np.int64))
-        self._blocks: list[NDArray[Any]] = []
+        self._blocks: list[NDArray[Any] | None] = []
         self._shared: list[bool] = []
         self._count = 0
         #: Blocks copied because a snapshot held them (for benchmarks).
@@ -171,9 +202,57 @@ class RowBlocks:
         return self._count
 
     @property
+    def row_nbytes(self) -> int:
+        """Bytes of one row."""
+        return self._row_width * self.dtype.itemsize
+
+    @property
     def nbytes(self) -> int:
-        per_row = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
-        return self._count * per_row
+        """Bytes of every row, in memory or not."""
+        return self._count * self.row_nbytes
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self._blocks)
+
+    def block_nbytes(self, j: int) -> int:
+        """Bytes block ``j`` holds in memory (its allocated rows; 0 when evicted)."""
+        block = self._blocks[j]
+        return 0 if block is None else int(block.nbytes)
+
+    def is_resident(self, j: int) -> bool:
+        return self._blocks[j] is not None
+
+    def evict(self, j: int) -> NDArray[Any]:
+        """Take block ``j`` out of memory and return its used rows (for the caller to store).
+
+        A snapshot that holds the block keeps its own reference, so its readers are unaffected.
+        """
+        block = self._blocks[j]
+        if block is None:
+            raise InputError("block_spilled", f"block {j} is already out of memory")
+        rows = min(self.block_rows, self._count - j * self.block_rows)
+        if rows < block.shape[0] or j == len(self._blocks) - 1:
+            raise InputError("row_blocks", f"block {j} is partly used: only full blocks leave")
+        self._blocks[j] = None
+        self._shared[j] = False
+        return block
+
+    def restore(self, j: int, rows: NDArray[Any]) -> None:
+        """Put block ``j`` back from the rows :meth:`evict` returned (or a copy of them)."""
+        if self._blocks[j] is not None:
+            raise InputError("row_blocks", f"block {j} is in memory")
+        rows = np.asarray(rows, dtype=self.dtype)
+        if rows.shape != (self.block_rows, *self.row_shape):
+            raise InputError("row_blocks", f"block {j}: rows {rows.shape} do not fit")
+        self._blocks[j] = rows if rows.flags.writeable else rows.copy()
+        self._shared[j] = False
+
+    def _resident(self, b: int) -> NDArray[Any]:
+        block = self._blocks[b]
+        if block is None:
+            raise InputError("block_spilled", f"block {b} is not in memory")
+        return block
 
     def _new_block(self, rows: int) -> NDArray[Any]:
         return np.full((rows, *self.row_shape), self.fill, dtype=self.dtype)
@@ -189,7 +268,7 @@ class RowBlocks:
             if j == len(self._blocks):
                 self._blocks.append(self._new_block(min(self.block_rows, max(256, n))))
                 self._shared.append(False)
-            block = self._blocks[j]
+            block = self._resident(j)
             want = min(self.block_rows, target - lo)
             if block.shape[0] < want:
                 # Grow the last block by doubling; a snapshot keeps the old one.
@@ -208,7 +287,8 @@ class RowBlocks:
             raise ValueError(f"rows of shape {values.shape[1:]}, expected {self.row_shape}")
         self._blocks, self._shared, self._count = [], [], 0
         self.append(values.shape[0])
-        for j, block in enumerate(self._blocks):
+        for j in range(len(self._blocks)):
+            block = self._resident(j)
             lo = j * self.block_rows
             hi = min(values.shape[0], lo + block.shape[0])
             block[: hi - lo] = values[lo:hi]
@@ -234,7 +314,7 @@ class RowBlocks:
         # Compiled row copies: numpy's fancy indexing costs ~5x more per 32-byte row.
         flat_out = out.reshape(plan.num_rows, self._row_width)
         for b, pos, local in plan.segments:
-            block = self._blocks[b]
+            block = self._resident(b)
             _gather_rows(block.reshape(block.shape[0], self._row_width), local, pos, flat_out)
         return out
 
@@ -249,11 +329,11 @@ class RowBlocks:
             )
         flat_values = values.reshape(plan.num_rows, self._row_width)
         for b, pos, local in plan.segments:
+            block = self._resident(b)
             if self._shared[b]:
-                self._blocks[b] = self._blocks[b].copy()
+                block = self._blocks[b] = block.copy()
                 self._shared[b] = False
                 self.cow_copies += 1
-            block = self._blocks[b]
             _scatter_rows(block.reshape(block.shape[0], self._row_width), local, pos, flat_values)
 
     def freeze(self) -> FrozenRows:
@@ -300,6 +380,16 @@ class MapSnapshot:
     _member_ids: FrozenRows = field(repr=False)
     _member_weights: FrozenRows = field(repr=False)
     _view_counts: FrozenRows = field(repr=False)
+    #: (M,) int64 the map's voxel number of each snapshot row, when the snapshot holds only
+    #: the voxels in memory of a map that spilled some to disk; None: row i is voxel i.
+    voxel_numbers: NDArray[np.int64] | None = field(default=None, repr=False)
+    #: Voxels of the map that are not in the snapshot because they were on disk (spilled).
+    #: A query over this snapshot did not search them and says so.
+    voxels_not_searched: int = 0
+    #: (S, 2, 3) float32 lowest and highest corner of each spilled run of voxels, metres.
+    not_searched_boxes_m: NDArray[np.float32] = field(
+        default_factory=lambda: np.zeros((0, 2, 3), np.float32), repr=False
+    )
     _cache: dict[str, NDArray[Any]] = field(default_factory=dict, repr=False, compare=False)
     _cache_lock: threading.Lock = field(
         default_factory=threading.Lock, repr=False, compare=False
