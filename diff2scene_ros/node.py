@@ -174,12 +174,13 @@ class MappingNode(Node):
     def _reading(self, read: Callable[[Any], Any], add: Callable[[Any], None]
                  ) -> Callable[[Any], None]:
         """A callback that converts a message with ``read`` and hands it to ``add``; a
-        message ``read`` refuses is counted, never raised into the executor."""
+        message ``read`` refuses is counted (with its stamp, when it has one), never raised
+        into the executor."""
         def callback(msg: Any) -> None:
             try:
                 record = read(msg)
             except InputError as exc:
-                self.runtime.reject(exc.reason)
+                self.runtime.assembler.reject(exc.reason, stamp_ns=exc.stamp_ns)
                 return
             add(record)
 

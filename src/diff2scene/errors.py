@@ -16,11 +16,16 @@ class ConfigError(Diff2SceneError):
 
 
 class InputError(Diff2SceneError):
-    """One input item (frame, message, query) is unusable; callers skip it and count why."""
+    """One input item (frame, message, query) is unusable; callers skip it and count why.
 
-    def __init__(self, reason: str, detail: str = "") -> None:
+    ``stamp_ns``: the stamp of the message it is about, when it has one, so that whoever counts
+    the refusal can say which message it was.
+    """
+
+    def __init__(self, reason: str, detail: str = "", *, stamp_ns: int | None = None) -> None:
         self.reason = reason
         self.detail = detail
+        self.stamp_ns = stamp_ns
         super().__init__(f"{reason}: {detail}" if detail else reason)
 
 

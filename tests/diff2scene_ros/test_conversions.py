@@ -234,6 +234,15 @@ def test_pose_rejects_zero_quaternion_and_wrong_types() -> None:
         cv.matrix_to_pose_stamped(np.full((4, 4), np.nan))
 
 
+def test_a_refused_pose_names_its_stamp() -> None:
+    # the node counts the refusal with it, so that rejected_nonfinite_pose says which message
+    ps = cv.matrix_to_pose_stamped(np.eye(4), frame_id="map", stamp_ns=7)
+    ps.pose.position.x = float("nan")
+    with pytest.raises(InputError) as err:
+        read_pose(ps)
+    assert (err.value.reason, err.value.stamp_ns) == ("nonfinite_pose", 7)
+
+
 def test_stamp_conversion() -> None:
     assert cv.stamp_to_ns(cv.ns_to_stamp(1_700_000_000_123_456_789)) == 1_700_000_000_123_456_789
     with pytest.raises(InputError):

@@ -14,7 +14,10 @@ does the same in log order. Assembly has two steps so a live node never decodes 
 Every colour image that does not become a frame is counted under exactly one reason in
 :attr:`FrameAssembler.stats`, and holes in the camera's stamp sequence (messages lost before
 they reached us) are estimated from the camera period and counted as ``input_gaps``, so that
-``colour images published ≈ frames + skips + gaps`` can be checked at any time.
+``colour images published ≈ frames + skips + gaps`` can be checked at any time. A
+:data:`~diff2scene.io.base.CountListener` given to :meth:`FrameAssembler.listen` is told of
+each skip and refusal with the stamp of the input counted, so a test or a fault injector can
+tell its own messages apart from everything else that went to the same counter.
 
 Pose input: TF (a chain from ``world_frame`` to the image's frame, or ``camera_frame``), or a
 pose topic (PoseStamped / Odometry / TransformStamped). With ``pose_source: auto`` TF is used
@@ -36,7 +39,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from diff2scene.errors import ConfigError, InputError
-from diff2scene.io.base import SkipStats
+from diff2scene.io.base import CountListener, SkipStats
 from diff2scene.io.image_codec import (
     COLOR_ENCODINGS,
     DEPTH_ENCODINGS,
@@ -291,6 +294,27 @@ class FrameAssembler:
         self._latest_T: NDArray[np.float64] | None = None
         #: Child frame named by the pose topic (Odometry/TransformStamped); "" for PoseStamped.
         self._pose_child = ""
+        self._listener: CountListener | None = None
+
+    def listen(self, listener: CountListener | None) -> None:
+        """Tell ``listener`` of every skip and refusal as it is counted: the key it went to in
+        :meth:`counters` (``skipped_<reason>`` or ``rejected_<reason>``) and the stamp of the
+        image or message counted (None when it has none, e.g. a message that could not be
+        read). It is called with the assembler's lock held, from the thread that counted:
+        it must be quick and must not call back into the assembler. None stops it."""
+        def skipped(reason: str, stamp_ns: int | None) -> None:
+            if listener is not None:
+                listener(f"skipped_{reason}", stamp_ns)
+
+        with self._lock:
+            self._listener = listener
+            self.stats.listener = None if listener is None else skipped
+
+    def _reject(self, reason: str, stamp_ns: int | None) -> None:
+        """Count a refused message under ``rejected_<reason>`` (lock held)."""
+        self.rejected[reason] += 1
+        if self._listener is not None:
+            self._listener(f"rejected_{reason}", stamp_ns)
 
     # ------------------------------------------------------------------ input records
 
@@ -300,9 +324,9 @@ class FrameAssembler:
             self.received["color"] += 1
             verdict = self._timeline.check(image.stamp_ns)
             if verdict == "reset":
-                self._reset_time()
+                self._reset_time(image.stamp_ns)
             elif verdict is not None:
-                self.stats.skip(verdict, f"colour t={image.stamp_ns}")
+                self.stats.skip(verdict, f"colour t={image.stamp_ns}", stamp_ns=image.stamp_ns)
                 return []
             self._saw_image(image.stamp_ns)
             return self._enqueue(self._sync.add_a(image.stamp_ns, image))
@@ -321,7 +345,7 @@ class FrameAssembler:
             try:
                 intrinsics_from_camera_info(info)
             except InputError as exc:
-                self.rejected[exc.reason] += 1
+                self._reject(exc.reason, info.stamp_ns)
                 return []
             self._camera_info = info
             return self._resolve(final=False)
@@ -335,7 +359,7 @@ class FrameAssembler:
                 self._topic.add(pose.parent or self._world, _POSE_TOPIC_CHILD, pose.stamp_ns,
                                 pose.T_parent_child)
             except InputError as exc:
-                self.rejected[exc.reason] += 1
+                self._reject(exc.reason, pose.stamp_ns)
                 return []
             self._pose_child = pose.child
             return self._resolve(final=False)
@@ -352,7 +376,7 @@ class FrameAssembler:
                     self._tf.add(ts.parent, ts.child, ts.stamp_ns, ts.T_parent_child,
                                  static=static)
                 except InputError as exc:
-                    self.rejected[exc.reason] += 1
+                    self._reject(exc.reason, ts.stamp_ns)
             return self._resolve(final=False)
 
     def add_instances(self, image: ImageData) -> list[RawFrame]:
@@ -374,25 +398,26 @@ class FrameAssembler:
             self._enqueue(self._sync.flush())
             return self._resolve(final=True)
 
-    def reject(self, reason: str) -> None:
+    def reject(self, reason: str, *, stamp_ns: int | None = None) -> None:
         """A message a front end could not read (bad calibration, pose, transform): counted
-        under ``rejected_<reason>``. Front ends call this rather than touching the counters,
-        which callback threads share."""
+        under ``rejected_<reason>`` (``stamp_ns``: its stamp, if it could be read). Front ends
+        call this rather than touching the counters, which callback threads share."""
         with self._lock:
-            self.rejected[reason] += 1
+            self._reject(reason, stamp_ns)
 
-    def skip_color(self, reason: str, detail: str = "") -> None:
+    def skip_color(self, reason: str, detail: str = "", *, stamp_ns: int | None = None) -> None:
         """A colour image that cannot become a frame before it reaches the assembler (an
         undecodable message in a bag): received, and skipped under ``reason``."""
         with self._lock:
             self.received["color"] += 1
-            self.stats.skip(reason, detail)
+            self.stats.skip(reason, detail, stamp_ns=stamp_ns)
 
     def skip_frame(self, raw: RawFrame, reason: str, detail: str = "") -> None:
         """A raw frame handed out but dropped before decoding (a full frame queue, a frame
         stride): skipped under ``reason``, so the books still close."""
         with self._lock:
-            self.stats.skip(reason, f"t={raw.stamp_ns}" + (f": {detail}" if detail else ""))
+            self.stats.skip(reason, f"t={raw.stamp_ns}" + (f": {detail}" if detail else ""),
+                            stamp_ns=raw.stamp_ns)
 
     # ------------------------------------------------------------------ decoding
 
@@ -402,7 +427,8 @@ class FrameAssembler:
             frame = self._decode(raw)
         except InputError as exc:
             with self._lock:
-                self.stats.skip(exc.reason, f"t={raw.stamp_ns}: {exc.detail}")
+                self.stats.skip(exc.reason, f"t={raw.stamp_ns}: {exc.detail}",
+                                stamp_ns=raw.stamp_ns)
             return None
         with self._lock:
             frame.index = self._frames_built
@@ -479,12 +505,13 @@ class FrameAssembler:
     def _saw_image(self, stamp_ns: int) -> None:
         self._newest_image_ns = max(self._newest_image_ns, stamp_ns)
 
-    def _reset_time(self) -> None:
-        """Time jumped (bag loop, simulator reset): forget everything time-indexed."""
-        self.rejected["time_reset"] += 1
+    def _reset_time(self, stamp_ns: int) -> None:
+        """Time jumped (bag loop, simulator reset) at the colour image ``stamp_ns``: forget
+        everything time-indexed."""
+        self._reject("time_reset", stamp_ns)
         self._sync.clear()
         for p in self._pending:
-            self.stats.skip("time_reset", f"t={p.stamp_ns}")
+            self.stats.skip("time_reset", f"t={p.stamp_ns}", stamp_ns=p.stamp_ns)
         self._pending.clear()
         self._instances.clear()
         self._tf.clear_dynamic()
@@ -523,7 +550,8 @@ class FrameAssembler:
                 if patience_left:
                     break
                 self._pending.popleft()
-                self.stats.skip("missing_camera_info", f"t={p.stamp_ns} before any CameraInfo")
+                self.stats.skip("missing_camera_info", f"t={p.stamp_ns} before any CameraInfo",
+                                stamp_ns=p.stamp_ns)
                 continue
             try:
                 T, source = self._camera_pose(p, max_extrapolation_ns=0)
@@ -534,11 +562,13 @@ class FrameAssembler:
                     T, source = self._camera_pose(p, max_extrapolation_ns=hold_ns)
                 except InputError:
                     self._pending.popleft()
-                    self.stats.skip(exc.reason, f"t={p.stamp_ns}: {exc.detail}")
+                    self.stats.skip(exc.reason, f"t={p.stamp_ns}: {exc.detail}",
+                                    stamp_ns=p.stamp_ns)
                     continue
             self._pending.popleft()
             if p.stamp_ns <= self._last_frame_ns:
-                self.stats.skip("stale_stamp", f"t={p.stamp_ns} after {self._last_frame_ns}")
+                self.stats.skip("stale_stamp", f"t={p.stamp_ns} after {self._last_frame_ns}",
+                                stamp_ns=p.stamp_ns)
                 continue
             self._last_frame_ns = p.stamp_ns
             self.pose_used[source] += 1
@@ -590,7 +620,7 @@ class FrameAssembler:
             elif self._adopted_world != parent:
                 # The pose topic defines the map frame; say so once instead of refusing frames.
                 self._adopted_world = parent
-                self.rejected["pose_frame_adopted"] += 1
+                self._reject("pose_frame_adopted", p.stamp_ns)
         return T, "topic"
 
 

@@ -378,17 +378,19 @@ class BagFrameSource(FrameSource):
             try:
                 raws = handlers[conn.topic](msg)
             except InputError as exc:
-                self._count_bad(conn.topic, layout, exc.reason, f"{conn.topic}: {exc.detail}")
+                self._count_bad(conn.topic, layout, exc.reason, f"{conn.topic}: {exc.detail}",
+                                stamp_ns=exc.stamp_ns)
                 continue
             yield from take(raws)
             if cfg.max_frames and handed >= cfg.max_frames:
                 return
         yield from take(asm.flush())
 
-    def _count_bad(self, topic: str, layout: BagLayout, reason: str, detail: str) -> None:
+    def _count_bad(self, topic: str, layout: BagLayout, reason: str, detail: str, *,
+                   stamp_ns: int | None = None) -> None:
         """A message that could not be read: a lost frame if it was a colour image."""
         if topic == layout.color_topic:
-            self.assembler.skip_color(reason, detail)
+            self.assembler.skip_color(reason, detail, stamp_ns=stamp_ns)
         else:
-            self.assembler.reject(reason)
+            self.assembler.reject(reason, stamp_ns=stamp_ns)
             _LOG.debug("message refused (%s): %s", reason, detail)

@@ -107,7 +107,8 @@ def read_camera_info(msg: Any) -> CameraInfoData:
     k = tuple(float(v) for v in np.asarray(msg.k, dtype=np.float64).reshape(-1))
     p = tuple(float(v) for v in np.asarray(msg.p, dtype=np.float64).reshape(-1))
     if len(k) != 9 or len(p) != 12:
-        raise InputError("bad_camera_info", f"K has {len(k)} values, P has {len(p)}")
+        raise InputError("bad_camera_info", f"K has {len(k)} values, P has {len(p)}",
+                         stamp_ns=stamp_ns_of(msg.header))
     roi = msg.roi
     return CameraInfoData(
         stamp_ns=stamp_ns_of(msg.header),
@@ -139,7 +140,8 @@ def pose_kind(msg: Any) -> PoseKind:
 def read_pose(msg: Any) -> PoseData:
     """Record of a PoseStamped, Odometry or TransformStamped.
 
-    A zero or non-finite quaternion or translation raises :class:`InputError`.
+    A zero or non-finite quaternion or translation raises :class:`InputError` (with the
+    message's stamp).
     """
     kind = pose_kind(msg)
     if kind == "transform":
@@ -151,9 +153,13 @@ def read_pose(msg: Any) -> PoseData:
     else:
         t, q = msg.pose.position, msg.pose.orientation
         child = ""
-    T = pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    stamp_ns = stamp_ns_of(msg.header)
+    try:
+        T = pose_to_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w))
+    except InputError as exc:
+        raise InputError(exc.reason, exc.detail, stamp_ns=stamp_ns) from exc
     return PoseData(
-        stamp_ns=stamp_ns_of(msg.header),
+        stamp_ns=stamp_ns,
         parent=str(msg.header.frame_id).lstrip("/"),
         child=child.lstrip("/"),
         T_parent_child=T,
@@ -161,7 +167,8 @@ def read_pose(msg: Any) -> PoseData:
 
 
 def read_transforms(msg: Any) -> list[PoseData]:
-    """Records of every transform of a ``tf2_msgs/TFMessage``; a bad one raises."""
+    """Records of every transform of a ``tf2_msgs/TFMessage``; a bad one raises (with its own
+    stamp)."""
     return [read_pose(ts) for ts in msg.transforms]
 
 

@@ -43,8 +43,8 @@ class ApproximateSync(Generic[A, B]):
     def add_a(self, stamp_ns: int, item: A) -> list[tuple[int, A, B]]:
         self._a.append(_Stamped(stamp_ns, item))
         if len(self._a) > self._max_queue:
-            self._a.popleft()
-            self.stats.skip("sync_queue_overflow", "colour queue full")
+            dropped = self._a.popleft()
+            self.stats.skip("sync_queue_overflow", "colour queue full", stamp_ns=dropped.stamp_ns)
         return self._match(final=False)
 
     def add_b(self, stamp_ns: int, item: B) -> list[tuple[int, A, B]]:
@@ -61,16 +61,16 @@ class ApproximateSync(Generic[A, B]):
 
     def clear(self) -> None:
         """Drop everything queued, counting the A items as frame losses."""
-        for _ in self._a:
-            self.stats.skip("no_depth_match", "queue cleared")
+        for a in self._a:
+            self.stats.skip("no_depth_match", "queue cleared", stamp_ns=a.stamp_ns)
         self._a.clear()
         self._b.clear()
 
     def flush(self) -> list[tuple[int, A, B]]:
         """Match what can still be matched at the end of a stream; count the rest."""
         out = self._match(final=True)
-        for _ in self._a:
-            self.stats.skip("no_depth_match", "stream ended")
+        for a in self._a:
+            self.stats.skip("no_depth_match", "stream ended", stamp_ns=a.stamp_ns)
         self._a.clear()
         self._b.clear()
         return out
@@ -88,7 +88,8 @@ class ApproximateSync(Generic[A, B]):
             best = min(self._b, key=lambda b: abs(b.stamp_ns - a.stamp_ns), default=None)
             self._a.popleft()
             if best is None or abs(best.stamp_ns - a.stamp_ns) > self.slop_ns:
-                self.stats.skip("no_depth_match", f"colour t={a.stamp_ns} has no depth within slop")
+                self.stats.skip("no_depth_match", f"colour t={a.stamp_ns} has no depth within slop",
+                                stamp_ns=a.stamp_ns)
                 continue
             # Each depth serves one colour image, and older depths can serve no later one.
             while self._b and self._b[0] is not best:

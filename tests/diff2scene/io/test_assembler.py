@@ -1,3 +1,6 @@
+from collections import Counter
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -184,6 +187,42 @@ def test_a_single_wild_stamp_is_skipped_and_a_confirmed_reset_accepted() -> None
     assert asm.stats.skipped["stamp_jump"] == 1 + 2  # the wild one, then two before the reset
     assert len(frames) == 8 + 4
     assert asm.received["color"] == len(frames) + asm.stats.total_skipped + asm.input_gaps
+
+
+def test_a_listener_is_told_of_every_count_with_the_stamp_counted() -> None:
+    # Counters say how many; the listener says which input went where, so a fault injector can
+    # find its own messages among everything else counted under the same key.
+    journal: list[tuple[str, int | None]] = []
+    asm = FrameAssembler(InputConfig(max_pose_wait_s=0.0))
+    asm.listen(lambda key, stamp: journal.append((key, stamp)))
+    raws = asm.add_color(color(T0)) + asm.add_depth(depth(T0))  # before any calibration
+    raws += asm.add_camera_info(replace(info(p_focal=0.0, k_focal=0.0), stamp_ns=T0 + 1))
+    raws += asm.add_camera_info(info())
+    for i in range(1, 6):
+        t = T0 + i * DT
+        raws += asm.add_pose(pose(t, 0.0)) + asm.add_color(color(t)) + asm.add_depth(depth(t))
+    raws += asm.add_color(color(T0 + 2 * DT + 5))  # stale: older than the newest colour
+    raws += asm.add_color(color(T0 + 3600 * 10**9))  # a wild stamp
+    bad = ImageData(T0 + 6 * DT, "cam", "yuv422", bytes(2 * W * H), H, W, 2 * W)
+    raws += asm.add_pose(pose(T0 + 6 * DT, 0.0)) + asm.add_color(bad)
+    raws += asm.add_depth(depth(T0 + 6 * DT)) + asm.flush()
+    finished(asm, raws)
+    reader_refused = InputError("nonfinite_pose", stamp_ns=T0 + 3)  # as the node counts it
+    asm.reject(reader_refused.reason, stamp_ns=reader_refused.stamp_ns)
+    assert ("skipped_missing_camera_info", T0) in journal
+    assert ("rejected_bad_camera_info", T0 + 1) in journal
+    assert ("skipped_stale_stamp", T0 + 2 * DT + 5) in journal
+    assert ("skipped_stamp_jump", T0 + 3600 * 10**9) in journal
+    assert ("skipped_bad_color_encoding", T0 + 6 * DT) in journal
+    assert ("rejected_nonfinite_pose", T0 + 3) in journal
+    # one entry per count, and none elsewhere: the journal is the counters, itemised
+    counted = {k: v for k, v in asm.counters().items()
+               if k.startswith(("skipped_", "rejected_")) and v}
+    assert counted == dict(Counter(key for key, _ in journal))
+    assert all(stamp is not None for _, stamp in journal), journal
+    asm.listen(None)
+    asm.add_color(color(T0))
+    assert asm.stats.skipped["stale_stamp"] == 2 and len(journal) == sum(counted.values())
 
 
 def test_instances_are_attached_when_expected() -> None:
