@@ -23,6 +23,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,7 +88,12 @@ class MappingNode(Node):
     ) -> None:
         """``segmenter``/``text_encoder`` default to the ones ``segmenter`` configures."""
         super().__init__(node_name, **node_kwargs)
-        self.config = cfg = declare_config(self, NodeConfig())
+        cfg = declare_config(self, NodeConfig())
+        if cfg.pipeline.memory_budget_mb and not cfg.pipeline.spill_dir:
+            # Spilled blocks wait beside the maps they belong to.
+            spill = Path(cfg.map_dir).expanduser() / "spill"
+            cfg = replace(cfg, pipeline=replace(cfg.pipeline, spill_dir=str(spill)))
+        self.config = cfg
         if segmenter is None or text_encoder is None:
             built_segmenter, built_encoder = build_models(cfg)
             segmenter = segmenter or built_segmenter

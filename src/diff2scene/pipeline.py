@@ -38,7 +38,9 @@ from diff2scene.errors import Diff2SceneError, InputError
 from diff2scene.mapping.keyframes import KeyframeConfig, KeyframeSelector
 from diff2scene.mapping.mapper import Mapper, MapperConfig
 from diff2scene.mapping.semantic_map import SemanticMap
+from diff2scene.mapping.spill import SpillStore
 from diff2scene.mapping.unproject import MaskUnprojector, UnprojectConfig
+from diff2scene.memory import return_freed_blocks_to_system, rss_mib
 from diff2scene.net3d.inference import Net3D, Net3DConfig, refresh_map_features
 from diff2scene.priority import PriorityGate
 from diff2scene.segmentation.base import Segmenter2D
@@ -92,6 +94,22 @@ class PipelineConfig:
     #: frames under a continuous query load (see :mod:`diff2scene.priority`). Waits are
     #: counted (``fusion_yield_*``).
     yield_to_queries_max_s: float = 0.0
+    #: Most memory the whole process should hold (resident set), MiB; 0 = no bound. When the
+    #: map would take the process past it, the blocks of per-voxel state (colours,
+    #: memberships, view counts; 64Ki voxels each) that no keyframe touched for longest go to
+    #: a spill store on disk and come back when a keyframe sees them again. Set aside first:
+    #: what the process held when the pipeline started (libraries, models), the TSDF working
+    #: set, the voxel index, coordinates and the mask bank (these stay in memory), and a tenth
+    #: of the budget for transients (snapshots, query engines). Queries search the voxels in
+    #: memory and say how many they left out. Not with the 3D branch (its features are
+    #: recomputed over the whole map).
+    memory_budget_mb: float = 0.0
+    #: Directory of the spill store; "" = a private temporary directory. The node and the
+    #: replay put it beside the map they save. Files an earlier process left there are removed.
+    spill_dir: str = ""
+    #: Voxels per block that leaves memory and comes back (a power of two): smaller blocks
+    #: follow the camera more closely, at more files and more bookkeeping per keyframe.
+    spill_block_voxels: int = 1 << 16
 
     @property
     def net3d_active(self) -> bool:
@@ -111,6 +129,17 @@ class PipelineConfig:
             raise ValueError("block_timeout_s and flush_timeout_s must be > 0 (no endless waits)")
         if self.yield_to_queries_max_s < 0:
             raise ValueError("yield_to_queries_max_s must be >= 0")
+        if not self.memory_budget_mb >= 0:
+            raise ValueError(f"memory_budget_mb must be >= 0, got {self.memory_budget_mb}")
+        n = self.spill_block_voxels
+        if n < 1024 or n & (n - 1):
+            raise ValueError(f"spill_block_voxels must be a power of two >= 1024, got {n}")
+        if self.memory_budget_mb and self.net3d_active:
+            raise ValueError(
+                "memory_budget_mb cannot bound a map with the 3D branch (net3d_mode / "
+                "net3d.checkpoint): its features are recomputed over the whole map in memory; "
+                "set net3d_mode: off, or memory_budget_mb: 0"
+            )
 
 
 @dataclass
@@ -130,6 +159,9 @@ class PipelineStats:
     integrate_s_total: float = 0.0
     net3d_runs: int = 0
     net3d_s_total: float = 0.0
+    #: Keyframes after which the map stayed over its share of ``memory_budget_mb`` with
+    #: nothing left to spill (what stays in memory outgrew the budget).
+    memory_budget_short: int = 0
 
 
 @dataclass(frozen=True)
@@ -182,9 +214,18 @@ class Pipeline:
         self.segmenter = segmenter
         self.mapper = Mapper(config.mapper)
         self.map = SemanticMap(
-            config.mapper.voxel_size_m, members_per_voxel=config.members_per_voxel
+            config.mapper.voxel_size_m, members_per_voxel=config.members_per_voxel,
+            block_rows=config.spill_block_voxels,
         )
         self.map.metadata["pipeline_config"] = to_dict(config)
+        self._spill: SpillStore | None = None
+        #: Resident set when the pipeline started, bytes (the budget's fixed part).
+        self._rss_at_start_b = 0
+        if config.memory_budget_mb:
+            return_freed_blocks_to_system()
+            self._spill = SpillStore(config.spill_dir or None)
+            self.map.attach_spill_store(self._spill)
+            self._rss_at_start_b = int((rss_mib() or 0.0) * 2**20)
         self.keyframes = KeyframeSelector(config.keyframes)
         self.unprojector = MaskUnprojector(config.unproject)
         self.stats = PipelineStats()
@@ -332,6 +373,7 @@ class Pipeline:
                     raise InputError("map_replaced", "a map was loaded while this keyframe ran")
                 self.unprojector.accumulate(smap, unprojection, masks, self._next_keyframe_id)
                 self._next_keyframe_id += 1
+                self._hold_budget()
         except Exception as exc:  # the unprojection stage boundary: skip the keyframe
             self.stats.segment_errors[self._unproject.record_failure(exc).key] += 1
             return
@@ -510,6 +552,53 @@ class Pipeline:
         """Health of every supervised stage (ok / failing / disabled, counts, last error)."""
         return self.supervisor.status()
 
+    # ------------------------------------------------------------------ memory budget
+
+    def map_memory_allowance_b(self) -> int | None:
+        """Bytes the semantic map may hold in memory under ``memory_budget_mb`` now (None
+        without a budget): the budget less the process at start, the mapper's geometry (TSDF
+        working set, voxel index) and a tenth for transients."""
+        if not self.config.memory_budget_mb:
+            return None
+        budget = self.config.memory_budget_mb * 2**20
+        fixed = self._rss_at_start_b + self.mapper.geometry_nbytes + 0.1 * budget
+        return max(int(budget - fixed), 0)
+
+    def _hold_budget(self) -> None:
+        """Spill what the map holds beyond its allowance (call with the lock held)."""
+        allowance = self.map_memory_allowance_b()
+        if allowance is None:
+            return
+        self.map.enforce_budget(allowance)
+        if self.map.memory_nbytes > allowance:
+            if not self.stats.memory_budget_short:
+                _LOG.warning(
+                    "memory_budget_mb %.0f cannot be held: the map needs %.1f MiB in memory "
+                    "with every block it can spill on disk, %.1f MiB are left for it",
+                    self.config.memory_budget_mb, self.map.memory_nbytes / 2**20,
+                    allowance / 2**20,
+                )
+            self.stats.memory_budget_short += 1
+
+    def memory_stats(self) -> dict[str, float | int]:
+        """Where the map's bytes are: in memory (map and mapper), on disk, blocks moved."""
+        smap = self.map
+        out: dict[str, float | int] = {
+            "map_mb_in_memory": round(
+                (smap.memory_nbytes + self.mapper.geometry_nbytes) / 2**20, 1
+            ),
+            "map_mb_spilled": round(smap.spilled_nbytes / 2**20, 1),
+            "map_blocks_spilled_now": smap.spilled_blocks,
+            "map_blocks_evicted": smap.blocks_spilled,
+            "map_blocks_reloaded": smap.blocks_reloaded,
+            "memory_budget_mb": self.config.memory_budget_mb,
+            "memory_budget_short": self.stats.memory_budget_short,
+        }
+        rss = rss_mib()
+        if rss is not None:
+            out["rss_mb"] = round(rss, 1)
+        return out
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
@@ -529,7 +618,7 @@ class Pipeline:
         The TSDF is not part of a saved map: fusion restarts empty, seeded with the saved
         voxels so that their indices (and memberships, features) stay valid as the map grows.
         """
-        loaded = SemanticMap.load(path)
+        loaded = SemanticMap.load(path, block_rows=self.config.spill_block_voxels)
         with self.lock:
             if abs(loaded.voxel_size_m - self.map.voxel_size_m) > 1e-9:
                 raise InputError(
@@ -541,7 +630,12 @@ class Pipeline:
             # The counters describe the frames this pipeline was given, not the map: a load
             # must not reset them (a node's frame accounting would no longer close).
             mapper.stats = self.mapper.stats
+            if self._spill is not None:
+                self._spill.close()  # the old map's spilled blocks go with it
+                self._spill = SpillStore(self.config.spill_dir or None)
+                loaded.attach_spill_store(self._spill)
             self.map, self.mapper = loaded, mapper
+            self._hold_budget()
             if self.net3d is not None:  # features of the loaded map, or recompute them all
                 dims = {s: f.shape[1] for s, f in self.net3d.features.items()}
                 fits = {s: f.shape[1] for s, f in loaded.features_3d.items()} == dims
@@ -575,5 +669,6 @@ class Pipeline:
         out["fusion_yield_waits"] = gate.waits
         out["fusion_yield_waits_timed_out"] = gate.waits_timed_out
         out["fusion_yield_s_total"] = round(gate.waited_s_total, 3)
+        out.update(self.memory_stats())
         out.update(self.supervisor.summary())
         return out

@@ -457,6 +457,9 @@ def replay_to_dir(
 
     bag, out = Path(bag), Path(out)
     _prepare_out(out, force=force)
+    if config.pipeline.memory_budget_mb and not config.pipeline.spill_dir:
+        # Spilled blocks wait beside the map they belong to (removed when the replay ends).
+        config = replace(config, pipeline=replace(config.pipeline, spill_dir=str(out / "spill")))
     times = StageTimes()
     times.sample_memory()
     run = run_replay(

@@ -25,7 +25,6 @@ import math
 import os
 import platform
 import re
-import resource
 import sys
 import threading
 import time
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from diff2scene.errors import InputError
+from diff2scene.memory import peak_rss_mib, rss_mib
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -126,22 +126,6 @@ class StageTimes:
                 "total_s": round(float(d.sum()), 4),
             }
         return out
-
-
-def rss_mib() -> float | None:
-    """Current resident set size of this process in MiB (Linux ``/proc``); None elsewhere."""
-    try:
-        with Path("/proc/self/statm").open() as f:
-            pages = int(f.read().split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return pages * resource.getpagesize() / 2**20
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far, MiB (``getrusage``; KiB on Linux)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
 
 
 # --------------------------------------------------------------------------- files
@@ -450,6 +434,8 @@ def answer_query(
             for inst in result.instances
         ],
         "matched_voxels": int(answer.points_m.shape[0]),
+        # Voxels spilled to disk under a memory budget: not searched (0 without a budget).
+        "voxels_not_searched": snap.voxels_not_searched,
         "ms": round(elapsed_s * 1e3, 2),
         "engine_timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
         "heatmap": str(heatmap),

@@ -159,6 +159,8 @@ class QueryAnswer:
             f"'{result.parsed.target}' in {result.timings_ms.get('total', 0.0):.0f} ms; "
             f"map version {fresh.map_version} (newest {fresh.latest_map_version}), "
             f"{fresh.map_age_s:.1f} s old"
+            + (f"; {self.snapshot.voxels_not_searched} voxels spilled to disk (memory budget) "
+               "were not searched" if self.snapshot.voxels_not_searched else "")
         )
 
 
@@ -478,6 +480,11 @@ class MappingRuntime:
             problems.append(f"{100 * loss:.1f} % of camera frames lost before arrival "
                             f"({stats.get('input_gaps', 0)} stamp gaps; try input_qos: "
                             "reliable)")  # fmt: skip
+        short = int(stats.get("memory_budget_short", 0))
+        if short:
+            level = "warn"
+            problems.append(f"memory budget not held after {short} keyframes: what must stay "
+                            "in memory outgrew memory_budget_mb")  # fmt: skip
         for error in errors:
             level = "error"
             problems.append(error)

@@ -857,7 +857,7 @@ class SemanticMap:
         return atomic_write(path, write)
 
     @classmethod
-    def load(cls, path: str | Path) -> SemanticMap:
+    def load(cls, path: str | Path, *, block_rows: int = DEFAULT_BLOCK_ROWS) -> SemanticMap:
         """Read a map written by :meth:`save`.
 
         A file that is not a map at all raises :class:`~diff2scene.errors.NotAMapError`;
@@ -890,14 +890,16 @@ class SemanticMap:
             if _crc32_parts(iter((arr,))) != checksums[name]:
                 raise DataFormatError(f"{path}: array {name!r} is corrupt (checksum mismatch)")
         try:
-            return cls._from_arrays(header, data)
+            return cls._from_arrays(header, data, block_rows)
         except (KeyError, TypeError, ValueError) as exc:
             raise DataFormatError(f"{path}: inconsistent map file ({exc})") from exc
 
     @classmethod
-    def _from_arrays(cls, header: dict[str, Any], data: dict[str, NDArray[Any]]) -> SemanticMap:
+    def _from_arrays(
+        cls, header: dict[str, Any], data: dict[str, NDArray[Any]], block_rows: int
+    ) -> SemanticMap:
         k = int(header["members_per_voxel"])
-        smap = cls(float(header["voxel_size_m"]), members_per_voxel=k)
+        smap = cls(float(header["voxel_size_m"]), members_per_voxel=k, block_rows=block_rows)
         smap.coords = data["coords"]
         smap.colors = data["colors"]
         smap.member_ids = data["member_ids"]

@@ -434,8 +434,14 @@ class QuerySession:
             return None
         cfg = self.ensemble_config
         old = None if previous is None else previous.geometric
+        # An update extends the index by the voxels appended since; a snapshot of the voxels
+        # in memory only (a map that spilled blocks) numbers its rows differently: rebuild.
+        whole = snapshot.voxel_numbers is None and (
+            previous is None or previous.engine.snapshot.voxel_numbers is None
+        )
         usable = (
-            old is not None
+            whole
+            and old is not None
             and old.spaces == sorted(set(features) & set(bank))
             and old.num_voxels <= snapshot.num_voxels
             and old.num_masks <= snapshot.num_masks
