@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import weakref
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -66,6 +67,8 @@ class SpillStore:
                 stale.unlink(missing_ok=True)
         self._generation = 0
         self._records: dict[int, SpillRecord] = {}
+        # Blocks belong to this process: they go when the store does, or at exit.
+        self._finalizer = weakref.finalize(self, _clear, self.directory, self._own_dir)
         #: Bytes written and read back over the store's life.
         self.bytes_written = 0
         self.bytes_read = 0
@@ -124,8 +127,15 @@ class SpillStore:
 
     def close(self) -> None:
         """Remove every stored block (and the directory, when the store made it)."""
-        for block in list(self._records):
-            self.discard(block)
-        if self._own_dir:
-            shutil.rmtree(self.directory, ignore_errors=True)
+        self._records.clear()
+        self._finalizer()
+
+
+def _clear(directory: Path, own_dir: bool) -> None:
+    if own_dir:
+        shutil.rmtree(directory, ignore_errors=True)
+        return
+    for pattern in (f"{_PREFIX}*", f".{_PREFIX}*"):
+        for path in directory.glob(pattern):
+            path.unlink(missing_ok=True)
 
