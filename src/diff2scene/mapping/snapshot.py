@@ -90,6 +90,17 @@ class FrozenRows:
         rows = sum(sizes[j] for j in js)
         return FrozenRows(tuple(taken), rows, self.block_rows, self.row_shape, self.dtype)
 
+    def row_blocks(self) -> list[NDArray[Any]]:
+        """The table's rows as consecutive read-only views, block by block (no copy)."""
+        out = []
+        for block, rows in zip(self.blocks, self.block_sizes(), strict=True):
+            if rows == 0:
+                break
+            if block is None:
+                raise InputError("block_spilled", "a block is not in memory")
+            out.append(read_only(block[:rows]))
+        return out
+
     def to_array(self) -> NDArray[Any]:
         """(num_rows, *row_shape) contiguous copy (read-only); every block must be resident."""
         parts = []
@@ -483,6 +494,12 @@ class MapSnapshot:
                 out = rows.to_array()
                 self._cache[name] = out
             return out
+
+    def membership_blocks(self) -> tuple[list[NDArray[np.int32]], list[NDArray[np.float32]]]:
+        """The memberships (ids, weights) as consecutive row blocks: views of the map's own
+        blocks, for readers that go through them in order (the query engine) instead of
+        assembling (M, k) copies."""
+        return self._member_ids.row_blocks(), self._member_weights.row_blocks()
 
     @property
     def colors(self) -> NDArray[np.uint8]:

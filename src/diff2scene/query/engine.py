@@ -146,9 +146,10 @@ class QueryEngine:
     ) -> QueryEngine:
         """Engine over a snapshot; the geometric index is built unless an up-to-date one is
         given (a :class:`~diff2scene.query.session.QuerySession` keeps one incrementally)."""
+        ids, weights = snapshot.membership_blocks()
         scorer = EnsembleScorer.from_arrays(
-            snapshot.member_ids,
-            snapshot.member_weights,
+            ids,
+            weights,
             snapshot.bank_embeddings,
             snapshot.features_3d,
             ensemble,
