@@ -54,7 +54,11 @@ class for 97.7 % of voxels).
 
 from __future__ import annotations
 
+import functools
+import os
+import threading
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Literal
 
@@ -110,6 +114,37 @@ class EnsembleConfig:
             raise ValueError(
                 f"geometric_refit_growth must be > 0, got {self.geometric_refit_growth}"
             )
+
+
+#: Threads that score blocks of voxels at once (the compiled kernels release the GIL).
+_POOL_THREADS = min(4, os.cpu_count() or 1)
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL  # noqa: PLW0603 - one pool per process, made on first use
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(_POOL_THREADS, thread_name_prefix="diff2scene_score")
+        return _POOL
+
+
+def _score_part(
+    part: tuple[NDArray[np.int32], NDArray[np.float32], slice],
+    *,
+    column: NDArray[np.float32] | None,
+    probs: NDArray[np.float32],
+    tau: np.float32,
+    factor: np.float32,
+    chunk: NDArray[np.float32],
+) -> None:
+    """Add the salient scores of one block of voxels into its rows of ``chunk``."""
+    ids, weights, at = part
+    if column is not None:
+        _salient_kernel_1(ids, weights, column, tau, factor, chunk[at, 0])
+    else:
+        _salient_kernel(ids, weights, probs, tau, factor, chunk[at])
 
 
 def membership_matrix(
@@ -726,26 +761,40 @@ class EnsembleScorer:
         return max(256, (self.config.chunk_mib << 20) // (16 * max(1, num_classes)))
 
     def iter_scores(
-        self, mask_probs: NDArray[np.float32], branch: Branch = "ensemble"
+        self,
+        mask_probs: NDArray[np.float32],
+        branch: Branch = "ensemble",
+        *,
+        into: NDArray[np.float32] | None = None,
     ) -> Iterator[tuple[slice, NDArray[np.float32]]]:
-        """Yield (voxel slice, (rows, C) float32 scores) chunk by chunk."""
+        """Yield (voxel slice, (rows, C) float32 scores) chunk by chunk; ``into`` (M, C), when
+        given, receives the chunks in place (the yielded arrays are its rows)."""
         self._check(mask_probs, branch)
         probs = _flush_tiny(np.ascontiguousarray(mask_probs, dtype=np.float32))
         lam = self.config.salient_weight if self.geometric is not None else 1.0
         proto = None if self.geometric is None else self.geometric.prototype_probs(probs)
         tau = np.float32(self.config.evidence_prior)
         step = self.chunk_rows(probs.shape[1])
+        column = np.ascontiguousarray(probs[:, 0]) if probs.shape[1] == 1 else None
         for lo in range(0, self.num_voxels, step):
             rows = slice(lo, min(self.num_voxels, lo + step))
-            out = np.zeros((rows.stop - lo, probs.shape[1]), dtype=np.float32)
+            if into is None:
+                out = np.zeros((rows.stop - lo, probs.shape[1]), dtype=np.float32)
+            else:
+                out = into[rows]
+                out[:] = 0
             if branch != "geometric" and lam > 0.0:
-                factor = np.float32(1.0 if branch == "salient" else lam)
-                column = np.ascontiguousarray(probs[:, 0]) if probs.shape[1] == 1 else None
-                for ids, weights, at in self._block_rows(rows):
-                    if column is not None:
-                        _salient_kernel_1(ids, weights, column, tau, factor, out[at, 0])
-                    else:
-                        _salient_kernel(ids, weights, probs, tau, factor, out[at])
+                salient = functools.partial(
+                    _score_part, column=column, probs=probs, tau=tau,
+                    factor=np.float32(1.0 if branch == "salient" else lam), chunk=out,
+                )  # fmt: skip
+                # The kernel releases the interpreter lock: blocks are scored on every core.
+                parts = list(self._block_rows(rows))
+                if len(parts) > 1 and _POOL_THREADS > 1:
+                    list(_pool().map(salient, parts))
+                else:
+                    for part in parts:
+                        salient(part)
             if branch != "salient" and self.geometric is not None and proto is not None:
                 assert self._geo_scaled is not None
                 g = _rows_of(self._geo_scaled, rows) @ proto
@@ -774,8 +823,8 @@ class EnsembleScorer:
     ) -> NDArray[np.float32]:
         """(M, C) float32 scores; for small C (queries). Use :meth:`iter_scores` for big C."""
         out = np.empty((self.num_voxels, mask_probs.shape[1]), dtype=np.float32)
-        for rows, chunk in self.iter_scores(mask_probs, branch):
-            out[rows] = chunk
+        for _ in self.iter_scores(mask_probs, branch, into=out):
+            pass
         return out
 
     def label(
