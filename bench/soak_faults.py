@@ -2,18 +2,23 @@
 
 ``python -m bench.soak_faults node --ros-args ...``
     The real mapping node (``diff2scene_ros.node.main``: same parameters, signals, shutdown and
-    autosave) whose 2D model raises on every 7th keyframe it is given.
+    autosave) whose 2D model raises on every 7th keyframe it is given, and which journals every
+    count it makes of a bad input with the input's stamp (:func:`journal_counts`).
 ``python -m bench.soak_faults preroll --out FILE --first-stamp-ns NS``
     Colour/depth pairs before any ``CameraInfo`` exists (a camera driver that has not sent its
     calibration yet): the node must count them as ``missing_camera_info``.
 ``python -m bench.soak_faults inject --out FILE --every-s S --stop FILE``
     Malformed messages on the node's input topics, one kind after the other, stamped between
-    the frames of the bag being played (so that they disturb no real frame): see :data:`KINDS`.
+    the frames of the bag being played (so that they disturb no real frame, and so that no real
+    frame has their stamp): see :data:`KINDS`.
 ``python -m bench.soak_faults storm --out FILE --clients N --queries N``
     A query storm: N concurrent :class:`~diff2scene_ros.client.QueryClient` s (the product's
     client and its service QoS) in one process, hostile texts among the queries.
 
-Each writes what it did as JSON to ``--out``; the soak compares that with the node's counters.
+Each writes what it did as JSON to ``--out``, with the stamp of every fault it injected; the
+soak finds each of those stamps in the node's journal under the counter of its kind
+(:func:`bench.soak.fault_books`), so a count that something else caused is never taken for an
+injected fault.
 """
 
 from __future__ import annotations
@@ -26,15 +31,17 @@ import os
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 #: Malformed-message kinds the injector cycles through → the node counter that must count it
-#: (``/diagnostics`` key). "pose_jump" costs two frames (the jumped one and the next real one,
-#: compared with the jumped pose), "stale_stamp" may also count late real frames: the soak
-#: checks counter >= injected.
+#: (``/diagnostics`` key). Other inputs may go to the same counter ("pose_jump" costs two frames:
+#: the jumped one and the next real one, compared with the jumped pose; "stale_stamp" also
+#: counts real frames that arrive late): the soak counts a fault as counted only when the node
+#: journaled its own stamp under its own counter.
 KINDS: dict[str, str] = {
     "wrong_encoding": "skipped_bad_color_encoding",
     "size_mismatch": "skipped_size_mismatch",
@@ -52,12 +59,20 @@ OTHER_KINDS: dict[str, str] = {
     "missing_camera_info": "skipped_missing_camera_info",
     "segmenter_exception": "segment_errors_InjectedSegmenterError",
 }
-#: The 2D model raises on every n-th keyframe.
+#: Kinds told apart by their counter's name rather than by stamps: the counter is named after
+#: an exception type that only this soak raises, so everything in it was injected.
+TAGGED_BY_TYPE: frozenset[str] = frozenset({"segmenter_exception"})
+#: The 2D model raises on every n-th keyframe (``SEGMENTER_FAULT_EVERY_ENV`` overrides it: a
+#: short test run has few keyframes).
 SEGMENTER_FAULT_EVERY = 7
+SEGMENTER_FAULT_EVERY_ENV = "D2S_SOAK_SEGMENTER_FAULT_EVERY"
 #: Environment variable naming the file where the node records the 2D-model failures it injected.
 FAULT_RECORD_ENV = "D2S_SOAK_FAULT_RECORD"
 #: Environment variable naming the file where the node records the stalls of its Python threads.
 STALL_RECORD_ENV = "D2S_SOAK_STALL_RECORD"
+#: Environment variable naming the file where the node journals each count of a bad input, one
+#: line ``<counter> <stamp ns or ->`` per count (:func:`journal_counts`).
+JOURNAL_ENV = "D2S_SOAK_COUNT_JOURNAL"
 #: Topics of the node (root namespace) and the frames of a ``diff2scene synth`` bag.
 COLOR = "/camera/color/image_raw"
 DEPTH = "/camera/depth/image_rect_raw"
@@ -98,26 +113,79 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 # ---------------------------------------------------------------------------- node
 
 
+class CountJournal:
+    """Lines ``<counter> <stamp ns or ->``, one per count, appended to a file as they happen
+    (line-buffered, so a reader sees every whole line written so far)."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = path.open("a", buffering=1)
+        self._lock = threading.Lock()
+
+    def __call__(self, counter: str, stamp_ns: int | None) -> None:
+        with self._lock:
+            self._file.write(f"{counter} {'-' if stamp_ns is None else stamp_ns}\n")
+
+
+def read_journal(path: Path) -> list[tuple[str, int | None]]:
+    """The (counter, stamp) entries of a :class:`CountJournal` file (a torn last line left out)."""
+    if not path.is_file():
+        return []
+    entries: list[tuple[str, int | None]] = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and (parts[1] == "-" or parts[1].lstrip("-").isdigit()):
+            entries.append((parts[0], None if parts[1] == "-" else int(parts[1])))
+    return entries
+
+
+def journal_counts(runtime: Any, journal: Any) -> None:
+    """Journal every count of a bad input that ``runtime`` makes, with the input's stamp (once
+    per process).
+
+    The frame assembler tells its own listener (every ``skipped_*`` / ``rejected_*`` count);
+    the mapper's verdicts (``frames_skipped_*``) are read per frame here: its ``integrate``
+    runs in one thread at a time (the pipeline's lock) and counts at most one skip, of the
+    frame it was given, so a skip counted during the call is that frame's.
+    """
+    from diff2scene.mapping.mapper import Mapper
+
+    runtime.assembler.listen(journal)
+    integrate = Mapper.integrate  # every mapper of the process (a map load makes a new one)
+
+    def journaled(self: Mapper, frame: Any) -> bool:
+        before = self.stats.skipped.total()
+        integrated = bool(integrate(self, frame))
+        if self.stats.skipped.total() > before:
+            journal(f"frames_skipped_{self.stats.last_skip_reason}", int(frame.stamp_ns))
+        return integrated
+
+    Mapper.integrate = journaled  # type: ignore[method-assign]
+
+
 def run_node(ros_args: list[str]) -> None:
-    """The node's own ``main`` with a 2D model that fails every 7th keyframe."""
+    """The node's own ``main`` with a 2D model that fails every 7th keyframe, journaling its
+    counts of bad input when :data:`JOURNAL_ENV` names a file."""
     from diff2scene_ros import node as node_module
 
     base = node_module.MappingNode
+    journal_path = os.environ.get(JOURNAL_ENV)
 
     class FaultyModelNode(base):  # type: ignore[misc, valid-type]
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(**kwargs)
+            if journal_path:
+                journal_counts(self.runtime, CountJournal(Path(journal_path)))
             segmenter = self.runtime.segmenter
             segment = segmenter.segment
             calls = itertools.count(1)
             record = os.environ.get(FAULT_RECORD_ENV)
+            every = int(os.environ.get(SEGMENTER_FAULT_EVERY_ENV, SEGMENTER_FAULT_EVERY))
 
             def failing_segment(frame: Any) -> Any:
                 n = next(calls)
-                if n % SEGMENTER_FAULT_EVERY == 0:
+                if n % every == 0:
                     if record:
-                        _write_json(Path(record),
-                                    {"segmenter_exception": n // SEGMENTER_FAULT_EVERY})
+                        _write_json(Path(record), {"segmenter_exception": n // every})
                     raise InjectedSegmenterError(f"injected failure on keyframe call {n}")
                 return segment(frame)
 
@@ -181,7 +249,8 @@ class _Io:
     """One rclpy node publishing on the mapping node's inputs and watching its depth and TF
     topics (to stamp faults between real frames and to jump from the current pose)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, rate: float = 1.0) -> None:
+        """``rate``: the speed factor the bag is played at (to tell a late depth image)."""
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, ReliabilityPolicy
@@ -200,6 +269,11 @@ class _Io:
         self.last_depth_ns = 0
         self.last_size = (0, 0)
         self.last_tf: Any = None
+        self._rate = rate
+        #: Arrival time here minus the bag's pace (stamp / rate) of the last real depth images.
+        self._offsets_s: deque[float] = deque(maxlen=20)
+        self._last_depth_late_s = 0.0
+        self._last_depth_at = time.monotonic()
         self.node.create_subscription(Image, DEPTH, self._on_depth, reliable)
         self.node.create_subscription(TFMessage, "/tf", self._on_tf, reliable)
         self._executor = SingleThreadedExecutor()
@@ -210,16 +284,33 @@ class _Io:
     def _on_depth(self, msg: Any) -> None:
         if msg.header.frame_id != CAMERA_FRAME or msg.encoding == "32FC1":
             return  # one of ours
+        now = time.monotonic()
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         with self._lock:
-            self.last_depth_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            self.last_depth_ns = stamp_ns
             self.last_size = (msg.width, msg.height)
+            self._offsets_s.append(now - stamp_ns / 1e9 / self._rate)
+            self._last_depth_late_s = self._offsets_s[-1] - min(self._offsets_s)
+            self._last_depth_at = now
         self._depth_event.set()
+
+    def lag_s(self) -> float:
+        """How far behind the camera this process is now: how late the newest real depth image
+        arrived here (against the earliest of the last 20 at the bag's pace), plus the time
+        since it arrived."""
+        with self._lock:
+            return self._last_depth_late_s + time.monotonic() - self._last_depth_at
 
     def _on_tf(self, msg: Any) -> None:
         for t in msg.transforms:
             if t.child_frame_id == CAMERA_FRAME and math.isfinite(t.transform.translation.x):
                 with self._lock:
                     self.last_tf = t
+
+    def newest_depth_ns(self) -> int:
+        """Stamp of the newest real depth image seen."""
+        with self._lock:
+            return self.last_depth_ns
 
     def next_real_frame(self, timeout_s: float) -> tuple[int, tuple[int, int]] | None:
         """Stamp and size of the next real depth image seen (None: the stream stopped)."""
@@ -277,9 +368,11 @@ def _transform(stamp_ns: int, base: Any, dx_m: float) -> Any:
 
 
 def inject_one(io: _Io, kind: str, stamp_ns: int, size: tuple[int, int],
-               period_ns: int) -> bool:
+               period_ns: int) -> int | None:
     """Publish one malformed message (or a pair) of ``kind`` half a period after the real frame
-    at ``stamp_ns``. Depth goes out before colour so the pair is complete when colour arrives."""
+    at ``stamp_ns``; returns the stamp the node must count it under (None: nothing sent). Depth
+    goes out before colour so the pair is complete when colour arrives. Every stamp is off the
+    camera's grid by half a period (the stale and future ones too), so no real frame has it."""
     w, h = size
     s = stamp_ns + period_ns // 2
     if kind == "wrong_encoding":
@@ -303,14 +396,16 @@ def inject_one(io: _Io, kind: str, stamp_ns: int, size: tuple[int, int],
         full.data = bytes(full.data)[: len(full.data) // 2]
         io.color.publish(full)
     elif kind == "stale_stamp":
-        io.color.publish(_rgb(stamp_ns - 2_000_000_000, w, h))
+        s -= 2_000_000_000
+        io.color.publish(_rgb(s, w, h))
     elif kind == "future_stamp":
-        io.color.publish(_rgb(stamp_ns + 3_600_000_000_000, w, h))
+        s += 3_600_000_000_000
+        io.color.publish(_rgb(s, w, h))
     elif kind == "pose_jump":
         with io._lock:
             base = io.last_tf
         if base is None:
-            return False
+            return None
         io.tf.publish(_transform(s, base, 3.0))
         io.depth.publish(_depth_m(s, w, h))
         io.color.publish(_rgb(s, w, h))
@@ -320,11 +415,11 @@ def inject_one(io: _Io, kind: str, stamp_ns: int, size: tuple[int, int],
         with io._lock:
             base = io.last_tf
         if base is None:
-            return False
+            return None
         io.tf.publish(_transform(s, base, math.nan))
     else:
         raise ValueError(f"unknown fault kind {kind!r}")
-    return True
+    return s
 
 
 def _colour_images(kind: str) -> int:
@@ -332,12 +427,25 @@ def _colour_images(kind: str) -> int:
     return 0 if kind in ("bad_camera_info", "nonfinite_pose") else 1
 
 
-def run_inject(out: Path, every_s: float, stop: Path, period_ns: int) -> None:
-    io = _Io("soak_injector")
+def run_inject(out: Path, every_s: float, stop: Path, period_ns: int, rate: float) -> None:
+    """Inject one fault every ``every_s`` after a real frame, the kinds in turn, until ``stop``
+    exists. A fault stamped after a real frame must reach the node before the next real frame,
+    or it is a stale frame, not the fault it was meant to be: when this process is behind the
+    camera by more than 30 % of a frame period (a newer real frame already seen, or the last one
+    seen late), the fault waits for a later frame (counted in ``withheld_late``)."""
+    io = _Io("soak_injector", rate=rate)
+    max_lag_s = 0.3 * period_ns / 1e9 / rate
     injected = dict.fromkeys(KINDS, 0)
+    stamps: dict[str, list[int]] = {kind: [] for kind in KINDS}
     color_published = 0
+    withheld_late = 0
     cycle = itertools.cycle(KINDS)
     kind = next(cycle)
+
+    def record() -> None:
+        _write_json(out, {"injected": injected, "stamps": stamps,
+                          "color_published": color_published, "withheld_late": withheld_late})
+
     try:
         io.wait_for_subscribers(60.0)
         next_due = time.monotonic() + every_s
@@ -346,27 +454,35 @@ def run_inject(out: Path, every_s: float, stop: Path, period_ns: int) -> None:
             if seen is None or time.monotonic() < next_due:
                 continue
             time.sleep(0.01)  # the real depth image reaches the node first
-            if inject_one(io, kind, seen[0], seen[1], period_ns):
+            if io.newest_depth_ns() != seen[0] or io.lag_s() > max_lag_s:
+                withheld_late += 1
+                continue
+            stamp = inject_one(io, kind, seen[0], seen[1], period_ns)
+            if stamp is not None:
                 injected[kind] += 1
+                stamps[kind].append(stamp)
                 color_published += _colour_images(kind)
                 kind = next(cycle)
                 next_due = time.monotonic() + every_s
-            _write_json(out, {"injected": injected, "color_published": color_published})
+            record()
     finally:
         io.close()
-        _write_json(out, {"injected": injected, "color_published": color_published})
+        record()
 
 
 def run_preroll(out: Path, first_stamp_ns: int, count: int, width: int, height: int) -> None:
     io = _Io("soak_preroll")
     try:
         io.wait_for_subscribers(60.0)
+        stamps = []
         for i in range(count):
             s = first_stamp_ns - (count - i) * 200_000_000
             io.depth.publish(_depth_m(s, width, height))
             io.color.publish(_rgb(s, width, height))
+            stamps.append(s)
             time.sleep(0.05)
-        _write_json(out, {"injected": {"missing_camera_info": count}, "color_published": count})
+        _write_json(out, {"injected": {"missing_camera_info": count},
+                          "stamps": {"missing_camera_info": stamps}, "color_published": count})
     finally:
         io.close()
 
@@ -493,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--every-s", type=float, default=2.0)
     p.add_argument("--stop", type=Path, required=True)
     p.add_argument("--period-ns", type=int, default=DEFAULT_PERIOD_NS)
+    p.add_argument("--rate", type=float, default=2.0, help="speed factor of the bag's playback")
     p = sub.add_parser("preroll")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--first-stamp-ns", type=int, required=True)
@@ -507,7 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout-s", type=float, default=120.0)
     args = parser.parse_args(argv)
     if args.role == "inject":
-        run_inject(args.out, args.every_s, args.stop, args.period_ns)
+        run_inject(args.out, args.every_s, args.stop, args.period_ns, args.rate)
     elif args.role == "preroll":
         run_preroll(args.out, args.first_stamp_ns, args.count, args.width, args.height)
     else:
