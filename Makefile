@@ -3,7 +3,7 @@
 #   make test   lint + type check + the test suite
 #   make bench  benchmarks → bench/results/*.json + *.md (and STALE.md: results older than
 #               the code they measure)
-#   make soak   the node under faults for 10 minutes → bench/results/soak.json + .md
+#   make soak   the node under faults for 20 minutes → bench/results/soak.json + .md
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
 .DEFAULT_GOAL := help
@@ -112,7 +112,7 @@ bench-gpu:
 bench-real-weights: setup
 	$(RUN_ENV) $(VPY) -m bench.real_weights
 
-# The node as its own process for 10 minutes under injected faults (not part of `make test`):
+# The node as its own process for 20 minutes under injected faults (not part of `make test`):
 # SOAK_ARGS="--minutes 2" for a short run.
 soak: setup
 	$(RUN_ENV) $(VPY) -m bench.soak $${SOAK_ARGS:-}
