@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ import numpy as np
 from bench.common import write_results
 from diff2scene.io.bag import BagFrameSource
 from diff2scene.memory import peak_rss_mib, rss_mib
+from diff2scene.query.engine import QueryEngine
 from diff2scene.runtime import MappingRuntime, RuntimeConfig, build_models
 from diff2scene.segmentation.factory import SegmenterConfig
 from diff2scene.synth.dataset import BAG_DIR, SynthConfig, synthesize
@@ -89,13 +91,23 @@ def _first_room(scene: Path) -> tuple[tuple[float, float, float, float], list[st
 def _room_answers(
     runtime: MappingRuntime, rect: tuple[float, float, float, float], names: list[str]
 ) -> dict[str, list[list[float]]]:
-    """Per class: the instances whose centre lies in ``rect`` (centre, box corners, voxels)."""
+    """Per class: every instance centred in ``rect`` (centre, box corners, voxels).
+
+    Asked of an engine over the runtime's newest snapshot that keeps every instance (no top-k,
+    no pruning of fragments relative to the largest): what a query returns is ranked against
+    the whole searched map, which differs between a run that searches every voxel and one
+    that searches those in memory; what was found in the room must not."""
     x0, x1, y0, y1 = rect
+    config = replace(runtime.config.query, top_k=1_000_000,
+                     instances=replace(runtime.config.query.instances, min_relative_mass=0.0))
+    engine = QueryEngine.from_snapshot(
+        runtime.session.engine().snapshot, runtime.text_encoder, runtime.segmenter, config,
+        ensemble=runtime.config.ensemble,
+    )  # fmt: skip
     out: dict[str, list[list[float]]] = {}
     for name in names:
-        answer = runtime.query(name)
         rows = []
-        for inst in answer.result.instances:
+        for inst in engine.query(name).instances:
             c = inst.centroid_m
             if x0 < c[0] < x1 and y0 < c[1] < y1:
                 rows.append([*map(float, c), *map(float, inst.box_min_m),
@@ -370,7 +382,9 @@ def main() -> None:
         "`budget_query_voxels_not_searched_end`). Revisit: the tour ends in the room where it "
         "started; every class with an object in that room is queried at the end of both runs, "
         "and `revisit_answers_identical` says whether the instances centred in that room are "
-        "the same in number with centres and box corners within one voxel (the budgeted run's "
+        "the same in number with centres and box corners within one voxel, every instance "
+        "kept (no top-k, no pruning relative to the largest: both depend on the rest of the "
+        "searched map) (the budgeted run's "
         "blocks of that room were spilled while the camera was elsewhere and reloaded when it "
         "came back; the default run never evicted anything)."
     )
